@@ -1,0 +1,147 @@
+"""Run the data contracts on ingested datasets with an ephemeral Great Expectations context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from data_contracts import suites
+from tasks.tables import DatasetTables
+
+EXAMPLES_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class ContractResult:
+    """One expectation on one table: a row of the ``validations`` table."""
+
+    dataset: str
+    table_name: str
+    expectation: str
+    success: bool
+    details: str
+
+
+def validate_datasets(
+    datasets: list[DatasetTables],
+    train: list[str],
+    languages: list[str],
+    fully_parallel: list[str],
+    max_query_chars: int,
+    max_candidate_chars: int,
+    max_context_chars: int,
+) -> list[ContractResult]:
+    """Check every table of every dataset, plus parallelism and train/eval leakage; return all outcomes."""
+    training_texts = {_normalise(text) for d in datasets if d.name in train for text in d.queries["text"].dropna()}
+    runner = _Runner()
+    results: list[ContractResult] = []
+    for tables in datasets:
+        checks = [
+            ("queries", _queries_checked(tables), suites.queries_suite(languages, max_query_chars)),
+            ("candidates", tables.candidates,
+             suites.candidates_suite(languages, max_candidate_chars, max_context_chars)),
+            ("qrels", _qrels_checked(tables), suites.qrels_suite()),
+        ]
+        if tables.name in fully_parallel:
+            checks.append(("queries", _languages_per_qid(tables), suites.parallel_suite(len(tables.languages))))
+        if tables.name not in train and training_texts:
+            checks.append(("queries", _leakage_checked(tables, training_texts), suites.leakage_suite()))
+        for table_name, df, (index_columns, expectations) in checks:
+            results += runner.run(tables, table_name, df, index_columns, expectations)
+    return results
+
+
+class _Runner:
+    """One ephemeral Great Expectations context; each check is a dataframe asset with its own suite."""
+
+    def __init__(self) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self._gx = gx
+        self._context = gx.get_context(mode="ephemeral")
+        self._context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self._source = self._context.data_sources.add_pandas("hbir")
+        self._count = 0
+
+    def run(self, tables: DatasetTables, table_name: str, df: pd.DataFrame, index_columns: list[str],
+            expectations: list) -> list[ContractResult]:
+        gx, self._count = self._gx, self._count + 1
+        name = f"{tables.name}-{table_name}-{self._count}"
+        batch = self._source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+        suite = self._context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+        definition = self._context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch,
+                                                                                      suite=suite))
+        outcome = definition.run(
+            batch_parameters={"dataframe": df},
+            result_format={"result_format": "SUMMARY", "unexpected_index_column_names": index_columns,
+                           "partial_unexpected_count": EXAMPLES_SHOWN},
+        )
+        return [_result(tables, table_name, item) for item in outcome.results]
+
+
+def _result(tables: DatasetTables, table_name: str, item) -> ContractResult:
+    config = item.expectation_config
+    column = config.kwargs.get("column") or ",".join(config.kwargs.get("column_list", []))
+    expectation = f"{config.type}({column}): {config.description}" if column else f"{config.type}: {config.description}"
+    if item.success:
+        details = ""
+    elif (item.exception_info or {}).get("raised_exception"):
+        details = f"could not be evaluated: {item.exception_info.get('exception_message')}"
+    else:
+        details = _failure_details(tables, table_name, item.result)
+    return ContractResult(tables.name, table_name, expectation, bool(item.success), details)
+
+
+def _failure_details(tables: DatasetTables, table_name: str, result: dict) -> str:
+    examples = result.get("partial_unexpected_index_list") or []
+    langs = {str(example.get("lang")) for example in examples if example.get("lang") is not None}
+    files = ", ".join(sorted({tables.source_of(table_name, lang) for lang in langs or {None}}))
+    shown = "; ".join(", ".join(f"{key}={_short(value)}" for key, value in example.items()) for example in examples)
+    count = result.get("unexpected_count")
+    total = result.get("element_count")
+    head = f"{count} of {total} rows" if count is not None else "the table"
+    observed = f" (observed {result['observed_value']})" if "observed_value" in result else ""
+    return f"{head} fail{observed}, e.g. {shown or 'n/a'} [file {files}]"
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value.item() if hasattr(value, "item") else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _queries_checked(tables: DatasetTables) -> pd.DataFrame:
+    candidate_lang = tables.candidates.drop_duplicates("cid").set_index("cid")["lang"]
+    relevant = set(zip(tables.qrels["qid"], tables.qrels["cid"].map(candidate_lang), strict=True))
+    df = tables.queries.assign(
+        has_relevant_in_own_lang=[(qid, lang) in relevant for qid, lang in zip(tables.queries["qid"],
+                                                                                 tables.queries["lang"], strict=True)])
+    return _tag(df, tables)
+
+
+def _qrels_checked(tables: DatasetTables) -> pd.DataFrame:
+    df = tables.qrels.assign(qid_known=tables.qrels["qid"].isin(set(tables.queries["qid"])),
+                             cid_known=tables.qrels["cid"].isin(set(tables.candidates["cid"])))
+    return _tag(df, tables)
+
+
+def _languages_per_qid(tables: DatasetTables) -> pd.DataFrame:
+    counts = tables.queries.groupby("qid")["lang"].nunique().rename("n_languages").reset_index()
+    return _tag(counts, tables)
+
+
+def _leakage_checked(tables: DatasetTables, training_texts: set[str]) -> pd.DataFrame:
+    df = tables.queries.assign(
+        text_in_training_data=[_normalise(text) in training_texts if isinstance(text, str) else False
+                               for text in tables.queries["text"]])
+    return _tag(df, tables)
+
+
+def _tag(df: pd.DataFrame, tables: DatasetTables) -> pd.DataFrame:
+    df.attrs["dataset"] = tables.name
+    return df
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.casefold().split())

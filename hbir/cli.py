@@ -1,0 +1,112 @@
+"""The ``hbir`` command line: validate data, list runs, query the results database.
+
+    hbir validate --set 'data.train=[mlqa-r]' --set 'data.eval=[xquad-r]'
+    hbir runs
+    hbir query "SELECT dataset, lang, n_queries FROM dataset_versions" --format csv
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+import pandas as pd
+
+from hbir.config import PROFILES, Config, load_config
+from hbir.errors import HbirError
+
+FORMATS = click.Choice(["table", "csv", "json"])
+
+
+class UserError(click.ClickException):
+    """A ``HbirError`` shown as one message on stderr, with its exit code and no traceback."""
+
+    def __init__(self, error: HbirError) -> None:
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+
+class Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except HbirError as error:
+            raise UserError(error) from None
+
+
+def config_options(command):
+    """--profile, --config and --set, turned into one validated ``Config`` passed as ``config``."""
+
+    @click.option("--profile", type=click.Choice(PROFILES), default="cpu", show_default=True,
+                  help="Built-in settings: smoke (tiny, tests), cpu (real model and data), paper (GPU).")
+    @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of settings.")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Override one setting; VALUE is YAML, e.g. --set train.alpha=0.5 --set 'data.eval=[xquad-r]'.")
+    @functools.wraps(command)
+    def wrapper(profile: str, config_file: str | None, overrides: tuple[str, ...], **kwargs):
+        return command(config=load_config(profile, config_file, list(overrides)), **kwargs)
+
+    return wrapper
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="hbir")
+def cli() -> None:
+    """Hybrid-batch multilingual dense retrieval: data validation, training, evaluation, results in DuckDB."""
+
+
+@cli.command()
+@config_options
+@click.option("--run-id", help="Name the run (default: validate-<time>-<random>).")
+def validate(config: Config, run_id: str | None) -> None:
+    """Ingest and validate every dataset in data.train and data.eval; exit 0 only if all pass."""
+    from hbir import jobs
+
+    if not config.data.train and not config.data.eval:
+        click.echo("nothing to validate: data.train and data.eval are both empty", err=True)
+    run_id, versions = jobs.validate(config, run_id, progress=lambda line: click.echo(line, err=True))
+    if len(versions):
+        click.echo(versions.assign(fingerprint=versions["fingerprint"].str[:12]).to_string(index=False))
+    click.echo(f"all data contracts passed; run {run_id} recorded in {config.db.path}")
+
+
+@cli.command()
+@config_options
+@click.option("--limit", default=20, show_default=True, help="How many of the latest runs to show.")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def runs(config: Config, limit: int, fmt: str) -> None:
+    """List the latest runs, newest first."""
+    from tasks.store import read_only_query
+
+    sql = ("SELECT run_id, kind, status, strategy, alpha, model_source, started_at, finished_at, "
+           f"left(error, 80) AS error FROM runs ORDER BY started_at DESC LIMIT {int(limit)}")
+    _print(read_only_query(config.db.path, sql, config.db.lock_timeout_s), fmt)
+
+
+@cli.command()
+@config_options
+@click.argument("sql")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def query(config: Config, sql: str, fmt: str) -> None:
+    """Answer SQL over the results database, read-only (statements that would write are refused)."""
+    from tasks.store import read_only_query
+
+    _print(read_only_query(config.db.path, sql, config.db.lock_timeout_s), fmt)
+
+
+def _print(df: pd.DataFrame, fmt: str) -> None:
+    if fmt == "csv":
+        click.echo(df.to_csv(index=False), nl=False)
+    elif fmt == "json":
+        click.echo(df.to_json(orient="records", date_format="iso", force_ascii=False))
+    else:
+        click.echo(df.to_string(index=False) if len(df) else "(no rows)")
+
+
+def main() -> None:
+    cli(prog_name="hbir")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

