@@ -39,8 +39,11 @@ def validate_datasets(
     for tables in datasets:
         checks = [
             ("queries", _queries_checked(tables), suites.queries_suite(languages, max_query_chars)),
-            ("candidates", tables.candidates,
-             suites.candidates_suite(languages, max_candidate_chars, max_context_chars)),
+            (
+                "candidates",
+                tables.candidates,
+                suites.candidates_suite(languages, max_candidate_chars, max_context_chars),
+            ),
             ("qrels", _qrels_checked(tables), suites.qrels_suite()),
         ]
         if tables.name in fully_parallel:
@@ -65,18 +68,23 @@ class _Runner:
         self._source = self._context.data_sources.add_pandas("hbir")
         self._count = 0
 
-    def run(self, tables: DatasetTables, table_name: str, df: pd.DataFrame, index_columns: list[str],
-            expectations: list) -> list[ContractResult]:
+    def run(
+        self, tables: DatasetTables, table_name: str, df: pd.DataFrame, index_columns: list[str], expectations: list
+    ) -> list[ContractResult]:
         gx, self._count = self._gx, self._count + 1
         name = f"{tables.name}-{table_name}-{self._count}"
         batch = self._source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
         suite = self._context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
-        definition = self._context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch,
-                                                                                      suite=suite))
+        definition = self._context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite)
+        )
         outcome = definition.run(
             batch_parameters={"dataframe": df},
-            result_format={"result_format": "SUMMARY", "unexpected_index_column_names": index_columns,
-                           "partial_unexpected_count": EXAMPLES_SHOWN},
+            result_format={
+                "result_format": "SUMMARY",
+                "unexpected_index_column_names": index_columns,
+                "partial_unexpected_count": EXAMPLES_SHOWN,
+            },
         )
         return [_result(tables, table_name, item) for item in outcome.results]
 
@@ -115,14 +123,18 @@ def _queries_checked(tables: DatasetTables) -> pd.DataFrame:
     candidate_lang = tables.candidates.drop_duplicates("cid").set_index("cid")["lang"]
     relevant = set(zip(tables.qrels["qid"], tables.qrels["cid"].map(candidate_lang), strict=True))
     df = tables.queries.assign(
-        has_relevant_in_own_lang=[(qid, lang) in relevant for qid, lang in zip(tables.queries["qid"],
-                                                                                 tables.queries["lang"], strict=True)])
+        has_relevant_in_own_lang=[
+            (qid, lang) in relevant for qid, lang in zip(tables.queries["qid"], tables.queries["lang"], strict=True)
+        ]
+    )
     return _tag(df, tables)
 
 
 def _qrels_checked(tables: DatasetTables) -> pd.DataFrame:
-    df = tables.qrels.assign(qid_known=tables.qrels["qid"].isin(set(tables.queries["qid"])),
-                             cid_known=tables.qrels["cid"].isin(set(tables.candidates["cid"])))
+    df = tables.qrels.assign(
+        qid_known=tables.qrels["qid"].isin(set(tables.queries["qid"])),
+        cid_known=tables.qrels["cid"].isin(set(tables.candidates["cid"])),
+    )
     return _tag(df, tables)
 
 
@@ -133,8 +145,10 @@ def _languages_per_qid(tables: DatasetTables) -> pd.DataFrame:
 
 def _leakage_checked(tables: DatasetTables, training_texts: set[str]) -> pd.DataFrame:
     df = tables.queries.assign(
-        text_in_training_data=[_normalise(text) in training_texts if isinstance(text, str) else False
-                               for text in tables.queries["text"]])
+        text_in_training_data=[
+            _normalise(text) in training_texts if isinstance(text, str) else False for text in tables.queries["text"]
+        ]
+    )
     return _tag(df, tables)
 
 

@@ -1,8 +1,8 @@
 """The ``hbir`` command line: validate data, list runs, query the results database.
 
-    hbir validate --set 'data.train=[mlqa-r]' --set 'data.eval=[xquad-r]'
-    hbir runs
-    hbir query "SELECT dataset, lang, n_queries FROM dataset_versions" --format csv
+hbir validate --set 'data.train=[mlqa-r]' --set 'data.eval=[xquad-r]'
+hbir runs
+hbir query "SELECT dataset, lang, n_queries FROM dataset_versions" --format csv
 """
 
 from __future__ import annotations
@@ -38,11 +38,21 @@ class Group(click.Group):
 def config_options(command):
     """--profile, --config and --set, turned into one validated ``Config`` passed as ``config``."""
 
-    @click.option("--profile", type=click.Choice(PROFILES), default="cpu", show_default=True,
-                  help="Built-in settings: smoke (tiny, tests), cpu (real model and data), paper (GPU).")
+    @click.option(
+        "--profile",
+        type=click.Choice(PROFILES),
+        default="cpu",
+        show_default=True,
+        help="Built-in settings: smoke (tiny, tests), cpu (real model and data), paper (GPU).",
+    )
     @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of settings.")
-    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                  help="Override one setting; VALUE is YAML, e.g. --set train.alpha=0.5 --set 'data.eval=[xquad-r]'.")
+    @click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override one setting; VALUE is YAML, e.g. --set train.alpha=0.5 --set 'data.eval=[xquad-r]'.",
+    )
     @functools.wraps(command)
     def wrapper(profile: str, config_file: str | None, overrides: tuple[str, ...], **kwargs):
         return command(config=load_config(profile, config_file, list(overrides)), **kwargs)
@@ -79,8 +89,10 @@ def runs(config: Config, limit: int, fmt: str) -> None:
     """List the latest runs, newest first."""
     from tasks.store import read_only_query
 
-    sql = ("SELECT run_id, kind, status, strategy, alpha, model_source, started_at, finished_at, "
-           f"left(error, 80) AS error FROM runs ORDER BY started_at DESC LIMIT {int(limit)}")
+    sql = (
+        "SELECT run_id, kind, status, strategy, alpha, model_source, started_at, finished_at, "
+        f"left(error, 80) AS error FROM runs ORDER BY started_at DESC LIMIT {int(limit)}"
+    )
     _print(read_only_query(config.db.path, sql, config.db.lock_timeout_s), fmt)
 
 

@@ -74,7 +74,9 @@ class ModelConfig(Section):
     def _known_scheme(cls, value: str) -> str:
         scheme, sep, rest = value.partition(":")
         if not sep or scheme not in MODEL_SCHEMES or not rest:
-            raise ValueError(f"expected <scheme>:<name> with scheme in {MODEL_SCHEMES}, e.g. 'hf:intfloat/multilingual-e5-small'")
+            raise ValueError(
+                f"expected <scheme>:<name> with scheme in {MODEL_SCHEMES}, e.g. 'hf:intfloat/multilingual-e5-small'"
+            )
         return value
 
 
@@ -155,7 +157,9 @@ def _read_yaml_file(path: Path) -> dict[str, Any]:
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of sections (data:, train:, ...), got {type(loaded).__name__}")
+        raise ConfigError(
+            f"config file {path}: expected a mapping of sections (data:, train:, ...), got {type(loaded).__name__}"
+        )
     return loaded
 
 
@@ -200,6 +204,8 @@ def _describe(error: ValidationError, layers: list[tuple[str, dict[str, Any]]]) 
         where = next((name for name, layer in reversed(layers) if _has_key(layer, item["loc"])), "config")
         if item["type"] == "extra_forbidden":
             lines.append(f"unknown config key {key!r} (from {where})")
+        elif isinstance(item.get("input"), dict):  # a rule on a whole section
+            lines.append(f"config section {key!r} (from {where}): {item['msg']}")
         else:
             lines.append(f"config key {key!r} (from {where}): {item['msg']}, got {item.get('input')!r}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

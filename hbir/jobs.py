@@ -34,9 +34,14 @@ def git_revision() -> str | None:
 
 def run_record(config: Config, kind: str, run_id: str | None = None) -> store.RunRecord:
     return store.RunRecord(
-        run_id=run_id or new_run_id(kind), kind=kind, config=config.model_dump(mode="json"),
-        strategy=config.train.strategy, alpha=config.train.mono_share, model_source=config.model.source,
-        seed=config.train.seed, git_revision=git_revision(),
+        run_id=run_id or new_run_id(kind),
+        kind=kind,
+        config=config.model_dump(mode="json"),
+        strategy=config.train.strategy,
+        alpha=config.train.mono_share,
+        model_source=config.model.source,
+        seed=config.train.seed,
+        git_revision=git_revision(),
     )
 
 
@@ -81,8 +86,15 @@ def check_contracts(config: Config, datasets: list[DatasetTables]) -> list[Any]:
     from data_contracts.validate import validate_datasets  # lazy: Great Expectations takes seconds to import
 
     data = config.data
-    return validate_datasets(datasets, data.train, data.languages, data.fully_parallel, data.max_query_chars,
-                             data.max_candidate_chars, data.max_context_chars)
+    return validate_datasets(
+        datasets,
+        data.train,
+        data.languages,
+        data.fully_parallel,
+        data.max_query_chars,
+        data.max_candidate_chars,
+        data.max_context_chars,
+    )
 
 
 def contract_failure_message(failed: list) -> str:

@@ -34,8 +34,11 @@ TableLoader = Callable[[str], tuple[str, pd.DataFrame]]
 
 def read_beir_dir(dataset_dir: Path, name: str) -> DatasetTables:
     """Read a local BEIR folder through ``datasets``' json and csv builders."""
-    files = {"corpus": dataset_dir / "corpus.jsonl", "queries": dataset_dir / "queries.jsonl",
-             "qrels": _qrels_file(dataset_dir)}
+    files = {
+        "corpus": dataset_dir / "corpus.jsonl",
+        "queries": dataset_dir / "queries.jsonl",
+        "qrels": _qrels_file(dataset_dir),
+    }
 
     def load(table: str) -> tuple[str, pd.DataFrame]:
         path = files[table]
@@ -63,23 +66,31 @@ def tables_from_beir(name: str, load: TableLoader) -> DatasetTables:
     qrels_file, qrels = _checked(load, "qrels")
     if "score" in qrels.columns:
         qrels = qrels[pd.to_numeric(qrels["score"], errors="coerce").fillna(0) > 0]
-    candidates = pd.DataFrame({
-        "dataset": name,
-        "cid": corpus["_id"].astype(str),
-        "lang": corpus["lang"],
-        "doc_id": (corpus["doc_id"] if "doc_id" in corpus else corpus["_id"]).astype(str),
-        "text": corpus["text"],
-        "context": corpus["context"] if "context" in corpus else corpus["text"],
-    })
+    candidates = pd.DataFrame(
+        {
+            "dataset": name,
+            "cid": corpus["_id"].astype(str),
+            "lang": corpus["lang"],
+            "doc_id": (corpus["doc_id"] if "doc_id" in corpus else corpus["_id"]).astype(str),
+            "text": corpus["text"],
+            "context": corpus["context"] if "context" in corpus else corpus["text"],
+        }
+    )
     return DatasetTables(
         name=name,
         queries=frame(
-            pd.DataFrame({"dataset": name, "qid": queries["_id"].astype(str), "lang": queries["lang"],
-                          "text": queries["text"]}).to_dict("records"), QUERY_COLUMNS),
+            pd.DataFrame(
+                {"dataset": name, "qid": queries["_id"].astype(str), "lang": queries["lang"], "text": queries["text"]}
+            ).to_dict("records"),
+            QUERY_COLUMNS,
+        ),
         candidates=frame(candidates.to_dict("records"), CANDIDATE_COLUMNS),
         qrels=frame(
-            pd.DataFrame({"dataset": name, "qid": qrels["query-id"].astype(str),
-                          "cid": qrels["corpus-id"].astype(str)}).to_dict("records"), QREL_COLUMNS),
+            pd.DataFrame(
+                {"dataset": name, "qid": qrels["query-id"].astype(str), "cid": qrels["corpus-id"].astype(str)}
+            ).to_dict("records"),
+            QREL_COLUMNS,
+        ),
         sources={"corpus": corpus_file, "queries": queries_file, "qrels": qrels_file},
     )
 
@@ -88,13 +99,18 @@ def _checked(load: TableLoader, table: str) -> tuple[str, pd.DataFrame]:
     where, rows = load(table)
     missing = [column for column in REQUIRED[table] if column not in rows.columns]
     if missing:
-        raise DataError(where, f"field {missing[0]!r} missing from the {table} rows; expected rows like {EXAMPLES[table]}")
+        raise DataError(
+            where, f"field {missing[0]!r} missing from the {table} rows; expected rows like {EXAMPLES[table]}"
+        )
     for column in ("text", "lang"):
         if column in REQUIRED[table]:
             wrong = rows[rows[column].map(lambda value: value is not None and not isinstance(value, str))]
             if len(wrong):
-                raise DataError(where, f"field {column!r} must be a string, got {wrong[column].iloc[0]!r} "
-                                f"in row {{'_id': {wrong['_id'].iloc[0]!r}}}")
+                raise DataError(
+                    where,
+                    f"field {column!r} must be a string, got {wrong[column].iloc[0]!r} "
+                    f"in row {{'_id': {wrong['_id'].iloc[0]!r}}}",
+                )
     return where, rows
 
 

@@ -25,7 +25,11 @@ def ingest_dataset(data_dir: Path, name: str, languages: Iterable[str]) -> Datas
     folder = Path(data_dir) / name
     if not folder.is_dir():
         available = sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir()) if Path(data_dir).is_dir() else []
-        hint = f"datasets there: {', '.join(available)}" if available else "set data.dir or HBIR_DATA_DIR, e.g. HBIR_DATA_DIR=../shared/data/lareqa"
+        hint = (
+            f"datasets there: {', '.join(available)}"
+            if available
+            else "set data.dir or HBIR_DATA_DIR, e.g. HBIR_DATA_DIR=../shared/data/lareqa"
+        )
         raise DataError(folder, f"dataset {name!r} not found: no such folder ({hint})")
     if (folder / "corpus.jsonl").exists():
         return read_beir_dir(folder, name)
@@ -52,8 +56,14 @@ def dataset_versions(tables: DatasetTables) -> pd.DataFrame:
         digest = hashlib.sha256()
         for part in parts:
             digest.update(part.to_json(orient="values", force_ascii=False).encode("utf-8"))
-        rows.append({"dataset": tables.name, "lang": lang, "fingerprint": digest.hexdigest(),
-                     "n_queries": len(parts[0]), "n_candidates": len(parts[1]), "n_qrels": len(parts[2])})
+        rows.append(
+            {
+                "dataset": tables.name,
+                "lang": lang,
+                "fingerprint": digest.hexdigest(),
+                "n_queries": len(parts[0]),
+                "n_candidates": len(parts[1]),
+                "n_qrels": len(parts[2]),
+            }
+        )
     return pd.DataFrame(rows)
-
-

@@ -63,8 +63,9 @@ def read_lareqa(dataset_dir: Path, name: str, languages: Iterable[str]) -> Datas
     for path in files:
         if path.stem not in known:
             raise DataError(
-                path, f"file name {path.name!r} is not a known language code; expected <lang>.json with lang in "
-                f"data.languages, e.g. en.json (known: {', '.join(sorted(known))})"
+                path,
+                f"file name {path.name!r} is not a known language code; expected <lang>.json with lang in "
+                f"data.languages, e.g. en.json (known: {', '.join(sorted(known))})",
             )
     parsed = {path.stem: (path, parse_squad_file(path)) for path in files}
     queries, candidates, answer_cids, paragraph_qids = [], [], [], {}
@@ -76,8 +77,16 @@ def read_lareqa(dataset_dir: Path, name: str, languages: Iterable[str]) -> Datas
                 raise DataError(path, _summarise(problems))
             paragraph_qids[key] = [qa.id for qa in paragraph.qas]
             for index, sentence in enumerate(paragraph.sentences):
-                candidates.append({"dataset": name, "cid": f"{key}-{index}", "lang": lang, "doc_id": key,
-                                   "text": sentence, "context": paragraph.context})
+                candidates.append(
+                    {
+                        "dataset": name,
+                        "cid": f"{key}-{index}",
+                        "lang": lang,
+                        "doc_id": key,
+                        "text": sentence,
+                        "context": paragraph.context,
+                    }
+                )
             for qa in paragraph.qas:
                 queries.append({"dataset": name, "qid": qa.id, "lang": lang, "text": qa.question})
                 index = _answer_sentence(paragraph.sentence_breaks, qa.answers[0].answer_start)
@@ -101,8 +110,11 @@ def parse_squad_file(path: Path) -> SquadFile:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         snippet = raw[max(0, error.start - 20) : error.start].decode("utf-8", "replace")
-        raise DataError(path, f"not UTF-8: byte 0x{raw[error.start]:02x} at offset {error.start} "
-                        f"(after {snippet!r}); re-save the file as UTF-8") from None
+        raise DataError(
+            path,
+            f"not UTF-8: byte 0x{raw[error.start]:02x} at offset {error.start} "
+            f"(after {snippet!r}); re-save the file as UTF-8",
+        ) from None
     try:
         return SquadFile.model_validate_json(text)
     except ValidationError as error:
@@ -117,8 +129,10 @@ def _describe_schema_errors(error: ValidationError) -> str:
     for item in items[:MAX_PROBLEMS_SHOWN]:
         field = _json_path(item["loc"]) or "top level"
         if not item["loc"]:
-            lines.append(f"top level: expected a SQuAD object like {{\"data\": [{{\"paragraphs\": [...]}}]}}, "
-                         f"got {type(item['input']).__name__}")
+            lines.append(
+                f'top level: expected a SQuAD object like {{"data": [{{"paragraphs": [...]}}]}}, '
+                f"got {type(item['input']).__name__}"
+            )
         elif item["type"] == "missing":
             lines.append(f"field {field}: missing")
         else:
@@ -154,19 +168,25 @@ def _paragraph_problems(where: str, paragraph: Paragraph):
     previous_end = 0
     for k, ((start, end), sentence) in enumerate(zip(breaks, sentences, strict=True)):
         if not (previous_end - BREAK_TOLERANCE <= start < end <= len(context) + BREAK_TOLERANCE):
-            yield (f"field {where}.sentence_breaks[{k}]: [{start}, {end}] is not an increasing span inside the "
-                   f"paragraph ({len(context)} chars, previous break ends at {previous_end})")
+            yield (
+                f"field {where}.sentence_breaks[{k}]: [{start}, {end}] is not an increasing span inside the "
+                f"paragraph ({len(context)} chars, previous break ends at {previous_end})"
+            )
             return
         if not _sentence_at_break(sentence, context, start, end):
-            yield (f"field {where}.sentences[{k}]: {_short(sentence)} is not the paragraph's text at its break "
-                   f"[{start}, {end}] ({_short(context[start:end])})")
+            yield (
+                f"field {where}.sentences[{k}]: {_short(sentence)} is not the paragraph's text at its break "
+                f"[{start}, {end}] ({_short(context[start:end])})"
+            )
         previous_end = end
     for k, qa in enumerate(paragraph.qas):
         answer, field = qa.answers[0], f"{where}.qas[{k}].answers[0]"
         found = context[answer.answer_start : answer.answer_start + len(answer.text)]
         if not 0 <= answer.answer_start < len(context) or found != answer.text:
-            yield (f"field {field}: answer {_short(answer.text)} at answer_start={answer.answer_start} is not in "
-                   f"its paragraph (found {_short(found)}; the paragraph has {len(context)} chars), qid {qa.id!r}")
+            yield (
+                f"field {field}: answer {_short(answer.text)} at answer_start={answer.answer_start} is not in "
+                f"its paragraph (found {_short(found)}; the paragraph has {len(context)} chars), qid {qa.id!r}"
+            )
         elif _answer_sentence(breaks, answer.answer_start) is None:
             yield f"field {field}.answer_start: {answer.answer_start} falls in no sentence break, qid {qa.id!r}"
 
@@ -213,5 +233,3 @@ def _parallel_doc_ids(paragraph_qids: dict[str, list[str]]) -> dict[str, str]:
         name = f"doc-{min(qids)}" if qids else f"doc-{members[0]}"
         names.update({key: name for key in members})
     return names
-
-

@@ -104,8 +104,9 @@ def migrate(connection: duckdb.DuckDBPyConnection) -> int:
     row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
     found = row[0] or 0
     if found > SCHEMA_VERSION:
-        raise HbirError(f"results database has schema version {found}, newer than this hbir ({SCHEMA_VERSION}): "
-                        "upgrade hbir")
+        raise HbirError(
+            f"results database has schema version {found}, newer than this hbir ({SCHEMA_VERSION}): upgrade hbir"
+        )
     for version in range(found, SCHEMA_VERSION):
         connection.execute("BEGIN TRANSACTION")
         connection.execute(MIGRATIONS[version])
@@ -121,13 +122,29 @@ def start_run(db: str, run: RunRecord, lock_timeout_s: float = 60.0) -> None:
         connection.execute(
             "INSERT INTO runs (run_id, kind, status, strategy, alpha, model_source, seed, config, git_revision,"
             " device, started_at) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
-            [run.run_id, run.kind, run.strategy, run.alpha, run.model_source, run.seed,
-             json.dumps(run.config, default=str), run.git_revision, run.device, _now()],
+            [
+                run.run_id,
+                run.kind,
+                run.strategy,
+                run.alpha,
+                run.model_source,
+                run.seed,
+                json.dumps(run.config, default=str),
+                run.git_revision,
+                run.device,
+                _now(),
+            ],
         )
 
 
-def finish_run(db: str, run_id: str, status: str, rows: dict[str, pd.DataFrame] | None = None,
-               error: str | None = None, lock_timeout_s: float = 60.0) -> None:
+def finish_run(
+    db: str,
+    run_id: str,
+    status: str,
+    rows: dict[str, pd.DataFrame] | None = None,
+    error: str | None = None,
+    lock_timeout_s: float = 60.0,
+) -> None:
     """Write all of a run's rows and its final status in one transaction: all of it lands, or none."""
     with connect(db, lock_timeout_s=lock_timeout_s) as connection:
         migrate(connection)
@@ -139,8 +156,10 @@ def finish_run(db: str, run_id: str, status: str, rows: dict[str, pd.DataFrame] 
                     columns = ", ".join(df.columns.tolist() + ["run_id"])
                     connection.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM incoming")
                     connection.unregister("incoming")
-            connection.execute("UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ?",
-                               [status, error, _now(), run_id])
+            connection.execute(
+                "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ?",
+                [status, error, _now(), run_id],
+            )
             connection.execute("COMMIT")
         except Exception:
             connection.execute("ROLLBACK")
@@ -160,8 +179,10 @@ def read_only_query(db: str, sql: str, lock_timeout_s: float = 60.0) -> pd.DataF
         if not statements:
             raise QueryError("no SQL statement given")
         if refused:
-            raise QueryError(f"refused: only read queries (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN) are allowed; "
-                             f"got a {refused[0].type.name} statement: {refused[0].query.strip()[:80]}")
+            raise QueryError(
+                f"refused: only read queries (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN) are allowed; "
+                f"got a {refused[0].type.name} statement: {refused[0].query.strip()[:80]}"
+            )
         connection.execute("SET enable_external_access = false")
         try:
             result = None

@@ -1,0 +1,39 @@
+"""Shared fixtures: where the real LAReQA data is, a fresh results database, CLI invocation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hbir.cli import cli
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def lareqa_dir() -> Path:
+    """The real data (../shared/data/lareqa from the project root, or HBIR_DATA_DIR)."""
+    path = Path(os.environ.get("HBIR_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data" / "lareqa"))
+    if not (path / "xquad-r" / "en.json").exists():
+        pytest.skip(f"real LAReQA data not found at {path}: set HBIR_DATA_DIR")
+    return path
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "results.duckdb"
+
+
+@pytest.fixture
+def run_hbir(monkeypatch):
+    """Invoke the real CLI in-process; the environment's HBIR_* variables do not leak into tests."""
+    monkeypatch.delenv("HBIR_DATA_DIR", raising=False)
+    monkeypatch.delenv("HBIR_DB", raising=False)
+
+    def run(*args: str, env: dict[str, str] | None = None):
+        return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=True)
+
+    return run

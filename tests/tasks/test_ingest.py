@@ -1,0 +1,136 @@
+"""Ingestion into the canonical tables: real LAReQA counts, BEIR folders, the Hugging Face datasets path."""
+
+import json
+import shutil
+
+import pytest
+
+from hbir.config import DEFAULT_LANGUAGES
+from tasks.ingest import dataset_versions, ingest_dataset
+
+# LAReQA's table (github.com/google-research-datasets/lareqa): candidates per language in XQuAD-R.
+XQUAD_R_CANDIDATES = {
+    "ar": 1222,
+    "de": 1276,
+    "el": 1234,
+    "en": 1180,
+    "es": 1215,
+    "hi": 1244,
+    "ru": 1219,
+    "th": 852,
+    "tr": 1167,
+    "vi": 1209,
+    "zh": 1196,
+}
+
+
+@pytest.fixture(scope="module")
+def xquad(lareqa_dir):
+    return ingest_dataset(lareqa_dir, "xquad-r", DEFAULT_LANGUAGES)
+
+
+@pytest.fixture(scope="module")
+def mlqa(lareqa_dir):
+    return ingest_dataset(lareqa_dir, "mlqa-r", DEFAULT_LANGUAGES)
+
+
+def test_xquad_r_counts_equal_lareqa_table(xquad):
+    assert xquad.queries.groupby("lang").size().to_dict() == dict.fromkeys(XQUAD_R_CANDIDATES, 1190)
+    assert xquad.candidates.groupby("lang").size().to_dict() == XQUAD_R_CANDIDATES
+
+
+def test_xquad_r_question_has_one_relevant_sentence_per_language(xquad):
+    relevant_langs = xquad.qrels.merge(xquad.candidates[["cid", "lang"]], on="cid").groupby("qid")["lang"]
+    assert relevant_langs.nunique().eq(11).all() and relevant_langs.size().eq(11).all()
+    assert xquad.qrels["qid"].nunique() == 1190
+
+
+def test_answer_sentence_is_the_one_holding_the_answer(xquad):
+    # en.json, first paragraph: the question about points is answered by "... gave up just 308 points ..."
+    qid = xquad.queries.query("lang == 'en' and text == 'How many points did the Panthers defense surrender?'")["qid"]
+    cids = xquad.qrels[xquad.qrels["qid"] == qid.item()]["cid"]
+    english = xquad.candidates[xquad.candidates["cid"].isin(cids) & (xquad.candidates["lang"] == "en")]
+    assert english["text"].item().startswith("The Panthers defense gave up just 308 points")
+    assert english["context"].item().startswith(english["text"].item())
+
+
+def test_translated_paragraphs_share_a_doc_id(xquad):
+    # XQuAD-R: 240 paragraphs, each translated into all 11 languages
+    per_doc = xquad.candidates.groupby("doc_id")["lang"].nunique()
+    assert len(per_doc) == 240 and per_doc.eq(11).all()
+
+
+def test_mlqa_r_counts(mlqa):
+    queries = mlqa.queries.groupby("lang").size()
+    candidates = mlqa.candidates.groupby("lang").size()
+    assert (queries["en"], candidates["en"]) == (1148, 6264)
+    assert (queries["es"], candidates["es"]) == (500, 1787)
+    # MLQA-R questions exist in 2 to 4 languages, each with its relevant sentence
+    assert set(mlqa.qrels.groupby("qid").size()) == {2, 3, 4}
+
+
+def test_fingerprints_follow_content_not_runs(lareqa_dir, tmp_path, xquad):
+    versions = dataset_versions(xquad)
+    assert versions.set_index("lang")["n_candidates"].to_dict() == XQUAD_R_CANDIDATES
+    assert versions.set_index("lang")["n_qrels"].eq(1190).all()
+    assert versions.equals(dataset_versions(ingest_dataset(lareqa_dir, "xquad-r", DEFAULT_LANGUAGES)))
+
+    copy = tmp_path / "xquad-r"
+    shutil.copytree(lareqa_dir / "xquad-r", copy)
+    data = json.loads((copy / "de.json").read_text(encoding="utf-8"))
+    data["data"][0]["paragraphs"][0]["qas"][0]["question"] += " (geändert)"
+    (copy / "de.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    changed = dataset_versions(ingest_dataset(tmp_path, "xquad-r", DEFAULT_LANGUAGES)).set_index("lang")
+    before = versions.set_index("lang")["fingerprint"]
+    assert changed.loc["de", "fingerprint"] != before["de"]
+    assert changed.drop(index="de")["fingerprint"].equals(before.drop(index="de"))
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+
+
+CORPUS = [
+    {"_id": "d1-en", "doc_id": "d1", "text": "Paris is the capital of France.", "lang": "en"},
+    {"_id": "d1-de", "doc_id": "d1", "text": "Paris ist die Hauptstadt Frankreichs.", "lang": "de"},
+    {"_id": "d2-en", "doc_id": "d2", "text": "Berlin is in Germany.", "lang": "en"},
+]
+QUERIES = [
+    {"_id": "q1", "text": "What is the capital of France?", "lang": "en"},
+    {"_id": "q1", "text": "Was ist die Hauptstadt Frankreichs?", "lang": "de"},
+]
+
+
+def test_beir_folder_with_language_field(tmp_path):
+    folder = tmp_path / "mini"
+    (folder / "qrels").mkdir(parents=True)
+    _write_jsonl(folder / "corpus.jsonl", CORPUS)
+    _write_jsonl(folder / "queries.jsonl", QUERIES)
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1-en\t1\nq1\td1-de\t1\nq1\td2-en\t0\n")
+    tables = ingest_dataset(tmp_path, "mini", DEFAULT_LANGUAGES)
+    assert tables.queries[["qid", "lang"]].values.tolist() == [["q1", "en"], ["q1", "de"]]
+    assert tables.candidates.set_index("cid")["doc_id"].to_dict() == {"d1-en": "d1", "d1-de": "d1", "d2-en": "d2"}
+    assert tables.candidates["context"].tolist() == tables.candidates["text"].tolist()
+    # score 0 is "not relevant" in BEIR, so only two judgements remain
+    assert tables.qrels[["qid", "cid"]].values.tolist() == [["q1", "d1-en"], ["q1", "d1-de"]]
+
+
+def test_hub_dataset_path_on_a_local_dataset_repo(tmp_path):
+    """The hf:<name> reader goes through datasets.load_dataset(name, config), here on a local repo layout."""
+    repo = tmp_path / "org-mini"
+    repo.mkdir()
+    _write_jsonl(repo / "corpus.jsonl", CORPUS)
+    _write_jsonl(repo / "queries.jsonl", QUERIES)
+    _write_jsonl(
+        repo / "qrels.jsonl",
+        [{"query-id": "q1", "corpus-id": "d1-en", "score": 1}, {"query-id": "q1", "corpus-id": "d1-de", "score": 1}],
+    )
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n"
+        + "".join(f"- config_name: {name}\n  data_files: {name}.jsonl\n" for name in ("corpus", "queries", "qrels"))
+        + "---\n"
+    )
+    tables = ingest_dataset(tmp_path / "unused", f"hf:{repo}", DEFAULT_LANGUAGES)
+    assert tables.name == f"hf:{repo}"
+    assert len(tables.queries) == 2 and len(tables.candidates) == 3
+    assert sorted(tables.qrels["cid"]) == ["d1-de", "d1-en"]
