@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from data_contracts import suites
+from hbir.errors import shorten
 from tasks.tables import DatasetTables
 
 EXAMPLES_SHOWN = 3
@@ -106,17 +107,12 @@ def _failure_details(tables: DatasetTables, table_name: str, result: dict) -> st
     examples = result.get("partial_unexpected_index_list") or []
     langs = {str(example.get("lang")) for example in examples if example.get("lang") is not None}
     files = ", ".join(sorted({tables.source_of(table_name, lang) for lang in langs or {None}}))
-    shown = "; ".join(", ".join(f"{key}={_short(value)}" for key, value in example.items()) for example in examples)
+    shown = "; ".join(", ".join(f"{key}={shorten(value)}" for key, value in example.items()) for example in examples)
     count = result.get("unexpected_count")
     total = result.get("element_count")
     head = f"{count} of {total} rows" if count is not None else "the table"
     observed = f" (observed {result['observed_value']})" if "observed_value" in result else ""
     return f"{head} fail{observed}, e.g. {shown or 'n/a'} [file {files}]"
-
-
-def _short(value: object, limit: int = 60) -> str:
-    text = repr(value.item() if hasattr(value, "item") else value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _queries_checked(tables: DatasetTables) -> pd.DataFrame:

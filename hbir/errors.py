@@ -31,3 +31,11 @@ class ContractError(HbirError):
 
 class QueryError(HbirError):
     """A SQL query was refused (it would write) or failed."""
+
+
+def shorten(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an offending value in a message may be 100k characters long."""
+    if hasattr(value, "item"):  # numpy scalars from pandas / Great Expectations
+        value = value.item()
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

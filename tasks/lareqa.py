@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hbir.errors import DataError
+from hbir.errors import DataError, shorten
 from tasks.tables import CANDIDATE_COLUMNS, QREL_COLUMNS, QUERY_COLUMNS, DatasetTables, frame
 
 # How far (in characters) a sentence may sit from its recorded break: XQuAD-R tr.json has two breaks off by 1-2.
@@ -136,7 +136,7 @@ def _describe_schema_errors(error: ValidationError) -> str:
         elif item["type"] == "missing":
             lines.append(f"field {field}: missing")
         else:
-            lines.append(f"field {field}: {item['msg']}, got {_short(item['input'])}")
+            lines.append(f"field {field}: {item['msg']}, got {shorten(item['input'])}")
     more = f" (and {len(items) - MAX_PROBLEMS_SHOWN} more)" if len(items) > MAX_PROBLEMS_SHOWN else ""
     return "; ".join(lines) + more
 
@@ -146,11 +146,6 @@ def _json_path(loc: tuple) -> str:
     for part in loc:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path
-
-
-def _short(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _paragraphs(squad: SquadFile):
@@ -175,8 +170,8 @@ def _paragraph_problems(where: str, paragraph: Paragraph):
             return
         if not _sentence_at_break(sentence, context, start, end):
             yield (
-                f"field {where}.sentences[{k}]: {_short(sentence)} is not the paragraph's text at its break "
-                f"[{start}, {end}] ({_short(context[start:end])})"
+                f"field {where}.sentences[{k}]: {shorten(sentence)} is not the paragraph's text at its break "
+                f"[{start}, {end}] ({shorten(context[start:end])})"
             )
         previous_end = end
     for k, qa in enumerate(paragraph.qas):
@@ -184,8 +179,8 @@ def _paragraph_problems(where: str, paragraph: Paragraph):
         found = context[answer.answer_start : answer.answer_start + len(answer.text)]
         if not 0 <= answer.answer_start < len(context) or found != answer.text:
             yield (
-                f"field {field}: answer {_short(answer.text)} at answer_start={answer.answer_start} is not in "
-                f"its paragraph (found {_short(found)}; the paragraph has {len(context)} chars), qid {qa.id!r}"
+                f"field {field}: answer {shorten(answer.text)} at answer_start={answer.answer_start} is not in "
+                f"its paragraph (found {shorten(found)}; the paragraph has {len(context)} chars), qid {qa.id!r}"
             )
         elif _answer_sentence(breaks, answer.answer_start) is None:
             yield f"field {field}.answer_start: {answer.answer_start} falls in no sentence break, qid {qa.id!r}"

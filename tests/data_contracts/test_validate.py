@@ -1,0 +1,106 @@
+"""Data contracts on hand-made tables: each rule fails on exactly the rows that break it, and says which."""
+
+import pandas as pd
+import pytest
+
+from data_contracts.validate import validate_datasets
+from hbir.config import DEFAULT_LANGUAGES
+from tasks.ingest import ingest_dataset
+from tasks.tables import DatasetTables
+
+
+def _tables(name="toy", queries=None, candidates=None, qrels=None) -> DatasetTables:
+    queries = queries or [("q1", "en", "Where is Paris?"), ("q1", "de", "Wo liegt Paris?")]
+    candidates = candidates or [
+        ("c1", "en", "d1", "Paris is in France."),
+        ("c2", "de", "d1", "Paris liegt in Frankreich."),
+    ]
+    qrels = qrels or [("q1", "c1"), ("q1", "c2")]
+    return DatasetTables(
+        name=name,
+        queries=pd.DataFrame([{"dataset": name, "qid": q, "lang": lang, "text": t} for q, lang, t in queries]),
+        candidates=pd.DataFrame(
+            [
+                {"dataset": name, "cid": c, "lang": lang, "doc_id": d, "text": t, "context": t}
+                for c, lang, d, t in candidates
+            ]
+        ),
+        qrels=pd.DataFrame([{"dataset": name, "qid": q, "cid": c} for q, c in qrels]),
+        sources={"en": f"{name}/en.json", "de": f"{name}/de.json"},
+    )
+
+
+def _validate(datasets, train=(), fully_parallel=()):
+    return validate_datasets(list(datasets), list(train), DEFAULT_LANGUAGES, list(fully_parallel), 100, 100, 1000)
+
+
+def _failures(results):
+    return [(r.dataset, r.table_name, r.expectation.split(":")[0], r.details) for r in results if not r.success]
+
+
+def test_clean_tables_pass_every_rule():
+    results = _validate([_tables()], fully_parallel=["toy"])
+    assert results and all(r.success for r in results)
+
+
+def test_qrel_to_a_missing_candidate_names_the_pair():
+    failures = _failures(_validate([_tables(qrels=[("q1", "c1"), ("q1", "c2"), ("q1", "c9")])]))
+    assert [(f[1], f[2]) for f in failures] == [("qrels", "expect_column_values_to_be_in_set(cid_known)")]
+    assert "qid='q1', cid='c9'" in failures[0][3] and "1 of 3 rows" in failures[0][3]
+
+
+def test_query_without_a_relevant_candidate_in_its_language():
+    # the German question's only relevant candidates are English: it cannot be answered monolingually
+    failures = _failures(_validate([_tables(qrels=[("q1", "c1")])]))
+    assert [f[2] for f in failures] == ["expect_column_values_to_be_in_set(has_relevant_in_own_lang)"]
+    assert "qid='q1', lang='de'" in failures[0][3] and "toy/de.json" in failures[0][3]
+
+
+def test_language_outside_the_configured_set_names_the_file():
+    failures = _failures(_validate([_tables(queries=[("q1", "en", "Where is Paris?"), ("q1", "xx", "Paris?")])]))
+    assert ("queries", "expect_column_values_to_be_in_set(lang)") in [(f[1], f[2]) for f in failures]
+
+
+def test_parallelism_requires_every_qid_in_every_language():
+    broken = _tables(
+        queries=[("q1", "en", "Where is Paris?"), ("q1", "de", "Wo liegt Paris?"), ("q2", "en", "Where is Rome?")],
+        candidates=[
+            ("c1", "en", "d1", "Paris is in France."),
+            ("c2", "de", "d1", "Paris liegt in Frankreich."),
+            ("c3", "en", "d2", "Rome is in Italy."),
+        ],
+        qrels=[("q1", "c1"), ("q1", "c2"), ("q2", "c3")],
+    )
+    assert _failures(_validate([broken])) == []  # parallelism is only required where configured
+    failures = _failures(_validate([broken], fully_parallel=["toy"]))
+    assert [f[2] for f in failures] == ["expect_column_values_to_be_between(n_languages)"]
+    assert "qid='q2'" in failures[0][3]
+
+
+def test_evaluation_question_seen_in_training_is_leakage():
+    train = _tables("train")
+    evaluation = _tables(
+        "eval",
+        queries=[("e1", "en", "  where IS paris? "), ("e1", "de", "Wo ist Rom?")],
+        qrels=[("e1", "c1"), ("e1", "c2")],
+    )
+    failures = _failures(_validate([train, evaluation], train=["train"]))
+    assert [(f[0], f[2]) for f in failures] == [("eval", "expect_column_values_to_be_in_set(text_in_training_data)")]
+    assert "qid='e1', lang='en'" in failures[0][3]  # case and spacing do not hide a copy
+
+
+def test_real_lareqa_data_meets_every_contract(lareqa_dir):
+    datasets = [ingest_dataset(lareqa_dir, name, DEFAULT_LANGUAGES) for name in ("mlqa-r", "xquad-r")]
+    results = validate_datasets(datasets, ["mlqa-r"], DEFAULT_LANGUAGES, ["xquad-r"], 2000, 5000, 50000)
+    assert _failures(results) == []
+    # the dataset-level rules ran: XQuAD-R parallelism and MLQA-R -> XQuAD-R leakage
+    assert {r.expectation.split(":")[0] for r in results if r.dataset == "xquad-r"} >= {
+        "expect_column_values_to_be_between(n_languages)",
+        "expect_column_values_to_be_in_set(text_in_training_data)",
+    }
+
+
+@pytest.mark.parametrize("text", ["", "x" * 101])
+def test_text_length_bounds(text):
+    failures = _failures(_validate([_tables(queries=[("q1", "en", "Where is Paris?"), ("q1", "de", text)])]))
+    assert [f[2] for f in failures] == ["expect_column_value_lengths_to_be_between(text)"]
