@@ -1,0 +1,1 @@
+"""Model sources, encoders and losses."""
