@@ -127,26 +127,27 @@ def test_real_process_exits_nonzero_without_traceback(small_xquad, tmp_path):
     assert "de.json" in done.stderr and "not valid JSON" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_beir_qrel_to_a_missing_candidate(run_hbir, tmp_path, db_path):
+def _validate_beir(run_hbir, tmp_path, db_path, corpus_line: str, qrel_lines: str):
+    """A one-query BEIR dataset ``mini`` with the given corpus row and qrels, validated through the CLI."""
     folder = tmp_path / "mini"
     (folder / "qrels").mkdir(parents=True)
-    (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "Paris is in France.", "lang": "en"}\n')
+    (folder / "corpus.jsonl").write_text(corpus_line + "\n")
     (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "Where is Paris?", "lang": "en"}\n')
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td404\t1\n")
-    result = run_hbir("validate", "--set", f"data.dir={tmp_path}", "--set", f"db.path={db_path}",
-                      "--set", "data.train=[]", "--set", "data.eval=[mini]")  # fmt: skip
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrel_lines)
+    return run_hbir("validate", "--set", f"data.dir={tmp_path}", "--set", f"db.path={db_path}",
+                    "--set", "data.train=[]", "--set", "data.eval=[mini]")  # fmt: skip
+
+
+def test_beir_qrel_to_a_missing_candidate(run_hbir, tmp_path, db_path):
+    corpus_line = '{"_id": "d1", "text": "Paris is in France.", "lang": "en"}'
+    result = _validate_beir(run_hbir, tmp_path, db_path, corpus_line, "q1\td1\t1\nq1\td404\t1\n")
     assert result.exit_code == 1 and "cid_known" in result.output and "cid='d404'" in result.output
     assert "qrels/test.tsv" in result.output
     assert _recorded(db_path)[1:] == (1, 0)
 
 
 def test_beir_missing_lang_field(run_hbir, tmp_path, db_path):
-    folder = tmp_path / "mini"
-    (folder / "qrels").mkdir(parents=True)
-    (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "Paris is in France."}\n')
-    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "Where is Paris?", "lang": "en"}\n')
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
-    result = run_hbir("validate", "--set", f"data.dir={tmp_path}", "--set", f"db.path={db_path}",
-                      "--set", "data.train=[]", "--set", "data.eval=[mini]")  # fmt: skip
+    corpus_line = '{"_id": "d1", "text": "Paris is in France."}'
+    result = _validate_beir(run_hbir, tmp_path, db_path, corpus_line, "q1\td1\t1\n")
     assert result.exit_code == 1 and "corpus.jsonl" in result.output and "field 'lang' missing" in result.output
     assert _recorded(db_path) == ([("failed", result.output.split("Error: ", 1)[1].strip())], 0, 0)
