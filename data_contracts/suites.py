@@ -73,12 +73,9 @@ def qrels_suite() -> tuple[list[str], list]:
 
 def parallel_suite(n_languages: int) -> tuple[list[str], list]:
     """For fully parallel datasets (XQuAD-R): each question exists in every language of the dataset."""
-    return ["qid"], [
-        E.ExpectColumnValuesToBeBetween(
-            column="n_languages",
-            min_value=n_languages,
-            max_value=n_languages,
-            description=f"each qid exists in all {n_languages} languages",
+    return ["qid", "lang"], [
+        E.ExpectColumnValuesToBeInSet(
+            column="present", value_set=[True], description=f"each qid exists in all {n_languages} languages"
         ),
     ]
 

@@ -135,8 +135,13 @@ def _qrels_checked(tables: DatasetTables) -> pd.DataFrame:
 
 
 def _languages_per_qid(tables: DatasetTables) -> pd.DataFrame:
-    counts = tables.queries.groupby("qid")["lang"].nunique().rename("n_languages").reset_index()
-    return _tag(counts, tables)
+    """One row per (qid, lang) of the dataset's languages, saying whether that translation exists.
+
+    A row per language, not a count per qid, so that a failure names the language file that lacks the question.
+    """
+    grid = pd.MultiIndex.from_product([sorted(set(tables.queries["qid"])), tables.languages], names=["qid", "lang"])
+    present = pd.MultiIndex.from_frame(tables.queries[["qid", "lang"]])
+    return _tag(pd.DataFrame({"present": grid.isin(present)}, index=grid).reset_index(), tables)
 
 
 def _leakage_checked(tables: DatasetTables, training_texts: set[str]) -> pd.DataFrame:

@@ -37,5 +37,7 @@ def shorten(value: object, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters: an offending value in a message may be 100k characters long."""
     if hasattr(value, "item"):  # numpy scalars from pandas / Great Expectations
         value = value.item()
+    if isinstance(value, float) and value != value:  # pandas' stand-in for a missing value
+        return "null"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

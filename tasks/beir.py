@@ -104,7 +104,8 @@ def _checked(load: TableLoader, table: str) -> tuple[str, pd.DataFrame]:
         )
     for column in ("text", "lang"):
         if column in REQUIRED[table]:
-            wrong = rows[rows[column].map(lambda value: value is not None and not isinstance(value, str))]
+            # a missing or null value is left to the contracts ("lang is present"), which name the row
+            wrong = rows[rows[column].map(lambda value: not isinstance(value, str) and not pd.isna(value))]
             if len(wrong):
                 raise DataError(
                     where,

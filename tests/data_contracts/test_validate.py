@@ -73,7 +73,7 @@ def test_parallelism_requires_every_qid_in_every_language():
     )
     assert _failures(_validate([broken])) == []  # parallelism is only required where configured
     failures = _failures(_validate([broken], fully_parallel=["toy"]))
-    assert [f[2] for f in failures] == ["expect_column_values_to_be_between(n_languages)"]
+    assert [f[2] for f in failures] == ["expect_column_values_to_be_in_set(present)"]
     assert "qid='q2'" in failures[0][3]
 
 
@@ -95,7 +95,7 @@ def test_real_lareqa_data_meets_every_contract(lareqa_dir):
     assert _failures(results) == []
     # the dataset-level rules ran: XQuAD-R parallelism and MLQA-R -> XQuAD-R leakage
     assert {r.expectation.split(":")[0] for r in results if r.dataset == "xquad-r"} >= {
-        "expect_column_values_to_be_between(n_languages)",
+        "expect_column_values_to_be_in_set(present)",
         "expect_column_values_to_be_in_set(text_in_training_data)",
     }
 

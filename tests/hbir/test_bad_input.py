@@ -68,8 +68,8 @@ KINDS = {
                                      ["data[0].paragraphs[0].sentence_breaks", "breaks for"], False),
     "duplicate ids": (_edit_de(lambda p, _: p["qas"].append(dict(p["qas"][0]))),
                       "de.json", ["expect_compound_columns_to_be_unique(dataset,qid,lang)", "lang='de'"], True),
-    "broken parallelism": (_edit_de(lambda p, _: p["qas"].pop(0)), "xquad-r",
-                           ["each qid exists in all 11 languages", "qid="], True),
+    "broken parallelism": (_edit_de(lambda p, _: p["qas"].pop(0)), "de.json",
+                           ["each qid exists in all 11 languages", "lang='de'"], True),
     "file name not a language code": (lambda folder: shutil.copy(folder / "de.json", folder / "deutsch.json"),
                                       "deutsch.json", ["not a known language code", "en.json"], False),
 }  # fmt: skip
@@ -113,6 +113,8 @@ def test_bad_input_is_refused_and_recorded(kind, run_hbir, small_xquad, tmp_path
     assert len(runs) == 1 and runs[0][0] == "failed" and all(fragment in runs[0][1] for fragment in fragments)
     assert (failed > 0) == contracts_ran
     assert versions == 0  # nothing else of the failed run is written
+    if kind == "broken parallelism":  # only the file that lacks the question is named, not all 11
+        assert "en.json" not in result.output
 
 
 def test_real_process_exits_nonzero_without_traceback(small_xquad, tmp_path):
@@ -144,6 +146,13 @@ def test_beir_qrel_to_a_missing_candidate(run_hbir, tmp_path, db_path):
     assert result.exit_code == 1 and "cid_known" in result.output and "cid='d404'" in result.output
     assert "qrels/test.tsv" in result.output
     assert _recorded(db_path)[1:] == (1, 0)
+
+
+def test_beir_null_lang_in_one_row_names_the_row(run_hbir, tmp_path, db_path):
+    corpus_line = '{"_id": "d1", "text": "Paris is in France.", "lang": "en"}\n{"_id": "d2", "text": "Rome."}'
+    result = _validate_beir(run_hbir, tmp_path, db_path, corpus_line, "q1\td1\t1\n")
+    assert result.exit_code == 1 and "lang is present (not null)" in result.output and "cid='d2'" in result.output
+    assert "corpus.jsonl" in result.output and "lang=null" in result.output
 
 
 def test_beir_missing_lang_field(run_hbir, tmp_path, db_path):
