@@ -62,16 +62,14 @@ def validate(config: Config, run_id: str | None = None, progress=print) -> tuple
         failed = [result for result in results if not result.success]
         if failed:
             raise ContractError(contract_failure_message(failed))
-        versions = pd.concat([dataset_versions(d) for d in datasets], ignore_index=True) if datasets else None
+        versions = pd.concat([dataset_versions(d) for d in datasets], ignore_index=True) if datasets else pd.DataFrame()
     except BaseException as error:
         message = str(error) if isinstance(error, HbirError) else f"{type(error).__name__}: {error}"
         store.finish_run(db, run.run_id, "failed", {"validations": validations}, error=message, lock_timeout_s=timeout)
         raise
-    rows = {"validations": validations}
-    if versions is not None:
-        rows["dataset_versions"] = versions
+    rows = {"validations": validations, "dataset_versions": versions}  # finish_run skips empty tables
     store.finish_run(db, run.run_id, "completed", rows, lock_timeout_s=timeout)
-    return run.run_id, versions if versions is not None else pd.DataFrame()
+    return run.run_id, versions
 
 
 def ingest(config: Config, progress=print) -> list[DatasetTables]:

@@ -66,29 +66,25 @@ def tables_from_beir(name: str, load: TableLoader) -> DatasetTables:
     qrels_file, qrels = _checked(load, "qrels")
     if "score" in qrels.columns:
         qrels = qrels[pd.to_numeric(qrels["score"], errors="coerce").fillna(0) > 0]
-    candidates = pd.DataFrame(
-        {
-            "dataset": name,
-            "cid": corpus["_id"].astype(str),
-            "lang": corpus["lang"],
-            "doc_id": (corpus["doc_id"] if "doc_id" in corpus else corpus["_id"]).astype(str),
-            "text": corpus["text"],
-            "context": corpus["context"] if "context" in corpus else corpus["text"],
-        }
-    )
     return DatasetTables(
         name=name,
         queries=frame(
-            pd.DataFrame(
-                {"dataset": name, "qid": queries["_id"].astype(str), "lang": queries["lang"], "text": queries["text"]}
-            ).to_dict("records"),
+            {"dataset": name, "qid": queries["_id"].astype(str), "lang": queries["lang"], "text": queries["text"]},
             QUERY_COLUMNS,
         ),
-        candidates=frame(candidates.to_dict("records"), CANDIDATE_COLUMNS),
+        candidates=frame(
+            {
+                "dataset": name,
+                "cid": corpus["_id"].astype(str),
+                "lang": corpus["lang"],
+                "doc_id": (corpus["doc_id"] if "doc_id" in corpus else corpus["_id"]).astype(str),
+                "text": corpus["text"],
+                "context": corpus["context"] if "context" in corpus else corpus["text"],
+            },
+            CANDIDATE_COLUMNS,
+        ),
         qrels=frame(
-            pd.DataFrame(
-                {"dataset": name, "qid": qrels["query-id"].astype(str), "cid": qrels["corpus-id"].astype(str)}
-            ).to_dict("records"),
+            {"dataset": name, "qid": qrels["query-id"].astype(str), "cid": qrels["corpus-id"].astype(str)},
             QREL_COLUMNS,
         ),
         sources={"corpus": corpus_file, "queries": queries_file, "qrels": qrels_file},

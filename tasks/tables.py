@@ -38,6 +38,6 @@ class DatasetTables:
         return ", ".join(sorted({str(path) for path in self.sources.values()})) or self.name
 
 
-def frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
-    """A table with exactly ``columns``, string-typed, even when ``rows`` is empty."""
+def frame(rows: list[dict] | dict, columns: list[str]) -> pd.DataFrame:
+    """A table with exactly ``columns``, object-typed, from row dicts or columns; empty ``rows`` give an empty table."""
     return pd.DataFrame(rows, columns=columns).astype({column: "object" for column in columns})
