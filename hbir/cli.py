@@ -1,6 +1,7 @@
-"""The ``hbir`` command line: validate data, list runs, query the results database.
+"""The ``hbir`` command line: validate data, train, list runs, query the results database.
 
 hbir validate --set 'data.train=[mlqa-r]' --set 'data.eval=[xquad-r]'
+hbir train --profile smoke --set train.strategy=cross
 hbir runs
 hbir query "SELECT dataset, lang, n_queries FROM dataset_versions" --format csv
 """
@@ -79,6 +80,20 @@ def validate(config: Config, run_id: str | None) -> None:
     if len(versions):
         click.echo(versions.assign(fingerprint=versions["fingerprint"].str[:12]).to_string(index=False))
     click.echo(f"all data contracts passed; run {run_id} recorded in {config.db.path}")
+
+
+@cli.command()
+@config_options
+@click.option("--run-id", help="Name the run; the id of a killed or failed train run continues it from its checkpoint.")
+def train(config: Config, run_id: str | None) -> None:
+    """Ingest, validate, then fine-tune model.source on data.train with train.strategy batches; save the model."""
+    from transformers.utils import logging as transformers_logging
+
+    from hbir import jobs
+
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars; training has its own
+    run_id, result = jobs.train(config, run_id, progress=lambda line: click.echo(line, err=True))
+    click.echo(jobs.train_summary(config, run_id, result))
 
 
 @cli.command()

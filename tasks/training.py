@@ -1,0 +1,169 @@
+"""Fine-tune the bi-encoder with InfoNCE on sampled batches (mono, cross or hybrid), resumable from checkpoints.
+
+    result = fine_tune(model_dir, pairs, config.train, config.model, run_dir, step_log)
+
+CUDA when there is a GPU (bf16 autocast, fused AdamW), else float32 on the CPU. AdamW with linear warm-up and decay,
+gradient clipping. Every ``train.checkpoint_every`` steps a checkpoint goes to ``<run_dir>/checkpoints``; called again
+with the same ``run_dir`` it continues from the newest one, and ``step_log`` forgets the steps after it, so each step
+is logged exactly once. The trained model is saved to ``<run_dir>/model``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from hbir.config import ModelConfig, TrainConfig
+from models.encoder import BiEncoder
+from models.losses import InfoNCELoss
+from tasks.batching import Batch, BatchSampler
+from tasks.checkpoints import TrainerState, checkpoints, load_checkpoint, save_checkpoint
+
+FLUSH_EVERY_S = 10.0  # how stale the train_steps table may get while a run is going
+
+
+class StepLog(Protocol):
+    """Where step rows go (the ``train_steps`` table): rows are appended, and forgotten after a resumed step."""
+
+    def write(self, rows: pd.DataFrame) -> None: ...
+
+    def truncate_after(self, step: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: Path
+    steps: int  # configured = done
+    resumed_from: int  # 0 for a fresh run
+    seconds: float  # of this process's training
+
+
+def pick_device(setting: str = "auto") -> torch.device:
+    """CUDA when asked for or when ``auto`` finds a GPU, else the CPU."""
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def fine_tune(
+    model_dir: Path,
+    pairs: pd.DataFrame,
+    train: TrainConfig,
+    model: ModelConfig,
+    run_dir: Path,
+    step_log: StepLog,
+) -> TrainResult:
+    """Train ``train.steps`` steps (or those left after the last checkpoint) and save the model; see the module doc."""
+    device = pick_device(train.device)
+    torch.manual_seed(train.seed)
+    encoder = load_encoder(model_dir, model, train.freeze_word_embeddings).to(device)
+    sampler = BatchSampler(
+        pairs, train.batch_size, train.mono_share, train.seed, train.mono_languages, train.cross_same_language
+    )
+    optimizer = build_optimizer(encoder, train.lr, train.weight_decay, fused=device.type == "cuda")
+    warmup = math.ceil(train.warmup_ratio * train.steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, train.steps)
+    start = resume(run_dir / "checkpoints", encoder, optimizer, scheduler, sampler)
+    step_log.truncate_after(start)
+
+    began = time.perf_counter()
+    loss_fn = InfoNCELoss(encoder, train.temperature)
+    buffer, flushed_at = [], time.monotonic()
+    progress = tqdm(total=train.steps, initial=start, desc="train", unit="step", disable=None)
+    for batch in sampler:
+        if batch.step > train.steps:
+            break
+        buffer.append(train_step(loss_fn, batch, optimizer, scheduler, train.max_grad_norm))
+        progress.update()
+        progress.set_postfix(loss=f"{buffer[-1]['loss']:.3f}", kind=batch.kind)
+        if batch.step % train.checkpoint_every == 0 or batch.step == train.steps:
+            step_log.write(pd.DataFrame(buffer))  # before the checkpoint: a checkpoint's steps are all logged
+            buffer, flushed_at = [], time.monotonic()
+            state = TrainerState(batch.step, sampler.state_dict())
+            save_checkpoint(run_dir / "checkpoints", state, encoder, optimizer, scheduler, train.keep_checkpoints)
+        elif time.monotonic() - flushed_at > FLUSH_EVERY_S:
+            step_log.write(pd.DataFrame(buffer))
+            buffer, flushed_at = [], time.monotonic()
+    progress.close()
+    model_out = save_model(encoder, run_dir / "model")
+    return TrainResult(model_out, train.steps, start, time.perf_counter() - began)
+
+
+def load_encoder(model_dir: Path, model: ModelConfig, freeze_word_embeddings: bool) -> BiEncoder:
+    encoder = BiEncoder.from_dir(
+        model_dir, query_prefix=model.query_prefix, passage_prefix=model.passage_prefix, max_length=model.max_length
+    )
+    if freeze_word_embeddings:
+        encoder.freeze_word_embeddings()
+    return encoder.train()
+
+
+def build_optimizer(encoder: BiEncoder, lr: float, weight_decay: float, fused: bool) -> torch.optim.AdamW:
+    """AdamW over the trainable weights; biases and LayerNorm weights (1-d tensors) get no weight decay."""
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, fused=fused)
+
+
+def resume(checkpoint_dir: Path, encoder, optimizer, scheduler, sampler: BatchSampler) -> int:
+    """Load the newest checkpoint if there is one; returns the number of steps already done (0 if none)."""
+    found = checkpoints(checkpoint_dir)
+    if not found:
+        return 0
+    state = load_checkpoint(found[-1], encoder, optimizer, scheduler)
+    sampler.load_state_dict(state.sampler)
+    return state.step
+
+
+def train_step(
+    loss_fn: InfoNCELoss,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    max_grad_norm: float,
+) -> dict:
+    """One optimisation step on ``batch``; returns its ``train_steps`` row."""
+    began = time.perf_counter()
+    encoder = loss_fn.encoder
+    queries, passages = encoder.tokenize(batch.queries, "query"), encoder.tokenize(batch.passages, "passage")
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=encoder.device.type == "cuda"):
+        loss = loss_fn(queries, passages)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in encoder.parameters() if p.requires_grad], max_grad_norm)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    value = loss.item()  # waits for the GPU, so the time below is the step's
+    return {
+        "step": batch.step,
+        "loss": value,
+        "lr": lr,
+        "batch_kind": batch.kind,
+        "dataset": batch.dataset,
+        "query_langs": list(batch.query_langs),
+        "passage_langs": list(batch.passage_langs),
+        "examples_per_s": len(batch.queries) / (time.perf_counter() - began),
+    }
+
+
+def save_model(encoder: BiEncoder, out_dir: Path) -> Path:
+    """Save the trained encoder to ``out_dir`` (replacing an older copy only once the new one is complete)."""
+    work = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    encoder.save(work)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    work.rename(out_dir)
+    return out_dir
