@@ -86,7 +86,7 @@ def train(config: Config, run_id: str | None = None, progress=print) -> tuple[st
         progress(f"training {config.model.source} on {len(pairs)} pairs from {', '.join(config.data.train)}")
         run_dir = Path(config.output.dir) / run.run_id
         step_log = store.TrainStepsLog(db, run.run_id, timeout)
-        result = fine_tune(model_dir, pairs, config.train, config.model, run_dir, step_log)
+        result = fine_tune(model_dir, pairs, config.train, config.model, run_dir, step_log, progress)
         weights_sha256 = file_sha256(result.model_dir / "model.safetensors")
         rows["artifacts"] = pd.DataFrame([{"kind": "model", "path": str(result.model_dir), "sha256": weights_sha256}])
     return run.run_id, result

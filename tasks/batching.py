@@ -134,19 +134,24 @@ class BatchSampler:
 
     def _mono(self, rng: np.random.Generator, d: _Groups, step: int) -> Batch:
         lang = rng.choice(d.mono_langs, p=d.mono_p)
-        chosen = _distinct_passages(rng, d.groups_with[lang], self.batch_size, lambda g: (lang, lang), d)
-        return _make_batch(step, "mono", d, chosen)
+
+        def languages(g: int, seen: set[str]) -> tuple[int, int] | None:
+            return None if d.passages[g, lang] in seen else (lang, lang)
+
+        return _make_batch(step, "mono", d, _fill(rng, d.groups_with[lang], self.batch_size, languages, d))
 
     def _cross(self, rng: np.random.Generator, d: _Groups, step: int) -> Batch:
-        def languages(g: int) -> tuple[int, int]:
+        def languages(g: int, seen: set[str]) -> tuple[int, int] | None:
+            """Y uniform among the group's languages whose passage is not in the batch yet, then X (!= Y)."""
             own = d.langs_of[g]
-            if self.cross_same_language:
-                return rng.choice(own), rng.choice(own)
-            x, y = rng.choice(own, size=2, replace=False)
-            return x, y
+            fresh = [y for y in own if d.passages[g, y] not in seen]
+            if not fresh or (len(own) < 2 and not self.cross_same_language):
+                return None
+            y = fresh[rng.integers(len(fresh))]
+            queries = own if self.cross_same_language else own[own != y]
+            return queries[rng.integers(len(queries))], y
 
-        chosen = _distinct_passages(rng, d.cross_groups, self.batch_size, languages, d)
-        return _make_batch(step, "cross", d, chosen)
+        return _make_batch(step, "cross", d, _fill(rng, d.cross_groups, self.batch_size, languages, d))
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
@@ -163,10 +168,11 @@ class BatchSampler:
         self.next_step = int(state["next_step"])
 
 
-def _distinct_passages(rng, candidates: np.ndarray, size: int, languages, d: _Groups) -> list[tuple[int, int, int]]:
+def _fill(rng, candidates: np.ndarray, size: int, languages, d: _Groups) -> list[tuple[int, int, int]]:
     """``size`` (group, query lang, passage lang) triples over distinct groups whose passage texts all differ.
 
-    Draws twice the needed candidates first (enough unless passages repeat a lot), then goes through the rest.
+    ``languages(group, seen)`` gives a group's (X, Y) or None if it cannot add a new passage. Draws twice the
+    needed candidates first (enough unless passages repeat a lot), then goes through the rest.
     """
     first = rng.choice(len(candidates), size=min(len(candidates), 2 * size), replace=False)
 
@@ -176,10 +182,9 @@ def _distinct_passages(rng, candidates: np.ndarray, size: int, languages, d: _Gr
     chosen, seen = [], set()
     for order in (lambda: first, rest):
         for g in candidates[order()]:
-            x, y = languages(g)
-            if d.passages[g, y] not in seen:
-                seen.add(d.passages[g, y])
-                chosen.append((g, x, y))
+            if (drawn := languages(g, seen)) is not None:
+                seen.add(d.passages[g, drawn[1]])
+                chosen.append((g, *drawn))
                 if len(chosen) == size:
                     return chosen
     raise HbirError(

@@ -61,6 +61,7 @@ def fine_tune(
     model: ModelConfig,
     run_dir: Path,
     step_log: StepLog,
+    report=lambda line: None,
 ) -> TrainResult:
     """Train ``train.steps`` steps (or those left after the last checkpoint) and save the model; see the module doc."""
     device = pick_device(train.device)
@@ -74,6 +75,8 @@ def fine_tune(
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, train.steps)
     start = resume(run_dir / "checkpoints", encoder, optimizer, scheduler, sampler)
     step_log.truncate_after(start)
+    if start:
+        report(f"continuing from the checkpoint of step {start}")
 
     began = time.perf_counter()
     loss_fn = InfoNCELoss(encoder, train.temperature)
@@ -86,6 +89,7 @@ def fine_tune(
         progress.update()
         progress.set_postfix(loss=f"{buffer[-1]['loss']:.3f}", kind=batch.kind)
         if batch.step % train.checkpoint_every == 0 or batch.step == train.steps:
+            report(progress_line(buffer, train.steps))  # for logs, where there is no progress bar
             step_log.write(pd.DataFrame(buffer))  # before the checkpoint: a checkpoint's steps are all logged
             buffer, flushed_at = [], time.monotonic()
             state = TrainerState(batch.step, sampler.state_dict())
@@ -96,6 +100,15 @@ def fine_tune(
     progress.close()
     model_out = save_model(encoder, run_dir / "model")
     return TrainResult(model_out, train.steps, start, time.perf_counter() - began)
+
+
+def progress_line(rows: list[dict], total: int) -> str:
+    """``step 50/200: loss 0.912, 14.2 pairs/s`` (means over ``rows``, the steps since the last line)."""
+    recent = pd.DataFrame(rows[-100:])
+    return (
+        f"step {rows[-1]['step']}/{total}: loss {recent['loss'].mean():.3f}, "
+        f"{recent['examples_per_s'].mean():.1f} pairs/s"
+    )
 
 
 def load_encoder(model_dir: Path, model: ModelConfig, freeze_word_embeddings: bool) -> BiEncoder:
