@@ -118,7 +118,10 @@ def sentence_transformers_step(model_dir: Path, args, device, frozen: bool, tota
 
     def step(batch) -> None:
         features = [
-            {k: v.to(device) for k, v in model.tokenize([prefix + t for t in texts]).items()}
+            {
+                k: v.to(device) if torch.is_tensor(v) else v
+                for k, v in model.tokenize([prefix + t for t in texts]).items()
+            }
             for prefix, texts in (("query: ", batch.queries), ("passage: ", batch.passages))
         ]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
