@@ -112,6 +112,7 @@ def sentence_transformers_step(model_dir: Path, args, device, frozen: bool, tota
 
     model = SentenceTransformer(str(model_dir), device=str(device))
     model.max_seq_length = args.max_length
+    model.train()  # as its Trainer does: dropout on, like hbir's (a model in eval mode skips dropout's work)
     loss_fn = MultipleNegativesRankingLoss(model, scale=20.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
     scheduler = get_linear_schedule_with_warmup(optimizer, 1, total_steps)
