@@ -87,3 +87,26 @@ def test_a_run_killed_with_sigkill_resumes_and_logs_each_step_once(smoke, db_pat
     steps = [step for (step,) in rows(db_path, "SELECT step FROM train_steps WHERE run_id = 'killed' ORDER BY step")]
     assert steps == list(range(1, 301))
     assert (tmp_path / "runs" / "killed" / "model" / "model.safetensors").is_file()
+
+
+def test_bad_data_stops_training_before_it_starts(run_hbir, lareqa_dir, db_path, tmp_path):
+    """A truncated evaluation file: exit 1 naming the file, a failed run, no steps, no checkpoints, no model."""
+    data = tmp_path / "data"
+    (data / "xquad-r").mkdir(parents=True)
+    (data / "mlqa-r").symlink_to(lareqa_dir / "mlqa-r")
+    for source in (lareqa_dir / "xquad-r").glob("*.json"):
+        (data / "xquad-r" / source.name).symlink_to(source)
+    (data / "xquad-r" / "de.json").unlink()
+    (data / "xquad-r" / "de.json").write_text((lareqa_dir / "xquad-r" / "de.json").read_text()[:5000])
+
+    runs = tmp_path / "runs"
+    result = run_hbir(
+        "train", "--profile", "smoke", "--run-id", "bad", "--set", f"data.dir={data}",
+        "--set", f"db.path={db_path}", "--set", f"output.dir={runs}",
+    )  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "xquad-r/de.json" in result.output
+    assert rows(db_path, "SELECT status FROM runs") == [("failed",)]
+    assert rows(db_path, "SELECT count(*) FROM train_steps")[0][0] == 0
+    assert rows(db_path, "SELECT count(*) FROM artifacts")[0][0] == 0
+    assert not runs.exists()
