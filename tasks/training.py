@@ -28,7 +28,7 @@ from models.losses import InfoNCELoss
 from tasks.batching import Batch, BatchSampler
 from tasks.checkpoints import TrainerState, checkpoints, load_checkpoint, save_checkpoint
 
-FLUSH_EVERY_S = 10.0  # how stale the train_steps table may get while a run is going
+FLUSH_EVERY_S = 30.0  # how stale the train_steps table (and the log) may get while a run is going
 
 
 class StepLog(Protocol):
@@ -88,15 +88,15 @@ def fine_tune(
         buffer.append(train_step(loss_fn, batch, optimizer, scheduler, train.max_grad_norm))
         progress.update()
         progress.set_postfix(loss=f"{buffer[-1]['loss']:.3f}", kind=batch.kind)
-        if batch.step % train.checkpoint_every == 0 or batch.step == train.steps:
-            report(progress_line(buffer, train.steps))  # for logs, where there is no progress bar
+        checkpoint_due = batch.step % train.checkpoint_every == 0 or batch.step == train.steps
+        if checkpoint_due or time.monotonic() - flushed_at > FLUSH_EVERY_S:
+            if progress.disable:  # a log, not a terminal: a line instead of the bar
+                report(progress_line(buffer, train.steps))
             step_log.write(pd.DataFrame(buffer))  # before the checkpoint: a checkpoint's steps are all logged
             buffer, flushed_at = [], time.monotonic()
+        if checkpoint_due:
             state = TrainerState(batch.step, sampler.state_dict())
             save_checkpoint(run_dir / "checkpoints", state, encoder, optimizer, scheduler, train.keep_checkpoints)
-        elif time.monotonic() - flushed_at > FLUSH_EVERY_S:
-            step_log.write(pd.DataFrame(buffer))
-            buffer, flushed_at = [], time.monotonic()
     progress.close()
     model_out = save_model(encoder, run_dir / "model")
     return TrainResult(model_out, train.steps, start, time.perf_counter() - began)
