@@ -2,6 +2,7 @@
 
 hbir validate --set 'data.train=[mlqa-r]' --set 'data.eval=[xquad-r]'
 hbir train --profile smoke --set train.strategy=cross
+hbir eval --set 'data.eval=[xquad-r]'
 hbir runs
 hbir query "SELECT dataset, lang, n_queries FROM dataset_versions" --format csv
 """
@@ -94,6 +95,21 @@ def train(config: Config, run_id: str | None) -> None:
     transformers_logging.disable_progress_bar()  # "Loading weights" bars; training has its own
     run_id, result = jobs.train(config, run_id, progress=lambda line: click.echo(line, err=True))
     click.echo(jobs.train_summary(config, run_id, result))
+
+
+@cli.command(name="eval")
+@config_options
+@click.option("--run-id", help="Name the run (default: eval-<time>-<random>).")
+@click.option("--model-run", help="Evaluate the model trained by this run instead of model.source.")
+def evaluate(config: Config, run_id: str | None, model_run: str | None) -> None:
+    """Evaluate model.source (zero-shot) or a trained run's model on data.eval: mono, cross and multi settings."""
+    from transformers.utils import logging as transformers_logging
+
+    from hbir import jobs
+
+    transformers_logging.disable_progress_bar()
+    run_id, rows = jobs.evaluate(config, run_id, model_run, progress=lambda line: click.echo(line, err=True))
+    click.echo(jobs.eval_summary(config, run_id, rows))
 
 
 @cli.command()

@@ -110,7 +110,20 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
+    # sentence: encode the candidate sentence; paragraph: the sentence with its paragraph as a text pair (LAReQA)
     candidates: Literal["sentence", "paragraph"] = "sentence"
+    # flat: exact inner product, every relevant candidate's rank over the whole corpus (exact mAP);
+    # ivf / hnsw: approximate faiss indexes for large corpora, searched to `depth` (relevant ones below: not found)
+    index: Literal["flat", "ivf", "hnsw"] = "flat"
+    depth: int = Field(1000, ge=100)  # approximate indexes: candidates retrieved per query (>= 100 for recall@100)
+    ivf_nlist: int = Field(1024, ge=1)  # clusters; lowered to corpus size / 39 for small corpora
+    ivf_nprobe: int = Field(32, ge=1)  # clusters searched per query
+    hnsw_m: int = Field(32, ge=2)  # graph degree
+    hnsw_ef_construction: int = Field(200, ge=1)
+    hnsw_ef_search: int = Field(256, ge=1)
+    batch_size: int = Field(64, ge=1)  # texts per encoder forward pass
+    save_indexes: bool = True  # under <output.dir>/<run_id>/indexes, recorded in artifacts
+    cache_embeddings: bool = True  # under $HBIR_CACHE_DIR/embeddings, keyed by model, texts, prefix and candidates
 
 
 class Config(Section):

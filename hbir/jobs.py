@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -90,6 +91,117 @@ def train(config: Config, run_id: str | None = None, progress=print) -> tuple[st
         weights_sha256 = file_sha256(result.model_dir / "model.safetensors")
         rows["artifacts"] = pd.DataFrame([{"kind": "model", "path": str(result.model_dir), "sha256": weights_sha256}])
     return run.run_id, result
+
+
+def evaluate(
+    config: Config, run_id: str | None = None, model_run: str | None = None, progress=print
+) -> tuple[str, dict[str, pd.DataFrame]]:
+    """Ingest and validate, then evaluate ``model.source`` (or the model trained by run ``model_run``) on
+    ``data.eval``: mono, cross and multi settings, language bias, a report; record it all as an ``eval`` run.
+
+    Returns the run id and the rows written (metrics, per_query, language_bias, artifacts, ...).
+    """
+    from models.sources import resolve_model_source
+    from tasks.training import pick_device
+
+    db, timeout = config.db.path, config.db.lock_timeout_s
+    device = pick_device(config.train.device)
+    run = replace(run_record(config, "eval", run_id), device=describe_device(device), strategy="zero-shot", alpha=None)
+    if model_run:  # the trained run's model: the eval run inherits what it was trained with
+        trained = store.run_info(db, model_run, timeout)
+        run = replace(run, model_source=f"run:{model_run}", strategy=trained["strategy"], alpha=trained["alpha"])
+        run = replace(run, seed=trained["seed"])
+    store.start_run(db, run, lock_timeout_s=timeout)
+    with recorded(config, run.run_id) as rows:
+        datasets = [d for d in checked_datasets(config, rows, progress) if d.name in config.data.eval]
+        model_dir = (
+            store.trained_model(db, model_run, timeout) if model_run else resolve_model_source(config.model.source)
+        )
+        run_dir = Path(config.output.dir) / run.run_id
+        rows |= evaluate_model(config, model_dir, datasets, run_dir, device, progress)
+        report = write_run_report(run_dir, {**asdict(run), "model_dir": str(model_dir)}, rows, None)
+        rows["artifacts"] = pd.concat([rows["artifacts"], report], ignore_index=True)
+    return run.run_id, rows
+
+
+def evaluate_model(
+    config: Config, model_dir: Path, datasets: list[DatasetTables], run_dir: Path, device, progress=print
+) -> dict[str, pd.DataFrame]:
+    """Embed (cached), index and evaluate every dataset; save the indexes under ``run_dir/indexes``.
+
+    Returns the ``metrics``, ``per_query``, ``language_bias`` and ``artifacts`` (the indexes) rows.
+    """
+    from models.cache import embeddings_cache_dir
+    from models.encoder import BiEncoder
+    from tasks.embedding import embed_dataset, model_fingerprint
+    from tasks.evaluation import build_indexes, evaluate, order_corpus
+    from tasks.indexing import save_index
+
+    settings = config.eval
+    encoder = BiEncoder.from_dir(
+        model_dir,
+        query_prefix=config.model.query_prefix,
+        passage_prefix=config.model.passage_prefix,
+        max_length=config.model.max_length,
+    ).to(device)
+    fingerprint = model_fingerprint(model_dir)
+    cache_dir = embeddings_cache_dir() if settings.cache_embeddings else None
+    results, artifacts = [], []
+    for tables in datasets:
+        started = time.perf_counter()
+        vectors = embed_dataset(
+            encoder, fingerprint, tables, settings.candidates, settings.batch_size, cache_dir, progress
+        )
+        embedded = time.perf_counter()
+        corpus = order_corpus(tables)
+        indexes = build_indexes(vectors.candidates[corpus.order], corpus, settings)
+        result = evaluate(tables, vectors, settings, indexes)
+        n_settings = len(result.metrics.drop_duplicates(["setting", "query_lang", "corpus_lang"]))
+        progress(
+            f"{tables.name}: embedded {len(tables.queries)} queries and {len(tables.candidates)} candidates in "
+            f"{embedded - started:.0f} s, evaluated {n_settings} settings in {time.perf_counter() - embedded:.1f} s"
+        )
+        results.append(result)
+        if settings.save_indexes:
+            for lang, index in indexes.items():
+                path = run_dir / "indexes" / tables.name / f"{settings.index}-{lang}.faiss"
+                artifacts.append({"kind": "index", "path": str(path), "sha256": save_index(index, path)})
+    return {
+        "metrics": pd.concat([r.metrics for r in results], ignore_index=True),
+        "per_query": pd.concat([r.per_query for r in results], ignore_index=True),
+        "language_bias": pd.concat([r.language_bias for r in results], ignore_index=True),
+        "artifacts": pd.DataFrame(artifacts, columns=["kind", "path", "sha256"]),
+    }
+
+
+def write_run_report(
+    run_dir: Path, run: dict, rows: dict[str, pd.DataFrame], train_curve: pd.DataFrame | None
+) -> pd.DataFrame:
+    """Write ``run_dir/report`` (markdown + plots) from a run's rows; returns its ``artifacts`` rows."""
+    from tasks.report import write_report
+
+    files = write_report(run_dir / "report", run, rows["metrics"], rows["language_bias"], train_curve)
+    return pd.DataFrame([{"kind": f.kind, "path": str(f.path), "sha256": f.sha256} for f in files])
+
+
+def eval_summary(config: Config, run_id: str, rows: dict[str, pd.DataFrame]) -> str:
+    """The setting summaries (mean over language pairs) and language bias of an eval run, a few lines."""
+    metrics, bias = rows["metrics"], rows["language_bias"]
+    lines = []
+    for dataset, group in metrics.groupby("dataset", sort=False):
+        summary = group.pivot_table(index="setting", columns="metric", values="value", aggfunc="mean")
+        pairs = group[group["metric"] == "map"]["setting"].value_counts()
+        lines.append(f"{dataset} (" + ", ".join(f"{pairs.get(s, 0)} {s}" for s in ("mono", "cross", "multi")) + "):")
+        lines.append(summary.reindex(["mono", "cross", "multi"]).round(3).to_string())
+        of_dataset = bias[bias["dataset"] == dataset]
+        if len(of_dataset):
+            lines.append(
+                f"language bias (multi): rank distance {of_dataset['rank_distance'].mean():.1f}, first hit in the "
+                f"query's language {of_dataset['same_lang_first_rate'].mean():.1%} (means over query languages)"
+            )
+    report = rows["artifacts"].query("kind == 'report'")["path"]
+    lines.append(f"report: {report.iloc[0] if len(report) else '-'}\nrun {run_id} recorded in {config.db.path}")
+    return "\n".join(lines)
 
 
 def train_summary(config: Config, run_id: str, result: TrainResult) -> str:

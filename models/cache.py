@@ -1,4 +1,4 @@
-"""Where converted and generated model directories are kept, and how one is written without ever being half there."""
+"""Where converted models and cached embeddings are kept, and how one is written without ever being half there."""
 
 from __future__ import annotations
 
@@ -9,9 +9,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def cache_root() -> Path:
+    """``$HBIR_CACHE_DIR``, else ``~/.cache/hbir``."""
+    return Path(os.environ.get("HBIR_CACHE_DIR", Path.home() / ".cache" / "hbir"))
+
+
 def models_cache_dir() -> Path:
     """``$HBIR_CACHE_DIR/models``, else ``~/.cache/hbir/models``."""
-    return Path(os.environ.get("HBIR_CACHE_DIR", Path.home() / ".cache" / "hbir")) / "models"
+    return cache_root() / "models"
+
+
+def embeddings_cache_dir() -> Path:
+    """``$HBIR_CACHE_DIR/embeddings``, else ``~/.cache/hbir/embeddings``."""
+    return cache_root() / "embeddings"
 
 
 def build_once(out_dir: Path, build: Callable[[Path], None], marker: str = "model.safetensors") -> Path:

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 TextKind = Literal["query", "passage"]
@@ -59,11 +60,20 @@ class BiEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def tokenize(self, texts: list[str], kind: TextKind) -> dict[str, torch.Tensor]:
-        """Prefix, tokenize and pad to the longest text of this batch (not to max_length), on the model's device."""
+    def tokenize(self, texts: list[str], kind: TextKind, contexts: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Prefix, tokenize and pad to the longest text of this batch (not to max_length), on the model's device.
+
+        With ``contexts``, each text is encoded with its context as a text pair (LAReQA's sentence + paragraph),
+        the context truncated first.
+        """
         prefixed = [self.prefixes[kind] + text for text in texts]
         features = self.tokenizer(
-            prefixed, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            prefixed,
+            contexts,
+            padding=True,
+            truncation="longest_first" if contexts is not None else True,
+            max_length=self.max_length,
+            return_tensors="pt",
         )
         return {name: tensor.to(self.device) for name, tensor in features.items()}
 
@@ -73,16 +83,34 @@ class BiEncoder(nn.Module):
         return F.normalize(mean_pool(hidden, features["attention_mask"]), dim=-1)
 
     @torch.inference_mode()
-    def embed(self, texts: list[str], kind: TextKind, batch_size: int = 64) -> torch.Tensor:
-        """Embeddings (N, H) in float32 on the CPU, computed in batches of similar length to keep padding small."""
+    def embed(
+        self,
+        texts: list[str],
+        kind: TextKind,
+        batch_size: int = 64,
+        contexts: list[str] | None = None,
+        progress: bool | None = False,
+        label: str = "",
+    ) -> torch.Tensor:
+        """Embeddings (N, H) in float32 on the CPU, computed in batches of similar length to keep padding small.
+
+        ``contexts``: encode text pairs (see ``tokenize``). ``progress``: a progress bar (None: only on a terminal),
+        described as "embedding <label> <kind>s".
+        """
         was_training = self.training
         self.eval()
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        lengths = [len(t) + (len(contexts[i]) if contexts is not None else 0) for i, t in enumerate(texts)]
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
         out = torch.empty(len(texts), self.model.config.hidden_size)
-        for start in range(0, len(texts), batch_size):
+        starts = range(0, len(texts), batch_size)
+        bar_off = None if progress is None else not progress  # tqdm: None = only on a terminal
+        for start in tqdm(
+            starts, desc=" ".join(filter(None, ["embedding", label, f"{kind}s"])), unit="batch", disable=bar_off
+        ):
             chunk = order[start : start + batch_size]
+            pair = [contexts[i] for i in chunk] if contexts is not None else None
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                out[chunk] = self(self.tokenize([texts[i] for i in chunk], kind)).float().cpu()
+                out[chunk] = self(self.tokenize([texts[i] for i in chunk], kind, pair)).float().cpu()
         self.train(was_training)
         return out
 

@@ -79,6 +79,42 @@ MIGRATIONS: list[str] = [
         sha256 VARCHAR                      -- of the file, or of a model directory's weights file
     );
     """,
+    """
+    CREATE TABLE metrics (
+        run_id VARCHAR NOT NULL,
+        dataset VARCHAR NOT NULL,
+        setting VARCHAR NOT NULL CHECK (setting IN ('mono', 'cross', 'multi')),
+        query_lang VARCHAR NOT NULL,
+        corpus_lang VARCHAR NOT NULL,       -- 'all' for multi: the pool of every language
+        metric VARCHAR NOT NULL,            -- map | mrr@10 | recall@1 | recall@10 | recall@100 | ndcg@10
+        value DOUBLE NOT NULL,              -- mean over the queries that have a relevant candidate in the corpus
+        n_queries BIGINT NOT NULL,
+        PRIMARY KEY (run_id, dataset, setting, query_lang, corpus_lang, metric)
+    );
+    CREATE TABLE per_query (
+        run_id VARCHAR NOT NULL,
+        dataset VARCHAR NOT NULL,
+        setting VARCHAR NOT NULL,
+        query_lang VARCHAR NOT NULL,
+        corpus_lang VARCHAR NOT NULL,
+        qid VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL,
+        value DOUBLE NOT NULL
+    );
+    CREATE TABLE language_bias (
+        run_id VARCHAR NOT NULL,
+        dataset VARCHAR NOT NULL,
+        query_lang VARCHAR NOT NULL,
+        rank_distance DOUBLE,               -- mean over queries of max - min rank of their relevant candidates
+        same_lang_first_rate DOUBLE NOT NULL,  -- share of queries whose best-ranked relevant is in their language
+        n_queries BIGINT NOT NULL,
+        PRIMARY KEY (run_id, dataset, query_lang)
+    );
+    -- a setting's summary: the mean over its language pairs (XQuAD-R: 11 mono, 110 cross, 11 multi)
+    CREATE VIEW run_summary AS
+        SELECT run_id, dataset, setting, metric, avg(value) AS value, count(*) AS n_pairs
+        FROM metrics GROUP BY run_id, dataset, setting, metric;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
@@ -264,6 +300,37 @@ class TrainStepsLog:
 
     def truncate_after(self, step: int) -> None:
         delete_train_steps_after(self.db, self.run_id, step, self.lock_timeout_s)
+
+
+def run_info(db: str, run_id: str, lock_timeout_s: float = 60.0) -> dict[str, Any]:
+    """The ``runs`` row of ``run_id`` as a dict; HbirError if there is none."""
+    if not db.startswith("md:") and not Path(db).exists():
+        raise HbirError(f"results database {db} does not exist: there is no run {run_id!r}")
+    with connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
+        found = connection.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).df()
+    if found.empty:
+        raise HbirError(f"no run {run_id!r} in {db}: `hbir runs` lists the runs")
+    return found.iloc[0].to_dict()
+
+
+def trained_model(db: str, run_id: str, lock_timeout_s: float = 60.0) -> Path:
+    """The model directory a completed run saved (its ``model`` artifact); HbirError naming what is wrong."""
+    if not db.startswith("md:") and not Path(db).exists():
+        raise HbirError(f"results database {db} does not exist: no run {run_id!r} to take a model from")
+    with connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
+        found = connection.execute(
+            "SELECT r.status, a.path FROM runs r LEFT JOIN artifacts a ON a.run_id = r.run_id AND a.kind = 'model' "
+            "WHERE r.run_id = ?",
+            [run_id],
+        ).fetchall()
+    if not found:
+        raise HbirError(f"no run {run_id!r} in {db}: `hbir runs` lists the runs")
+    status, path = found[0]
+    if path is None:
+        raise HbirError(f"run {run_id!r} ({status}) saved no model: give a completed train run")
+    if not (Path(path) / "config.json").exists():
+        raise HbirError(f"run {run_id!r} saved its model in {path}, which is gone or incomplete")
+    return Path(path)
 
 
 def read_only_query(db: str, sql: str, lock_timeout_s: float = 60.0) -> pd.DataFrame:

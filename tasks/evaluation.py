@@ -1,0 +1,255 @@
+"""LAReQA-style evaluation: the rank of every relevant candidate, metrics per setting and language pair, language bias.
+
+    result = evaluate(tables, vectors, settings)   # DatasetTables, DatasetEmbeddings, EvalConfig
+    result.metrics        # dataset, setting, query_lang, corpus_lang, metric, value, n_queries
+    result.per_query      # dataset, setting, query_lang, corpus_lang, qid, metric, value
+    result.language_bias  # dataset, query_lang, rank_distance, same_lang_first_rate, n_queries
+
+Settings (DESIGN.md): ``mono`` X -> X, ``cross`` X -> Y with X != Y, ``multi`` X -> the pool of all languages
+(``corpus_lang`` 'all'). A query counts in a setting when it has a relevant candidate in that corpus.
+
+With the exact (``flat``) index every query is scored against every candidate, so each relevant candidate's rank over
+the whole corpus is known and mAP is exact. Ranks are 1-based and ties are pessimistic: a relevant candidate's rank
+is the number of candidates scoring at least as high, and average precision takes a tie group at once, as sklearn's
+``average_precision_score`` (LAReQA's mAP) does. With an approximate index (``ivf``, ``hnsw``) the ranks come from a
+faiss search to ``eval.depth``; relevant candidates below it count as not retrieved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from hbir.config import EvalConfig
+from tasks.embedding import DatasetEmbeddings
+from tasks.indexing import build_index, search
+from tasks.tables import DatasetTables
+
+METRICS = ("map", "mrr@10", "recall@1", "recall@10", "recall@100", "ndcg@10")
+POOL = "all"  # corpus_lang of the multi setting
+QUERY_CHUNK = 512  # query rows scored at once against the pool: 512 x 20k candidates = 40 MB of scores
+
+
+@dataclass
+class EvalResult:
+    metrics: pd.DataFrame
+    per_query: pd.DataFrame
+    language_bias: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Candidates ordered by language, so that each language is one contiguous block of the pool."""
+
+    order: np.ndarray  # pool position -> candidate row of the tables
+    langs: list[str]
+    starts: dict[str, int]  # language -> first pool position
+    stops: dict[str, int]
+
+    def block(self, lang: str) -> slice:
+        return slice(self.starts[lang], self.stops[lang]) if lang != POOL else slice(0, len(self.order))
+
+
+def evaluate(
+    tables: DatasetTables, vectors: DatasetEmbeddings, settings: EvalConfig, indexes: dict | None = None
+) -> EvalResult:
+    """All mono, cross and multi settings of one dataset. ``indexes``: approximate faiss indexes by corpus language
+    (``'all'`` for the pool), built here when missing; unused for the exact ``flat`` setting."""
+    corpus = order_corpus(tables)
+    pool_vectors = np.ascontiguousarray(vectors.candidates[corpus.order])
+    if settings.index != "flat" and indexes is None:
+        indexes = build_indexes(pool_vectors, corpus, settings)
+    relevant = relevant_pairs(tables, corpus)
+    query_langs = tables.queries["lang"].to_numpy()
+    metric_rows, per_query_blocks, bias_rows = [], [], []
+    for query_lang in [lang for lang in corpus.langs if (query_langs == lang).any()]:
+        query_rows = np.flatnonzero(query_langs == query_lang)
+        targets = relevant_by_corpus(relevant[relevant["query_lang"] == query_lang], query_rows, corpus)
+        query_vectors = vectors.queries[query_rows]
+        if settings.index == "flat":
+            ranked = exact_ranks(query_vectors, pool_vectors, corpus, targets)
+        else:
+            ranked = {
+                corpus_lang: searched_ranks(search(indexes[corpus_lang], query_vectors[keep], settings.depth)[1], rel)
+                for corpus_lang, (rel, keep) in targets.items()
+            }
+        qids = tables.queries["qid"].to_numpy()[query_rows]
+        for corpus_lang, (ranks, rel_ge) in ranked.items():
+            rel, keep = targets[corpus_lang]
+            setting = "multi" if corpus_lang == POOL else "mono" if corpus_lang == query_lang else "cross"
+            key = {"dataset": tables.name, "setting": setting, "query_lang": query_lang, "corpus_lang": corpus_lang}
+            values = metrics_from_ranks(ranks, rel_ge, (rel >= 0).sum(axis=1))
+            n_queries = len(rel)
+            metric_rows += [
+                {**key, "metric": name, "value": float(v.mean()), "n_queries": n_queries} for name, v in values.items()
+            ]
+            per_query_blocks.append((key, qids[keep], values))
+            if setting == "multi":
+                bias = language_bias(ranks, rel, corpus, query_lang)
+                bias_rows.append({"dataset": tables.name, "query_lang": query_lang, **bias})
+    return EvalResult(pd.DataFrame(metric_rows), per_query_frame(per_query_blocks), pd.DataFrame(bias_rows))
+
+
+def order_corpus(tables: DatasetTables) -> Corpus:
+    langs = tables.candidates["lang"].to_numpy()
+    order = np.argsort(langs, kind="stable")
+    sorted_langs = langs[order]
+    names = sorted(set(sorted_langs))
+    starts = {lang: int(np.searchsorted(sorted_langs, lang, "left")) for lang in names}
+    stops = {lang: int(np.searchsorted(sorted_langs, lang, "right")) for lang in names}
+    return Corpus(order, names, starts, stops)
+
+
+def relevant_pairs(tables: DatasetTables, corpus: Corpus) -> pd.DataFrame:
+    """One row per (query row, relevant candidate): the query's row and language, the candidate's pool position
+    and language."""
+    pool_position = pd.Series(np.empty(len(corpus.order), dtype=np.int64), index=tables.candidates["cid"].to_numpy())
+    pool_position.iloc[corpus.order] = np.arange(len(corpus.order))
+    queries = tables.queries[["qid", "lang"]].rename(columns={"lang": "query_lang"}).reset_index(drop=True)
+    queries["query_row"] = np.arange(len(queries))
+    pairs = queries.merge(tables.qrels[["qid", "cid"]], on="qid")
+    pairs["pool_position"] = pool_position.loc[pairs["cid"].to_numpy()].to_numpy()
+    pairs["corpus_lang"] = tables.candidates.set_index("cid").loc[pairs["cid"].to_numpy(), "lang"].to_numpy()
+    return pairs
+
+
+def relevant_by_corpus(
+    pairs: pd.DataFrame, query_rows: np.ndarray, corpus: Corpus
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For each corpus language and the pool: the relevant candidates of the queries that have one there, as
+    columns of that corpus block (n, R) padded with -1, and which of ``query_rows`` they are (a mask)."""
+    blocks = dict(tuple(pairs.groupby("corpus_lang", sort=False)))
+    targets = {lang: padded(blocks[lang], query_rows, corpus.starts[lang]) for lang in corpus.langs if lang in blocks}
+    if len(pairs):
+        targets[POOL] = padded(pairs, query_rows, 0)
+    return targets
+
+
+def padded(pairs: pd.DataFrame, query_rows: np.ndarray, block_start: int) -> tuple[np.ndarray, np.ndarray]:
+    row = np.searchsorted(query_rows, pairs["query_row"].to_numpy())
+    slot = pairs.groupby("query_row").cumcount().to_numpy()
+    rel = np.full((len(query_rows), int(slot.max()) + 1), -1, dtype=np.int64)
+    rel[row, slot] = pairs["pool_position"].to_numpy() - block_start
+    keep = (rel >= 0).any(axis=1)
+    return rel[keep], keep
+
+
+def exact_ranks(
+    queries: np.ndarray, pool: np.ndarray, corpus: Corpus, targets: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For each corpus in ``targets``: the ranks of each query's relevant candidates over the whole corpus (inf for
+    padding), and for each the number of relevant candidates scoring at least as high (AP's numerator). Every query
+    is scored against the pool once; a language's corpus is its block of the pool."""
+    out = {lang: (np.full(rel.shape, np.inf), np.zeros(rel.shape)) for lang, (rel, _) in targets.items()}
+    for start in range(0, len(queries), QUERY_CHUNK):
+        chunk = slice(start, start + QUERY_CHUNK)
+        scores = queries[chunk] @ pool.T  # (n, N), float32
+        for lang, (rel, keep) in targets.items():
+            rows = slice(int(keep[: chunk.start].sum()), int(keep[: chunk.stop].sum()))  # rel rows of this chunk
+            ranks, rel_ge = out[lang]
+            queried = scores if keep[chunk].all() else scores[keep[chunk]]
+            ranks[rows], rel_ge[rows] = ranks_in(queried[:, corpus.block(lang)], rel[rows])
+    return out
+
+
+def ranks_in(scores: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks (n, R) of the relevant columns ``rel`` (-1: padding) in rows of ``scores`` (n, N), and for each the
+    number of relevant columns scoring at least as high.
+
+    Only candidates scoring at least a query's lowest relevant score can change a rank, so only those are sorted
+    into the thresholds, all rows at once: row i's values are shifted by 4i (scores lie in [-1, 1]), which keeps
+    every row apart in one ascending float64 array.
+    """
+    n, width = rel.shape
+    padding = rel < 0
+    thresholds = np.take_along_axis(scores, np.maximum(rel, 0), axis=1).astype(np.float64)
+    thresholds[padding] = np.inf
+    above = scores >= thresholds.min(axis=1, keepdims=True)  # (n, N)
+    if width == 1:  # one relevant candidate per query: its rank is a count
+        return np.where(padding, np.inf, np.count_nonzero(above, axis=1)[:, None]), (~padding).astype(np.float64)
+    order = np.argsort(thresholds, axis=1)  # ascending, padding last
+    offsets = 4.0 * np.arange(n)
+    flat = (np.minimum(np.take_along_axis(thresholds, order, axis=1), 2.5) + offsets[:, None]).ravel()
+    rows, cols = np.nonzero(above)
+    keys = scores[rows, cols].astype(np.float64) + offsets[rows]
+    below = np.searchsorted(flat, keys, side="right") - rows * width  # thresholds <= each score, 1..R
+    counts = np.bincount(rows * (width + 1) + below, minlength=n * (width + 1)).reshape(n, width + 1)
+    at_least = counts[:, ::-1].cumsum(axis=1)[:, ::-1][:, 1:]  # [j]: candidates scoring >= the j-th threshold
+    n_valid = (~padding).sum(axis=1, keepdims=True)
+    first_equal = np.searchsorted(flat, flat, side="left").reshape(n, width) - np.arange(n)[:, None] * width
+    sorted_padding = np.take_along_axis(padding, order, axis=1)
+    ranks, rel_ge = np.empty((n, width)), np.empty((n, width))
+    np.put_along_axis(ranks, order, np.where(sorted_padding, np.inf, at_least), axis=1)
+    np.put_along_axis(rel_ge, order, np.where(sorted_padding, 0.0, n_valid - first_equal), axis=1)
+    return ranks, rel_ge
+
+
+def searched_ranks(found: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks of relevant candidates in retrieved lists ``found`` (n, depth) of corpus columns (-1: no result); inf if
+    not there. Rows are kept apart by offsetting row i's ids by i * width, then looked up in one sorted array."""
+    n, depth = found.shape
+    width = int(max(found.max(initial=0), rel.max(initial=0))) + 2
+    keys = (found + 1) + np.arange(n)[:, None] * width  # +1: the -1 of "no result" stays inside its row
+    order = np.argsort(keys, axis=None)
+    sorted_keys = keys.ravel()[order]
+    wanted = (rel + 1) + np.arange(n)[:, None] * width
+    at = np.minimum(np.searchsorted(sorted_keys, wanted), sorted_keys.size - 1)
+    hit = (sorted_keys[at] == wanted) & (rel >= 0)
+    ranks = np.where(hit, order[at] % depth + 1.0, np.inf)
+    rel_ge = np.where(hit, np.argsort(np.argsort(ranks, axis=1), axis=1) + 1.0, 0.0)
+    return ranks, rel_ge
+
+
+def metrics_from_ranks(ranks: np.ndarray, rel_ge: np.ndarray, n_relevant: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-query metrics from the ranks (n, R) of the relevant candidates (inf: padding or not retrieved)."""
+    first = ranks.min(axis=1)
+    gains = np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0).sum(axis=1)
+    ideal = np.cumsum(1.0 / np.log2(np.arange(2, 12)))[np.minimum(n_relevant, 10) - 1]
+    return {
+        "map": (rel_ge / ranks).sum(axis=1) / n_relevant,
+        "mrr@10": np.where(first <= 10, 1.0 / first, 0.0),
+        "recall@1": (ranks <= 1).sum(axis=1) / n_relevant,
+        "recall@10": (ranks <= 10).sum(axis=1) / n_relevant,
+        "recall@100": (ranks <= 100).sum(axis=1) / n_relevant,
+        "ndcg@10": gains / ideal,
+    }
+
+
+def language_bias(ranks: np.ndarray, rel: np.ndarray, corpus: Corpus, query_lang: str) -> dict:
+    """Multi setting: mean over queries of max - min rank of their relevant candidates (queries with >= 2 ranked),
+    and the share of queries whose best-ranked relevant candidate is in the query's language."""
+    finite = np.isfinite(ranks)
+    spread = np.where(finite, ranks, -np.inf).max(axis=1) - ranks.min(axis=1)
+    has_two = finite.sum(axis=1) >= 2
+    best = rel[np.arange(len(rel)), ranks.argmin(axis=1)]
+    start, stop = corpus.starts.get(query_lang, 0), corpus.stops.get(query_lang, 0)
+    same_lang = (best >= start) & (best < stop) & finite.any(axis=1)
+    return {
+        "rank_distance": float(spread[has_two].mean()) if has_two.any() else float("nan"),
+        "same_lang_first_rate": float(same_lang.mean()),
+        "n_queries": len(rel),
+    }
+
+
+def build_indexes(pool_vectors: np.ndarray, corpus: Corpus, settings: EvalConfig) -> dict:
+    """One faiss index per corpus language and one for the pool, by corpus_lang ('all' for the pool)."""
+    return {lang: build_index(pool_vectors[corpus.block(lang)], settings) for lang in [*corpus.langs, POOL]}
+
+
+def per_query_frame(blocks: list[tuple[dict, np.ndarray, dict[str, np.ndarray]]]) -> pd.DataFrame:
+    """Long table (one row per setting, query and metric) from per-setting metric arrays, without a Python loop
+    over queries."""
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in ("dataset", "setting", "query_lang", "corpus_lang")}
+    columns |= {"qid": [], "metric": [], "value": []}
+    for key, qids, values in blocks:
+        n = len(qids) * len(values)
+        for name in ("dataset", "setting", "query_lang", "corpus_lang"):
+            columns[name].append(np.full(n, key[name], dtype=object))
+        columns["qid"].append(np.tile(qids, len(values)))
+        columns["metric"].append(np.repeat(np.array(list(values), dtype=object), len(qids)))
+        columns["value"].append(np.concatenate(list(values.values())))
+    if not blocks:
+        return pd.DataFrame(columns=list(columns))
+    return pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()})

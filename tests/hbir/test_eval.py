@@ -1,0 +1,114 @@
+"""`hbir eval` as a user runs it: the smoke model on three languages of the real data, results in DuckDB, a report,
+cached embeddings, and a trained run's model."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+LANGUAGES = ["de", "en", "zh"]  # in both XQuAD-R and MLQA-R
+
+
+@pytest.fixture(scope="module")
+def three_language_data(lareqa_dir, tmp_path_factory) -> Path:
+    """The real XQuAD-R and MLQA-R files of three languages: every setting kind, a fraction of the time."""
+    root = tmp_path_factory.mktemp("lareqa-3")
+    for dataset in ("xquad-r", "mlqa-r"):
+        (root / dataset).mkdir()
+        for lang in LANGUAGES:
+            shutil.copy(lareqa_dir / dataset / f"{lang}.json", root / dataset / f"{lang}.json")
+    return root
+
+
+@pytest.fixture
+def smoke(three_language_data, db_path, tmp_path):
+    return [
+        "--profile",
+        "smoke",
+        "--set",
+        f"data.dir={three_language_data}",
+        "--set",
+        f"data.languages=[{','.join(LANGUAGES)}]",
+        "--set",
+        f"db.path={db_path}",
+        "--set",
+        f"output.dir={tmp_path / 'runs'}",
+    ]
+
+
+def rows(db_path, sql: str, *params) -> list[tuple]:
+    with duckdb.connect(str(db_path), read_only=True) as connection:
+        return connection.execute(sql, list(params)).fetchall()
+
+
+def test_eval_fills_metrics_per_query_language_bias_summary_and_a_report(run_hbir, smoke, db_path, tmp_path):
+    result = run_hbir("eval", *smoke, "--run-id", "zero")
+    assert result.exit_code == 0, result.output
+    assert "xquad-r (3 mono, 6 cross, 3 multi)" in result.output
+    assert rows(db_path, "SELECT kind, status, strategy, model_source FROM runs") == [
+        ("eval", "completed", "zero-shot", "random:tiny")
+    ]
+    settings = rows(db_path, "SELECT setting, count(DISTINCT (query_lang, corpus_lang)) FROM metrics GROUP BY ALL")
+    assert dict(settings) == {"mono": 3, "cross": 6, "multi": 3}
+    assert rows(db_path, "SELECT count(DISTINCT metric), min(n_queries), max(n_queries) FROM metrics") == [
+        (6, 1190, 1190)
+    ]
+    assert rows(db_path, "SELECT count(*) FROM per_query") == [(12 * 1190 * 6,)]
+    # the metrics are the per-query means, and run_summary the mean over language pairs
+    assert rows(
+        db_path,
+        "SELECT count(*) FROM metrics m JOIN (SELECT setting, query_lang, corpus_lang, metric, avg(value) AS mean "
+        "FROM per_query GROUP BY ALL) p USING (setting, query_lang, corpus_lang, metric) "
+        "WHERE abs(m.value - p.mean) > 1e-9",
+    ) == [(0,)]
+    summary = dict(rows(db_path, "SELECT setting, value FROM run_summary WHERE metric = 'map'"))
+    mono = rows(db_path, "SELECT avg(value) FROM metrics WHERE setting = 'mono' AND metric = 'map'")[0][0]
+    assert summary["mono"] == pytest.approx(mono) and set(summary) == {"mono", "cross", "multi"}
+    bias = rows(db_path, "SELECT query_lang, n_queries FROM language_bias ORDER BY query_lang")
+    assert bias == [(lang, 1190) for lang in LANGUAGES]
+    artifacts = rows(db_path, "SELECT kind, path, sha256 FROM artifacts ORDER BY kind, path")
+    kinds = [kind for kind, _, _ in artifacts]
+    assert kinds.count("index") == 4 and kinds.count("report") == 1 and kinds.count("plot") >= 2
+    for _, path, sha256 in artifacts:
+        assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha256
+    report = next(Path(path) for kind, path, _ in artifacts if kind == "report")
+    assert report.parent == tmp_path / "runs" / "zero" / "report"
+    assert "| mono |" in report.read_text()
+
+
+def test_a_second_eval_reads_its_embeddings_from_the_cache(run_hbir, smoke, db_path, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HBIR_CACHE_DIR", str(cache))
+    assert run_hbir("eval", *smoke, "--run-id", "first").exit_code == 0
+    blocks = {path: path.stat().st_mtime_ns for path in (cache / "embeddings").glob("*.npy")}
+    assert len(blocks) == 2 * len(LANGUAGES)  # queries and candidates of each XQuAD-R language
+    assert run_hbir("eval", *smoke, "--run-id", "second").exit_code == 0
+    assert {path: path.stat().st_mtime_ns for path in (cache / "embeddings").glob("*.npy")} == blocks
+    same = "SELECT count(*) FROM metrics a JOIN metrics b USING (dataset, setting, query_lang, corpus_lang, metric) "
+    same += "WHERE a.run_id = 'first' AND b.run_id = 'second' AND a.value = b.value"
+    assert rows(db_path, same) == [(12 * 6,)]
+    # the paragraph mode encodes other texts: new candidate blocks, the query blocks are reused
+    assert run_hbir("eval", *smoke, "--run-id", "paragraph", "--set", "eval.candidates=paragraph").exit_code == 0
+    assert len(list((cache / "embeddings").glob("*.npy"))) == len(blocks) + len(LANGUAGES)
+    assert not list((cache / "embeddings").glob(".*partial"))
+
+
+def test_eval_of_a_trained_runs_model(run_hbir, smoke, db_path, tmp_path):
+    assert run_hbir("train", *smoke, "--run-id", "trained", "--set", "train.strategy=cross").exit_code == 0
+    result = run_hbir("eval", *smoke, "--run-id", "after", "--model-run", "trained")
+    assert result.exit_code == 0, result.output
+    assert rows(db_path, "SELECT model_source, strategy FROM runs WHERE run_id = 'after'") == [("run:trained", "cross")]
+    report = tmp_path / "runs" / "after" / "report" / "report.md"
+    assert str(tmp_path / "runs" / "trained" / "model") in report.read_text()
+
+
+def test_eval_of_an_unknown_run_says_so_and_records_nothing(run_hbir, smoke, db_path):
+    assert run_hbir("validate", *smoke, "--run-id", "v").exit_code == 0
+    result = run_hbir("eval", *smoke, "--model-run", "nope")
+    assert result.exit_code == 1
+    assert "no run 'nope'" in result.output and "hbir runs" in result.output
+    assert rows(db_path, "SELECT run_id FROM runs") == [("v",)]

@@ -1,0 +1,198 @@
+"""Evaluation on the real data: metrics against independent implementations, settings, ties, language bias."""
+
+from __future__ import annotations
+
+import ir_measures
+import numpy as np
+import pandas as pd
+import pytest
+from ir_measures import RR, R, nDCG
+from sklearn.metrics import average_precision_score
+
+from hbir.config import DEFAULT_LANGUAGES, EvalConfig
+from models.encoder import BiEncoder
+from tasks.embedding import DatasetEmbeddings, embed_dataset
+from tasks.evaluation import METRICS, evaluate
+from tasks.ingest import ingest_dataset
+from tasks.tables import CANDIDATE_COLUMNS, QREL_COLUMNS, QUERY_COLUMNS, DatasetTables, frame
+
+IR_MEASURES = {"mrr@10": RR @ 10, "recall@1": R @ 1, "recall@10": R @ 10, "recall@100": R @ 100, "ndcg@10": nDCG @ 10}
+
+
+@pytest.fixture(scope="module")
+def xquad(lareqa_dir) -> DatasetTables:
+    return ingest_dataset(lareqa_dir, "xquad-r", DEFAULT_LANGUAGES)
+
+
+@pytest.fixture(scope="module")
+def mlqa(lareqa_dir) -> DatasetTables:
+    return ingest_dataset(lareqa_dir, "mlqa-r", DEFAULT_LANGUAGES)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def informative_vectors(tables: DatasetTables, noise: float = 1.0, dim: int = 48, seed: int = 0) -> DatasetEmbeddings:
+    """A question and its answer sentences share a direction, plus noise: ranks from 1 to deep in the corpus."""
+    rng = np.random.default_rng(seed)
+    direction = {qid: rng.normal(size=dim) for qid in tables.qrels["qid"].unique()}
+    question_of = tables.qrels.drop_duplicates("cid").set_index("cid")["qid"]
+    answers = [direction[question_of[c]] if c in question_of.index else np.zeros(dim) for c in tables.candidates["cid"]]
+    queries = np.stack([direction[q] for q in tables.queries["qid"]])
+    return DatasetEmbeddings(
+        unit(queries + noise * rng.normal(size=queries.shape)),
+        unit(np.stack(answers) + noise * rng.normal(size=(len(answers), dim))),
+    )
+
+
+@pytest.fixture(scope="module")
+def evaluated(xquad, tiny_model_dir) -> dict[str, tuple[DatasetEmbeddings, object]]:
+    """Real rankings: the random tiny encoder's embeddings of the real texts (with real ties: repeated texts), and
+    embeddings that rank relevant candidates anywhere from first to deep in the pool; each evaluated once."""
+    encoder = BiEncoder.from_dir(tiny_model_dir, query_prefix="query: ", passage_prefix="passage: ", max_length=64)
+    tiny = embed_dataset(encoder, "tiny", xquad, "sentence", 256, cache_dir=None, progress=lambda _: None)
+    vectors = {"tiny encoder": tiny, "informative": informative_vectors(xquad)}
+    return {name: (v, evaluate(xquad, v, EvalConfig())) for name, v in vectors.items()}
+
+
+def reference(tables, vectors, query_lang, corpus_lang):
+    """Per query of one setting: sklearn's AP over the full ranking and ir_measures (trec_eval) on the top 200,
+    and whether a relevant candidate's score is tied with another candidate's (trec_eval breaks ties by name)."""
+    in_query_lang = (tables.queries["lang"] == query_lang).to_numpy()
+    in_corpus = (tables.candidates["lang"] == corpus_lang).to_numpy() if corpus_lang != "all" else slice(None)
+    queries, candidates = tables.queries[in_query_lang], tables.candidates[in_corpus]
+    scores = vectors.queries[in_query_lang] @ vectors.candidates[in_corpus].T
+    relevant_cids = tables.qrels.groupby("qid")["cid"].apply(set)
+    cids = candidates["cid"].to_numpy()
+    ap, tied, qrels, run = {}, set(), [], []
+    for i, qid in enumerate(queries["qid"]):
+        is_relevant = np.isin(cids, list(relevant_cids[qid]))
+        if not is_relevant.any():
+            continue
+        ap[qid] = average_precision_score(is_relevant, scores[i])
+        if any((scores[i] == s).sum() > 1 for s in scores[i][is_relevant]):
+            tied.add(qid)
+        qrels += [ir_measures.Qrel(qid, cid, 1) for cid in cids[is_relevant]]
+        top = np.argsort(-scores[i], kind="stable")[:200]
+        run += [ir_measures.ScoredDoc(qid, cids[j], float(scores[i, j])) for j in top]
+    trec = pd.DataFrame(
+        [(m.query_id, str(m.measure), m.value) for m in ir_measures.iter_calc(IR_MEASURES.values(), qrels, run)]
+    )
+    return pd.Series(ap), trec.pivot(index=0, columns=1, values=2), tied
+
+
+@pytest.mark.parametrize("model", ["tiny encoder", "informative"])
+@pytest.mark.parametrize(("query_lang", "corpus_lang"), [("en", "en"), ("de", "zh"), ("th", "all")])
+def test_metrics_equal_sklearn_and_trec_eval_on_real_rankings(xquad, evaluated, model, query_lang, corpus_lang):
+    vectors, result = evaluated[model]
+    mine = result.per_query.query("query_lang == @query_lang and corpus_lang == @corpus_lang")
+    mine = mine.pivot(index="qid", columns="metric", values="value")
+    ap, trec, tied = reference(xquad, vectors, query_lang, corpus_lang)
+    assert len(mine) == len(ap) == 1190
+    # mAP: exact over the full ranking, ties included (sklearn groups them as we do)
+    np.testing.assert_allclose(mine.loc[ap.index, "map"], ap, rtol=1e-9, atol=1e-12)
+    untied = [qid for qid in trec.index if qid not in tied]
+    assert len(untied) >= 0.6 * len(trec)  # the tiny byte-level encoder ties truncated texts
+    for name, measure in IR_MEASURES.items():
+        np.testing.assert_allclose(mine.loc[untied, name], trec.loc[untied, str(measure)], atol=1e-9, err_msg=name)
+    summary = result.metrics.query("query_lang == @query_lang and corpus_lang == @corpus_lang")
+    assert summary.set_index("metric")["value"]["map"] == pytest.approx(ap.mean())
+
+
+@pytest.mark.parametrize(("dataset", "languages", "queries_per_lang"), [("xquad-r", 11, {1190}), ("mlqa-r", 7, None)])
+def test_every_setting_and_metric_is_there(xquad, mlqa, dataset, languages, queries_per_lang):
+    tables = xquad if dataset == "xquad-r" else mlqa
+    result = evaluate(tables, informative_vectors(tables), EvalConfig())
+    pairs = result.metrics.drop_duplicates(["setting", "query_lang", "corpus_lang"])
+    assert pairs["setting"].value_counts().to_dict() == {
+        "mono": languages,
+        "cross": languages * (languages - 1),
+        "multi": languages,
+    }
+    assert (result.metrics.groupby(["setting", "query_lang", "corpus_lang"])["metric"].apply(set) == set(METRICS)).all()
+    assert result.metrics["value"].between(0, 1).all()
+    assert len(result.per_query) == result.metrics["n_queries"].sum()
+    if queries_per_lang:  # XQuAD-R is fully parallel: every question counts in every setting
+        assert set(result.metrics["n_queries"]) == queries_per_lang
+    else:  # MLQA-R: a question counts in X -> Y only if it has an answer in Y
+        en_en = result.metrics.query("query_lang == 'en' and corpus_lang == 'en'")["n_queries"].iloc[0]
+        en_de = result.metrics.query("query_lang == 'en' and corpus_lang == 'de'")["n_queries"].iloc[0]
+        en_questions_with_de = tables.queries.query("lang == 'de'")["qid"].isin(
+            tables.queries.query("lang == 'en'")["qid"]
+        )
+        assert en_en == 1148 and en_de == en_questions_with_de.sum()
+    assert list(result.language_bias["query_lang"]) == sorted(tables.queries["lang"].unique())
+
+
+def hand_made(scores_by_language: dict[str, list[float]]) -> tuple[DatasetTables, DatasetEmbeddings]:
+    """One English question 'q' whose relevant candidates are the first of each language; candidate scores as given
+    (2-d unit vectors at the angle whose cosine with the query is the score)."""
+    candidates, vectors = [], []
+    for lang, scores in scores_by_language.items():
+        for i, score in enumerate(scores):
+            candidates.append(
+                {"dataset": "toy", "cid": f"{lang}{i}", "lang": lang, "doc_id": "d", "text": "t", "context": "t"}
+            )
+            vectors.append([score, np.sqrt(1 - score**2)])
+    tables = DatasetTables(
+        "toy",
+        frame([{"dataset": "toy", "qid": "q", "lang": "en", "text": "?"}], QUERY_COLUMNS),
+        frame(candidates, CANDIDATE_COLUMNS),
+        frame([{"dataset": "toy", "qid": "q", "cid": f"{lang}0"} for lang in scores_by_language], QREL_COLUMNS),
+    )
+    return tables, DatasetEmbeddings(np.array([[1.0, 0.0]], np.float32), np.array(vectors, np.float32))
+
+
+def test_ranks_language_bias_and_ties_by_hand():
+    # pool ranks: de0 .9 -> 1; en1 .8 -> 2; en0 .5 ties with de1 .5 -> both at 4 (pessimistic); en2 .1 -> 5
+    tables, vectors = hand_made({"en": [0.5, 0.8, 0.1], "de": [0.9, 0.5]})
+    result = evaluate(tables, vectors, EvalConfig())
+    value = result.metrics.set_index(["corpus_lang", "metric"])["value"]
+    assert value["en", "map"] == pytest.approx(1 / 2)  # en0 ranked 2nd in English
+    assert value["de", "map"] == 1.0 and value["de", "mrr@10"] == 1.0
+    # multi: relevant de0 at rank 1 (precision 1/1), en0 at rank 4 with 2 relevant scoring >= .5 (precision 2/4)
+    assert value["all", "map"] == pytest.approx((1 / 1 + 2 / 4) / 2)
+    assert value["all", "recall@1"] == 0.5 and value["all", "ndcg@10"] == pytest.approx(
+        (1 + 1 / np.log2(5)) / (1 + 1 / np.log2(3))
+    )
+    bias = result.language_bias.iloc[0]
+    assert bias["rank_distance"] == 4 - 1 and bias["same_lang_first_rate"] == 0.0  # the best hit is German
+
+
+def three_languages(tables: DatasetTables) -> DatasetTables:
+    keep = ["de", "en", "zh"]
+    candidates = tables.candidates[tables.candidates["lang"].isin(keep)]
+    return DatasetTables(
+        tables.name,
+        tables.queries[tables.queries["lang"].isin(keep)].reset_index(drop=True),
+        candidates.reset_index(drop=True),
+        tables.qrels[tables.qrels["cid"].isin(candidates["cid"])].reset_index(drop=True),
+    )
+
+
+def test_an_exhaustive_approximate_index_agrees_with_the_exact_one(xquad):
+    xquad = three_languages(xquad)
+    vectors = informative_vectors(xquad)
+    exact = evaluate(xquad, vectors, EvalConfig()).metrics
+    exhaustive = EvalConfig(index="ivf", ivf_nlist=16, ivf_nprobe=16, depth=5_000)  # every cluster, every rank
+    approximate = evaluate(xquad, vectors, exhaustive).metrics
+    merged = exact.merge(approximate, on=["setting", "query_lang", "corpus_lang", "metric"])
+    np.testing.assert_allclose(merged["value_x"], merged["value_y"], atol=1e-3)
+
+
+def test_an_approximate_index_counts_relevant_candidates_below_its_depth_as_not_found(xquad):
+    xquad = three_languages(xquad)
+    vectors = informative_vectors(xquad, noise=3.0)  # weak model: many relevant candidates far down the pool
+    shallow = evaluate(xquad, vectors, EvalConfig(index="hnsw", depth=100)).metrics
+    exact = evaluate(xquad, vectors, EvalConfig()).metrics
+    multi_map = {
+        name: m.query("setting == 'multi' and metric == 'map'")["value"].mean()
+        for name, m in [("shallow", shallow), ("exact", exact)]
+    }
+    assert multi_map["shallow"] < multi_map["exact"]
+    recall = {
+        name: m.query("setting == 'multi' and metric == 'recall@10'")["value"].mean()
+        for name, m in [("shallow", shallow), ("exact", exact)]
+    }
+    assert recall["shallow"] == pytest.approx(recall["exact"], abs=0.02)
