@@ -3,6 +3,7 @@
 hbir validate --set 'data.train=[mlqa-r]' --set 'data.eval=[xquad-r]'
 hbir train --profile smoke --set train.strategy=cross
 hbir eval --set 'data.eval=[xquad-r]'
+hbir run --profile smoke
 hbir runs
 hbir query "SELECT dataset, lang, n_queries FROM dataset_versions" --format csv
 """
@@ -10,6 +11,7 @@ hbir query "SELECT dataset, lang, n_queries FROM dataset_versions" --format csv
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import click
@@ -95,6 +97,28 @@ def train(config: Config, run_id: str | None) -> None:
     transformers_logging.disable_progress_bar()  # "Loading weights" bars; training has its own
     run_id, result = jobs.train(config, run_id, progress=lambda line: click.echo(line, err=True))
     click.echo(jobs.train_summary(config, run_id, result))
+
+
+@cli.command()
+@click.option("--profile", type=click.Choice(PROFILES), default="cpu", show_default=True, help="Built-in settings.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of settings.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one setting (VALUE is YAML).")
+@click.option("--run-id", help="Name the run (default: train-eval-<time>-<random>).")
+def run(profile: str, config_file: str | None, overrides: tuple[str, ...], run_id: str | None) -> None:
+    """Run the train-eval flow here, without a Prefect server: validate, train, evaluate, report, store."""
+    from hbir.config import parse_assignment
+
+    settings = dict(parse_assignment(item) for item in overrides)
+    config = load_config(profile, config_file, settings)  # a mistake is reported before Prefect starts
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: nothing to send telemetry to
+    from transformers.utils import logging as transformers_logging
+
+    from flows.train_eval import train_eval
+    from hbir import jobs
+
+    transformers_logging.disable_progress_bar()
+    run_id = train_eval(profile=profile, config_path=config_file, overrides=settings, run_id=run_id)
+    click.echo(jobs.run_summary_text(config, run_id))
 
 
 @cli.command(name="eval")

@@ -158,7 +158,7 @@ def load_config(
     if isinstance(overrides, dict):
         layers.append(("overrides", _nest(overrides)))
     else:
-        layers.append(("--set", _nest(dict(_parse_assignment(item) for item in overrides or []))))
+        layers.append(("--set", _nest(dict(parse_assignment(item) for item in overrides or []))))
 
     merged: dict[str, Any] = {"profile": profile}
     for _, layer in layers:
@@ -190,7 +190,7 @@ def _read_yaml_file(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _parse_assignment(item: str) -> tuple[str, Any]:
+def parse_assignment(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected dotted.key=VALUE, e.g. --set train.alpha=0.5")

@@ -204,6 +204,27 @@ def eval_summary(config: Config, run_id: str, rows: dict[str, pd.DataFrame]) -> 
     return "\n".join(lines)
 
 
+def run_summary_text(config: Config, run_id: str) -> str:
+    """What a finished train-eval run did, read back from the results database: training, then evaluation."""
+    db, timeout = config.db.path, config.db.lock_timeout_s
+    quoted = run_id.replace("'", "''")
+    rows = {
+        table: store.read_only_query(db, f"SELECT * FROM {table} WHERE run_id = '{quoted}'", timeout)
+        for table in ("metrics", "language_bias", "artifacts")
+    }
+    curve = store.train_curve(db, run_id, timeout)
+    lines = []
+    if len(curve):
+        ends = min(10, max(1, len(curve) // 3))
+        kinds = curve["batch_kind"].value_counts()
+        first, last = curve["loss"].head(ends).mean(), curve["loss"].tail(ends).mean()
+        lines.append(
+            f"trained {len(curve)} steps ({kinds.get('mono', 0)} mono, {kinds.get('cross', 0)} cross batches), "
+            f"loss {first:.3f} (mean of the first {ends}) -> {last:.3f} (last {ends})"
+        )
+    return "\n".join([*lines, eval_summary(config, run_id, rows)])
+
+
 def train_summary(config: Config, run_id: str, result: TrainResult) -> str:
     """A few lines on a finished training run: batch kinds, loss at the start and the end, where the model is."""
     curve = store.train_curve(config.db.path, run_id, config.db.lock_timeout_s)

@@ -239,17 +239,27 @@ def build_indexes(pool_vectors: np.ndarray, corpus: Corpus, settings: EvalConfig
 
 
 def per_query_frame(blocks: list[tuple[dict, np.ndarray, dict[str, np.ndarray]]]) -> pd.DataFrame:
-    """Long table (one row per setting, query and metric) from per-setting metric arrays, without a Python loop
-    over queries."""
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in ("dataset", "setting", "query_lang", "corpus_lang")}
-    columns |= {"qid": [], "metric": [], "value": []}
-    for key, qids, values in blocks:
-        n = len(qids) * len(values)
-        for name in ("dataset", "setting", "query_lang", "corpus_lang"):
-            columns[name].append(np.full(n, key[name], dtype=object))
-        columns["qid"].append(np.tile(qids, len(values)))
-        columns["metric"].append(np.repeat(np.array(list(values), dtype=object), len(qids)))
-        columns["value"].append(np.concatenate(list(values.values())))
+    """Long table (one row per setting, query and metric) from per-setting metric arrays. The text columns are
+    categoricals built from codes: a million rows without a million Python strings."""
+    keys = ("dataset", "setting", "query_lang", "corpus_lang")
     if not blocks:
-        return pd.DataFrame(columns=list(columns))
-    return pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()})
+        return pd.DataFrame(columns=[*keys, "qid", "metric", "value"])
+    sizes = [len(qids) * len(values) for _, qids, values in blocks]
+    columns = {name: _repeated([key[name] for key, _, _ in blocks], sizes) for name in keys}
+    qids, qid_codes = np.unique(np.concatenate([qids for _, qids, _ in blocks]), return_inverse=True)
+    starts = np.cumsum([0] + [len(q) for _, q, _ in blocks])
+    codes = [
+        np.tile(qid_codes[a:b], len(values))
+        for (_, _, values), a, b in zip(blocks, starts[:-1], starts[1:], strict=True)
+    ]
+    columns["qid"] = pd.Categorical.from_codes(np.concatenate(codes), categories=qids)
+    metric_codes = [np.repeat(np.arange(len(METRICS)), len(qids)) for _, qids, _ in blocks]
+    columns["metric"] = pd.Categorical.from_codes(np.concatenate(metric_codes), categories=list(METRICS))
+    columns["value"] = np.concatenate([np.concatenate([values[m] for m in METRICS]) for _, _, values in blocks])
+    return pd.DataFrame(columns)
+
+
+def _repeated(labels: list[str], sizes: list[int]) -> pd.Categorical:
+    categories = sorted(set(labels))
+    codes = np.repeat([categories.index(label) for label in labels], sizes)
+    return pd.Categorical.from_codes(codes, categories=categories)

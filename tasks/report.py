@@ -74,7 +74,7 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _markdown_table(frame: pd.DataFrame, index_name: str) -> list[str]:
+def markdown_table(frame: pd.DataFrame, index_name: str) -> list[str]:
     """``frame`` as markdown table lines, its index as the first column; floats with 3 decimals, NaN as "–"."""
     header = [index_name, *map(str, frame.columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -165,14 +165,14 @@ def _dataset_lines(
     settings_png, heatmap_png = f"settings_{safe_name(dataset)}.png", f"map_heatmap_{safe_name(dataset)}.png"
     _plot_settings(summary, f"{dataset}: mean over language pairs", out_dir / settings_png)
     lines = [f"## {dataset}", "", "### Settings (mean over language pairs)", ""]
-    lines += _markdown_table(summary, "setting") + ["", f"![settings, {dataset}]({settings_png})", ""]
+    lines += markdown_table(summary, "setting") + ["", f"![settings, {dataset}]({settings_png})", ""]
     lines += ["### Language bias (multi setting)", ""]
-    lines += _markdown_table(bias_table(bias), "query_lang") if len(bias) else ["No language-bias rows."]
+    lines += markdown_table(bias_table(bias), "query_lang") if len(bias) else ["No language-bias rows."]
     lines += ["", "### mAP, query language (rows) -> corpus language (columns); pool = multi", ""]
     if matrix.empty:
         return lines + ["No mono or cross mAP rows.", ""], [out_dir / settings_png]
     _plot_heatmap(matrix.drop(columns="pool"), f"{dataset}: mAP X->Y", out_dir / heatmap_png)
-    lines += _markdown_table(matrix, "query_lang") + ["", f"![mAP heatmap, {dataset}]({heatmap_png})", ""]
+    lines += markdown_table(matrix, "query_lang") + ["", f"![mAP heatmap, {dataset}]({heatmap_png})", ""]
     return lines, [out_dir / settings_png, out_dir / heatmap_png]
 
 

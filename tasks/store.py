@@ -117,6 +117,8 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# The tables a run's outcome fills, written together by ``finish_run`` (train_steps are written during training).
+RESULT_TABLES = ("dataset_versions", "validations", "metrics", "per_query", "language_bias", "artifacts")
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
 
 

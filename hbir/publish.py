@@ -1,0 +1,44 @@
+"""What a run shows in Prefect's UI: its setting summaries as a markdown table, and its report with the plots
+inlined (the UI cannot read files on the worker's disk)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+from hbir.config import Config
+from tasks import store
+from tasks.report import METRICS, markdown_table
+
+
+def artifact_key(run_id: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-") or "run"
+
+
+def summary_markdown(config: Config, run_id: str) -> str:
+    """The run's ``run_summary`` rows (mean over language pairs) as a markdown table, one row per setting."""
+    summary = store.read_only_query(
+        config.db.path,
+        f"SELECT dataset, setting, metric, value FROM run_summary WHERE run_id = '{run_id.replace(chr(39), '')}'",
+        config.db.lock_timeout_s,
+    )
+    lines = [f"# hbir run {run_id}", "", "Mean over language pairs.", ""]
+    for dataset, rows in summary.groupby("dataset"):
+        table = rows.pivot_table(index="setting", columns="metric", values="value").reindex(["mono", "cross", "multi"])
+        lines += [f"## {dataset}", "", *markdown_table(table[[m for m in METRICS if m in table]], "setting"), ""]
+    return "\n".join(lines)
+
+
+def report_markdown(report: Path) -> str:
+    """The report's markdown with each linked PNG replaced by a data URI."""
+
+    def inline(match: re.Match) -> str:
+        path = report.parent / match.group(2)
+        if not path.exists():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", inline, report.read_text(encoding="utf-8"))
