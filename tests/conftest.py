@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,16 @@ from click.testing import CliRunner
 from hbir.cli import cli
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+THREE_LANGUAGES = ["de", "en", "zh"]  # in both XQuAD-R and MLQA-R
+
+# Prefect gets a home of its own for the test session (its database and its task cache live there, and the cache
+# outlives a test harness), never the user's server, no telemetry (there is no network), and time to start its
+# temporary server on a busy 2-core machine. Set before anything imports prefect.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="hbir-tests-prefect-")
+os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(Path(os.environ["PREFECT_HOME"]) / "storage")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,6 +48,17 @@ def lareqa_dir() -> Path:
     if not (path / "xquad-r" / "en.json").exists():
         pytest.skip(f"real LAReQA data not found at {path}: set HBIR_DATA_DIR")
     return path
+
+
+@pytest.fixture(scope="session")
+def three_language_data(lareqa_dir, tmp_path_factory) -> Path:
+    """The real XQuAD-R and MLQA-R files of three languages: every setting kind, a fraction of the time."""
+    root = tmp_path_factory.mktemp("lareqa-3")
+    for dataset in ("xquad-r", "mlqa-r"):
+        (root / dataset).mkdir()
+        for lang in THREE_LANGUAGES:
+            shutil.copy(lareqa_dir / dataset / f"{lang}.json", root / dataset / f"{lang}.json")
+    return root
 
 
 @pytest.fixture

@@ -4,24 +4,12 @@ cached embeddings, and a trained run's model."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import duckdb
 import pytest
 
-LANGUAGES = ["de", "en", "zh"]  # in both XQuAD-R and MLQA-R
-
-
-@pytest.fixture(scope="module")
-def three_language_data(lareqa_dir, tmp_path_factory) -> Path:
-    """The real XQuAD-R and MLQA-R files of three languages: every setting kind, a fraction of the time."""
-    root = tmp_path_factory.mktemp("lareqa-3")
-    for dataset in ("xquad-r", "mlqa-r"):
-        (root / dataset).mkdir()
-        for lang in LANGUAGES:
-            shutil.copy(lareqa_dir / dataset / f"{lang}.json", root / dataset / f"{lang}.json")
-    return root
+from tests.conftest import THREE_LANGUAGES as LANGUAGES
 
 
 @pytest.fixture
