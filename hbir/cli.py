@@ -11,6 +11,7 @@ hbir query "SELECT dataset, lang, n_queries FROM dataset_versions" --format csv
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 
@@ -37,6 +38,15 @@ class Group(click.Group):
             return super().invoke(ctx)
         except HbirError as error:
             raise UserError(error) from None
+
+
+class NoTracebackForUserErrors(logging.Filter):
+    """Log a bad-input error (HbirError) as its message only: it is the user's to fix, not a crash."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], HbirError):
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def config_options(command):
@@ -111,12 +121,15 @@ def run(profile: str, config_file: str | None, overrides: tuple[str, ...], run_i
     settings = dict(parse_assignment(item) for item in overrides)
     config = load_config(profile, config_file, settings)  # a mistake is reported before Prefect starts
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: nothing to send telemetry to
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # 20 s is short on 2 busy cores
     from transformers.utils import logging as transformers_logging
 
     from flows.train_eval import train_eval
     from hbir import jobs
 
     transformers_logging.disable_progress_bar()
+    for name in ("prefect.flow_runs", "prefect.task_runs"):  # Prefect logs a failed run with its traceback
+        logging.getLogger(name).addFilter(NoTracebackForUserErrors())
     run_id = train_eval(profile=profile, config_path=config_file, overrides=settings, run_id=run_id)
     click.echo(jobs.run_summary_text(config, run_id))
 

@@ -69,11 +69,8 @@ def test_a_failed_contract_fails_the_flow_and_records_a_failed_run(three_languag
 
     stdout, stderr, code = hbir_run(broken, db_path, tmp_path / "runs", "--run-id", "broken")
     assert code == 1, stderr[-3000:]
-    assert (
-        "data contract(s) failed" in stderr
-        and removed["id"] in stderr
-        and "Traceback" not in stderr.split("Error:")[-1]
-    )
+    assert "data contract(s) failed" in stderr and removed["id"] in stderr
+    assert "Traceback" not in stderr  # a user's mistake is a message, in Prefect's logs too
     ((status, error),) = rows(db_path, "SELECT status, error FROM runs")
     assert status == "failed" and "data contract(s) failed" in error
     assert rows(db_path, "SELECT count(*) FROM validations WHERE NOT success")[0][0] >= 1
