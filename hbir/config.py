@@ -118,8 +118,8 @@ class EvalConfig(Section):
     depth: int = Field(1000, ge=100)  # approximate indexes: candidates retrieved per query (>= 100 for recall@100)
     ivf_nlist: int = Field(1024, ge=1)  # clusters; lowered to corpus size / 39 for small corpora
     ivf_nprobe: int = Field(32, ge=1)  # clusters searched per query
-    hnsw_m: int = Field(32, ge=2)  # graph degree
-    hnsw_ef_construction: int = Field(200, ge=1)
+    hnsw_m: int = Field(16, ge=2)  # graph degree (benchmarks/index_scale.py: recall@100 0.986 at 1M)
+    hnsw_ef_construction: int = Field(100, ge=1)
     hnsw_ef_search: int = Field(256, ge=1)
     batch_size: int = Field(64, ge=1)  # texts per encoder forward pass
     save_indexes: bool = True  # under <output.dir>/<run_id>/indexes, recorded in artifacts
