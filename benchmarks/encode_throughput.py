@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches before the timed run")
-    parser.add_argument("--repeats", type=int, default=3, help="processes per variant, run in alternation")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds, each one process per variant")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: run one variant
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)  # internal: texts in, vectors out
