@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import duckdb
 import pytest
 from click.testing import CliRunner
 
@@ -76,3 +77,9 @@ def run_hbir(monkeypatch):
         return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=True)
 
     return run
+
+
+def db_rows(db_path, sql: str, *params) -> list[tuple]:
+    """The rows ``sql`` returns from the results database, read-only."""
+    with duckdb.connect(str(db_path), read_only=True) as connection:
+        return connection.execute(sql, list(params)).fetchall()

@@ -13,16 +13,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import duckdb
-
-from tests.conftest import PROJECT_ROOT, THREE_LANGUAGES
+from tests.conftest import PROJECT_ROOT, THREE_LANGUAGES, db_rows
 
 HBIR = [sys.executable, "-m", "hbir.cli"]
 
 
-def rows(db_path, sql: str, *params) -> list[tuple]:
-    with duckdb.connect(str(db_path), read_only=True) as connection:
-        return connection.execute(sql, list(params)).fetchall()
+rows = db_rows
 
 
 def hbir_run(data_dir: Path, db_path: Path, out: Path, *extra: str, prefect_home: Path | None = None, wait=True):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from tests.conftest import THREE_LANGUAGES as LANGUAGES
+from tests.conftest import db_rows
 
 
 @pytest.fixture
@@ -28,9 +28,7 @@ def smoke(three_language_data, db_path, tmp_path):
     ]
 
 
-def rows(db_path, sql: str, *params) -> list[tuple]:
-    with duckdb.connect(str(db_path), read_only=True) as connection:
-        return connection.execute(sql, list(params)).fetchall()
+rows = db_rows
 
 
 def test_eval_fills_metrics_per_query_language_bias_summary_and_a_report(run_hbir, smoke, db_path, tmp_path):

@@ -8,8 +8,9 @@ import subprocess
 import sys
 import time
 
-import duckdb
 import pytest
+
+from tests.conftest import db_rows
 
 
 @pytest.fixture
@@ -27,9 +28,7 @@ def smoke(lareqa_dir, db_path, tmp_path):
     ]
 
 
-def rows(db_path, sql: str, *params) -> list[tuple]:
-    with duckdb.connect(str(db_path), read_only=True) as connection:
-        return connection.execute(sql, list(params)).fetchall()
+rows = db_rows
 
 
 @pytest.mark.parametrize(
