@@ -46,8 +46,8 @@ def configure(profile: str, config_path: str | None, overrides: dict[str, Any] |
 
 
 @task(name="start-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def start(config: Config, run_id: str | None) -> str:
-    return pipeline.start(config, run_id)
+def start(config: Config, run_id: str | None, study_id: str | None = None) -> str:
+    return pipeline.start(config, run_id, study_id=study_id)
 
 
 @task(name="ingest", cache_key_fn=_ingest_key, persist_result=True)
@@ -61,12 +61,12 @@ def validate(config: Config, run_id: str, tables: dict[str, str]) -> None:
 
 
 @task(name="build-batches", cache_policy=NO_CACHE)
-def build_batches(config: Config, run_id: str, tables: dict[str, str]) -> str:
+def build_batches(config: Config, run_id: str, tables: dict[str, str]) -> str | None:
     return pipeline.build_batches(config, run_id, tables)
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(config: Config, run_id: str, pairs_path: str) -> str:
+def train(config: Config, run_id: str, pairs_path: str | None) -> str:
     return pipeline.train(config, run_id, pairs_path, progress=_logger_info)
 
 
@@ -111,6 +111,54 @@ def publish(config: Config, run_id: str, report_path: str) -> None:
     create_markdown_artifact(
         markdown=report_markdown(Path(report_path)), key=f"{key}-report", description=f"hbir run {run_id}: report"
     )
+
+
+@task(name="decide-retrain", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def decide_retrain(config: Config):
+    from hbir import retrain
+
+    decision = retrain.decide(config)
+    _logger_info(("retraining: " if decision.retrain else "not retraining: ") + decision.reason)
+    return decision
+
+
+@task(name="record-skipped", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def record_skipped(config: Config, decision) -> str:
+    from hbir import retrain
+
+    return retrain.record_skipped(config, decision)
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote(config: Config, run_id: str):
+    from hbir import retrain
+
+    promotion = retrain.promote(config, run_id)
+    _logger_info(f"run {run_id}: {promotion.note}")
+    return promotion
+
+
+@task(name="plan-study", cache_policy=NO_CACHE)
+def plan_study(study_path: str | None, profile: str | None, overrides: dict[str, Any] | None):
+    from hbir import study
+
+    plan = study.plan(study_path, profile, overrides)
+    done = len(plan.points) - len(plan.pending)
+    _logger_info(f"study {plan.study_id}: {len(plan.points)} runs, {done} completed before, {len(plan.pending)} to run")
+    return plan
+
+
+@task(name="check-study", cache_policy=NO_CACHE)
+def check_study(plan, completed: dict[str, bool]) -> None:
+    """Fail (naming them) if any run of the study failed."""
+    from hbir.errors import HbirError
+
+    failed = [run_id for run_id, done in completed.items() if not done]
+    if failed:
+        raise HbirError(
+            f"study {plan.study_id}: {len(failed)} of {len(completed)} runs failed ({', '.join(failed)}); their errors "
+            "are in `hbir runs`. Start the study again to continue them."
+        )
 
 
 def _logger_info(line: str) -> None:

@@ -20,11 +20,13 @@ def train_eval(
     config_path: str | None = None,
     overrides: dict[str, Any] | None = None,
     run_id: str | None = None,
+    study_id: str | None = None,
 ) -> str:
     """Train ``model.source`` on ``data.train`` with ``train.strategy`` batches, evaluate it on ``data.eval``; returns
-    the run id. ``overrides``: dotted keys, e.g. {"train.steps": 50, "data.train": ["mlqa-r"]}."""
+    the run id. ``overrides``: dotted keys, e.g. {"train.steps": 50, "data.train": ["mlqa-r"]}; ``train.steps`` 0
+    evaluates ``model.source`` as it is. The id of a failed or killed run continues it."""
     config = steps.configure(profile, config_path, overrides)
-    run_id = steps.start(config, run_id)
+    run_id = steps.start(config, run_id, study_id)
     tables = steps.ingest(config, run_id)
     steps.validate(config, run_id, tables)
     pairs = steps.build_batches(config, run_id, tables)

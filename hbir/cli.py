@@ -4,6 +4,9 @@ hbir validate --set 'data.train=[mlqa-r]' --set 'data.eval=[xquad-r]'
 hbir train --profile smoke --set train.strategy=cross
 hbir eval --set 'data.eval=[xquad-r]'
 hbir run --profile smoke
+hbir retrain
+hbir study --profile smoke
+hbir compare --study hybrid-vs-pure
 hbir runs
 hbir query "SELECT dataset, lang, n_queries FROM dataset_versions" --format csv
 """
@@ -11,6 +14,7 @@ hbir query "SELECT dataset, lang, n_queries FROM dataset_versions" --format csv
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
@@ -109,29 +113,159 @@ def train(config: Config, run_id: str | None) -> None:
     click.echo(jobs.train_summary(config, run_id, result))
 
 
-@cli.command()
-@click.option("--profile", type=click.Choice(PROFILES), default="cpu", show_default=True, help="Built-in settings.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of settings.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one setting (VALUE is YAML).")
-@click.option("--run-id", help="Name the run (default: train-eval-<time>-<random>).")
-def run(profile: str, config_file: str | None, overrides: tuple[str, ...], run_id: str | None) -> None:
-    """Run the train-eval flow here, without a Prefect server: validate, train, evaluate, report, store."""
-    from hbir.config import parse_assignment
+def flow_options(command):
+    """--profile, --config and --set as the flows take them: the profile name, the file and a dict of settings."""
 
-    settings = dict(parse_assignment(item) for item in overrides)
-    config = load_config(profile, config_file, settings)  # a mistake is reported before Prefect starts
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: nothing to send telemetry to
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # 20 s is short on 2 busy cores
+    @click.option("--profile", type=click.Choice(PROFILES), default="cpu", show_default=True, help="Built-in settings.")
+    @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of settings.")
+    @click.option(
+        "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one setting (VALUE is YAML)."
+    )
+    @functools.wraps(command)
+    def wrapper(profile: str, config_file: str | None, overrides: tuple[str, ...], **kwargs):
+        from hbir.config import parse_assignment
+
+        settings = dict(parse_assignment(item) for item in overrides)
+        config = load_config(profile, config_file, settings)  # a mistake is reported before Prefect starts
+        _prepare_prefect()
+        return command(
+            config=config, flow_args={"profile": profile, "config_path": config_file, "overrides": settings}, **kwargs
+        )
+
+    return wrapper
+
+
+def _prepare_prefect() -> None:
+    """Prefect in this process (ephemeral mode): no telemetry, time to start on 2 busy cores, no tracebacks for
+    user errors in its logs."""
     from transformers.utils import logging as transformers_logging
 
-    from flows.train_eval import train_eval
-    from hbir import jobs
-
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: nothing to send telemetry to
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # 20 s is short on 2 busy cores
     transformers_logging.disable_progress_bar()
     for name in ("prefect.flow_runs", "prefect.task_runs"):  # Prefect logs a failed run with its traceback
         logging.getLogger(name).addFilter(NoTracebackForUserErrors())
-    run_id = train_eval(profile=profile, config_path=config_file, overrides=settings, run_id=run_id)
+
+
+@cli.command()
+@flow_options
+@click.option("--run-id", help="Name the run (default: train-eval-<time>-<random>).")
+def run(config: Config, flow_args: dict, run_id: str | None) -> None:
+    """Run the train-eval flow here, without a Prefect server: validate, train, evaluate, report, store."""
+    from flows.train_eval import train_eval
+    from hbir import jobs
+
+    run_id = train_eval(**flow_args, run_id=run_id)
     click.echo(jobs.run_summary_text(config, run_id))
+
+
+@cli.command()
+@flow_options
+def retrain(config: Config, flow_args: dict) -> None:
+    """Run the scheduled-retrain flow here: retrain if the training data or settings changed since the last
+    retrained model (else record a skipped run), and make the new model champion if it beats the current one."""
+    from flows.scheduled_retrain import scheduled_retrain
+    from tasks.store import read_only_query
+
+    run_id = scheduled_retrain(**flow_args)
+    quoted = run_id.replace("'", "''")
+    found = read_only_query(config.db.path, f"SELECT status, note FROM runs WHERE run_id = '{quoted}'")
+    click.echo(f"run {run_id} {found['status'].iloc[0]}: {found['note'].iloc[0]}")
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "study_file",
+    type=click.Path(dir_okay=False),
+    help="Study file (YAML); default: the built-in hybrid-vs-pure study.",
+)
+@click.option("--profile", type=click.Choice(PROFILES), help="Replace the study's profile, for every run.")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Add a setting to every run (VALUE is YAML)."
+)
+@click.option("--dry-run", is_flag=True, help="List the study's runs and which completed before; run nothing.")
+def study(study_file: str | None, profile: str | None, overrides: tuple[str, ...], dry_run: bool) -> None:
+    """Run a study: every grid point of the study file as a train-eval run, tied by the study id; runs that
+    completed before with the same settings are skipped."""
+    from hbir import study as studies
+    from hbir.config import parse_assignment
+
+    settings = dict(parse_assignment(item) for item in overrides)
+    plan = studies.plan(study_file, profile, settings)  # a mistake in the file is reported before Prefect starts
+    if dry_run:
+        for point in plan.points:
+            click.echo(f"{'done' if point.done else 'to run':7} {point.run_id}")
+        return
+    _prepare_prefect()
+    from flows.study import study as study_flow
+
+    study_id = study_flow(study_path=study_file, profile=profile, overrides=settings)
+    click.echo(
+        f"study {study_id}: {len(plan.points)} runs completed; compare them with `hbir compare --study {study_id}`"
+    )
+
+
+@cli.command()
+@config_options
+@click.option("--study", "study_id", help="Compare the completed runs of this study.")
+@click.option("--runs", "run_list", help="Or compare these runs (comma-separated ids).")
+@click.option(
+    "--metric", "metrics", multiple=True, default=("map",), show_default=True, help="Metrics to test (repeat)."
+)
+@click.option("--permutations", default=10_000, show_default=True, help="Random sign flips per paired test.")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def compare(
+    config: Config, study_id: str | None, run_list: str | None, metrics: tuple[str, ...], permutations: int, fmt: str
+) -> None:
+    """Per dataset and setting: each arm's mean and std over seeds, paired randomisation tests between arms on the
+    per-query values (p-values), and language bias side by side."""
+    from hbir.compare import compare as compare_runs
+
+    run_ids = [r.strip() for r in run_list.split(",") if r.strip()] if run_list else None
+    result = compare_runs(
+        config.db.path, study_id, run_ids, metrics, permutations, lock_timeout_s=config.db.lock_timeout_s
+    )
+    tables = {"runs": result.runs, "arms": result.arms, "differences": result.differences, "bias": result.bias}
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                {name: json.loads(df.to_json(orient="records", double_precision=15)) for name, df in tables.items()}
+            )
+        )
+    elif fmt == "csv":
+        click.echo(pd.concat([df.assign(table=name) for name, df in tables.items()]).to_csv(index=False), nl=False)
+    else:
+        for name, df in tables.items():
+            click.echo(f"\n## {name}\n")
+            click.echo(df.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(df) else "(no rows)")
+
+
+@cli.command()
+@config_options
+@click.option("--study", "study_id", required=True, help="Write the results of this study.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default="docs/results.md",
+    show_default=True,
+    help="The markdown document; its plots go in the folder of the same name (docs/results/).",
+)
+@click.option("--permutations", default=10_000, show_default=True, help="Random sign flips per paired test.")
+def report(config: Config, study_id: str, out: str, permutations: int) -> None:
+    """Write a study's results document (markdown and PNG plots) from the results database alone: setup, mAP per
+    arm and setting, differences with p-values, language bias, loss curves and a verdict on each claim of the paper."""
+    from pathlib import Path
+
+    from hbir.compare import compare as compare_runs
+    from tasks.study_report import load_study, write_study_report
+
+    db, timeout = config.db.path, config.db.lock_timeout_s
+    comparison = compare_runs(db, study_id=study_id, permutations=permutations, lock_timeout_s=timeout)
+    files = write_study_report(Path(out), load_study(db, comparison, study_id, timeout))
+    for file in files[1:]:
+        click.echo(f"plot   {file.path}")
+    click.echo(f"report {files[0].path} ({len(files) - 1} plots)")
 
 
 @cli.command(name="eval")
@@ -158,8 +292,11 @@ def runs(config: Config, limit: int, fmt: str) -> None:
     from tasks.store import read_only_query
 
     sql = (
-        "SELECT run_id, kind, status, strategy, alpha, model_source, started_at, finished_at, "
-        f"left(error, 80) AS error FROM runs ORDER BY started_at DESC LIMIT {int(limit)}"
+        "SELECT r.run_id, kind, status, strategy, alpha, model_source, started_at, finished_at, "
+        "CASE WHEN m.champion THEN 'champion' WHEN m.promoted_at IS NOT NULL THEN 'former champion' "
+        "WHEN m.run_id IS NOT NULL THEN 'not promoted' END AS model, "
+        "left(coalesce(error, note), 100) AS note "
+        f"FROM runs r LEFT JOIN models m USING (run_id) ORDER BY started_at DESC LIMIT {int(limit)}"
     )
     _print(read_only_query(config.db.path, sql, config.db.lock_timeout_s), fmt)
 
@@ -179,7 +316,7 @@ def _print(df: pd.DataFrame, fmt: str) -> None:
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
     elif fmt == "json":
-        click.echo(df.to_json(orient="records", date_format="iso", force_ascii=False))
+        click.echo(df.to_json(orient="records", date_format="iso", force_ascii=False, double_precision=15))
     else:
         click.echo(df.to_string(index=False) if len(df) else "(no rows)")
 

@@ -85,7 +85,8 @@ class TrainConfig(Section):
     alpha: float = Field(0.5, ge=0.0, le=1.0)  # share of mono batches when strategy=hybrid
     # cpu: 100 steps of 32 (~4 s each on 2 cores) keep the default `hbir run` (train MLQA-R, embed and evaluate
     # XQuAD-R's 26k texts) within 20 minutes on a 2-core laptop
-    steps: int = Field(100, ge=1)
+    # 0: no fine-tuning, the train-eval flow evaluates model.source as it is (recorded as strategy zero-shot)
+    steps: int = Field(100, ge=0)
     batch_size: int = Field(32, ge=2)
     lr: float = Field(2e-5, gt=0)
     seed: int = 0

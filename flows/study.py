@@ -1,0 +1,33 @@
+"""The ``study`` flow: every run of a study (``hbir/study.py``) as a ``train-eval`` subflow, tied by its study id.
+
+    hbir study                                   # the built-in study, here (Prefect's ephemeral mode)
+    prefect deployment run 'study/study' --watch # on the work pool (prefect.yaml)
+
+Runs that completed before with the same settings are skipped; a failed run does not stop the others, and the
+study fails at the end naming the runs that failed (start it again to continue them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows import steps
+from flows.train_eval import train_eval
+
+
+@flow(name="study", log_prints=True)
+def study(study_path: str | None = None, profile: str | None = None, overrides: dict[str, Any] | None = None) -> str:
+    """Returns the study id. ``study_path``: a study file (default: the built-in hybrid-vs-pure study);
+    ``profile`` and ``overrides`` (dotted keys) replace the file's profile and add to its settings."""
+    plan = steps.plan_study(study_path, profile, overrides)
+    completed = {
+        point.run_id: train_eval(
+            profile=plan.profile, overrides=point.overrides, run_id=point.run_id, study_id=plan.study_id,
+            return_state=True,
+        ).is_completed()
+        for point in plan.pending
+    }  # fmt: skip
+    steps.check_study(plan, completed)
+    return plan.study_id

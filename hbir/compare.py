@@ -1,0 +1,175 @@
+"""Compare runs: per dataset and setting, each arm's mean and standard deviation over seeds, paired randomisation
+tests between arms on the per-query values, and language bias side by side.
+
+An arm is what a run was trained with: strategy, alpha (hybrid) and training data; its runs differ in seed. A
+setting's value is ``run_summary``'s: the mean over language pairs of the mean over queries. The difference between
+two arms is that value's difference (per query, the arm's runs averaged), and its p-value comes from a two-sided
+paired randomisation test with the query as the unit: each query's contribution to the difference (its values over
+the setting's language pairs, weighted as in the mean) has its sign flipped at random, ``permutations`` times.
+
+    comparison = compare(db, study_id="hybrid-vs-pure")
+    comparison.arms, comparison.differences, comparison.bias     # DataFrames
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hbir.errors import HbirError
+from tasks import store
+
+SETTINGS = ("mono", "cross", "multi")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    runs: pd.DataFrame  # run_id, arm, strategy, alpha, seed, train
+    arms: pd.DataFrame  # dataset, setting, metric, arm, mean, std, n_runs
+    differences: pd.DataFrame  # dataset, setting, metric, arm, other, difference, p_value, n_queries, permutations
+    bias: pd.DataFrame  # dataset, arm, query_lang, rank_distance, same_lang_first_rate, n_runs
+
+
+def compare(
+    db: str,
+    study_id: str | None = None,
+    run_ids: list[str] | None = None,
+    metrics: tuple[str, ...] = ("map",),
+    permutations: int = 10_000,
+    seed: int = 0,
+    lock_timeout_s: float = 60.0,
+) -> Comparison:
+    """Compare the completed runs of a study, or the given runs."""
+    runs = select_runs(db, study_id, run_ids, lock_timeout_s)
+    ids = runs["run_id"].tolist()
+    summary = _query(db, "SELECT * FROM run_summary WHERE run_id IN ?", [ids], lock_timeout_s).merge(runs)
+    arms = (
+        summary.groupby(["dataset", "setting", "metric", "arm"], sort=False)["value"]
+        .agg(mean="mean", std="std", n_runs="count")
+        .reset_index()
+        .sort_values(["dataset", "setting", "metric", "mean"], ascending=[True, True, True, False], key=_setting_order)
+        .reset_index(drop=True)
+    )
+    differences = paired_differences(db, runs, metrics, permutations, seed, lock_timeout_s)
+    bias_rows = _query(db, "SELECT * FROM language_bias WHERE run_id IN ?", [ids], lock_timeout_s).merge(runs)
+    bias = (
+        bias_rows.groupby(["dataset", "arm", "query_lang"])
+        .agg(
+            rank_distance=("rank_distance", "mean"),
+            same_lang_first_rate=("same_lang_first_rate", "mean"),
+            n_runs=("run_id", "count"),
+        )
+        .reset_index()
+    )
+    return Comparison(runs, arms, differences, bias)
+
+
+def select_runs(db: str, study_id: str | None, run_ids: list[str] | None, lock_timeout_s: float = 60.0) -> pd.DataFrame:
+    """The completed runs to compare with their arm; HbirError naming what is missing."""
+    if (study_id is None) == (run_ids is None):
+        raise HbirError("compare a study (--study ID) or a list of runs (--runs A,B,...), one of the two")
+    if study_id is not None:
+        runs = _query(db, "SELECT * FROM runs WHERE study_id = ? AND status = 'completed'", [study_id], lock_timeout_s)
+        if runs.empty:
+            raise HbirError(f"study {study_id!r} has no completed run in {db}: `hbir study` runs it")
+    else:
+        runs = _query(db, "SELECT * FROM runs WHERE run_id IN ?", [list(run_ids)], lock_timeout_s)
+        missing = sorted(set(run_ids) - set(runs["run_id"]))
+        unfinished = runs.loc[runs["status"] != "completed", "run_id"].tolist()
+        if missing or unfinished:
+            raise HbirError(
+                f"cannot compare: no such run {missing}" if missing else f"runs not completed: {unfinished}"
+            )
+    configs = runs["config"].map(json.loads)
+    runs = runs.assign(train=configs.map(lambda config: "+".join(config["data"]["train"])))
+    several_trains = runs.loc[runs["strategy"] != "zero-shot", "train"].nunique() > 1
+    runs["arm"] = [
+        arm_name(row.strategy, row.alpha, row.train if several_trains else None) for row in runs.itertuples()
+    ]
+    return runs[["run_id", "arm", "strategy", "alpha", "seed", "train"]].sort_values("run_id").reset_index(drop=True)
+
+
+def arm_name(strategy: str, alpha: float | None, train: str | None = None) -> str:
+    """``mono``, ``cross``, ``zero-shot``, ``hybrid a=0.5`` (+ `` on mlqa-r`` when runs trained on different data)."""
+    name = f"hybrid a={alpha:g}" if strategy == "hybrid" else strategy
+    return f"{name} on {train}" if train and strategy != "zero-shot" else name
+
+
+def paired_differences(
+    db: str, runs: pd.DataFrame, metrics: tuple[str, ...], permutations: int, seed: int, lock_timeout_s: float = 60.0
+) -> pd.DataFrame:
+    """Every pair of arms, per dataset, setting and metric: difference of the setting values and its p-value."""
+    per_query = _query(
+        db,
+        "SELECT run_id, dataset, setting, query_lang, corpus_lang, qid, metric, value FROM per_query "
+        "WHERE run_id IN ? AND metric IN ?",
+        [runs["run_id"].tolist(), list(metrics)],
+        lock_timeout_s,
+    ).merge(runs[["run_id", "arm"]])
+    keys = ["dataset", "setting", "metric", "query_lang", "corpus_lang", "qid"]
+    by_arm = per_query.groupby([*keys, "arm"], observed=True)["value"].mean().unstack("arm")  # arm runs averaged
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (dataset, setting, metric), block in by_arm.groupby(level=["dataset", "setting", "metric"], observed=True):
+        block = block.droplevel(["dataset", "setting", "metric"])
+        weights = _mean_weights(block.index)
+        units = pd.factorize(
+            pd.MultiIndex.from_arrays([block.index.get_level_values(k) for k in ("query_lang", "qid")])
+        )[0]
+        present = [arm for arm in block.columns if block[arm].notna().all()]
+        for arm, other in itertools.combinations(present, 2):
+            contributions = np.bincount(units, weights=weights * (block[arm] - block[other]).to_numpy())
+            p_value = sign_flip_p_value(contributions, permutations, rng)
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "setting": setting,
+                    "metric": metric,
+                    "arm": arm,
+                    "other": other,
+                    "difference": float(contributions.sum()),
+                    "p_value": p_value,
+                    "n_queries": len(contributions),
+                    "permutations": permutations,
+                }
+            )
+    columns = ["dataset", "setting", "metric", "arm", "other", "difference", "p_value", "n_queries", "permutations"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["dataset", "setting", "metric"], key=_setting_order)
+
+
+def _mean_weights(index: pd.MultiIndex) -> np.ndarray:
+    """Weights that turn a sum over per-query rows into the mean over language pairs of the mean over queries."""
+    pair = pd.MultiIndex.from_arrays([index.get_level_values("query_lang"), index.get_level_values("corpus_lang")])
+    codes, uniques = pd.factorize(pair)
+    per_pair = np.bincount(codes)
+    return 1.0 / (len(uniques) * per_pair[codes])
+
+
+def sign_flip_p_value(contributions: np.ndarray, permutations: int, rng: np.random.Generator) -> float:
+    """Two-sided p-value of ``sum(contributions)`` under random sign flips of the units (paired randomisation
+    test): (1 + #{|flipped sum| >= |observed|}) / (1 + permutations)."""
+    observed = abs(contributions.sum())
+    tolerance = 1e-12 * max(1.0, float(np.abs(contributions).sum()))
+    at_least, chunk = 0, max(1, 20_000_000 // max(1, len(contributions)))
+    for start in range(0, permutations, chunk):
+        signs = rng.integers(0, 2, size=(min(chunk, permutations - start), len(contributions)), dtype=np.int8)
+        flipped = (2.0 * signs - 1.0) @ contributions
+        at_least += int((np.abs(flipped) >= observed - tolerance).sum())
+    return (1 + at_least) / (1 + permutations)
+
+
+def _query(db: str, sql: str, params: list, lock_timeout_s: float) -> pd.DataFrame:
+    if not db.startswith("md:") and not Path(db).exists():
+        raise HbirError(f"results database {db} does not exist: nothing to compare")
+    store.upgrade(db, lock_timeout_s)
+    with store.connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
+        return connection.execute(sql, params).df()
+
+
+def _setting_order(column: pd.Series) -> pd.Series:
+    return column.map({s: i for i, s in enumerate(SETTINGS)}) if column.name == "setting" else column

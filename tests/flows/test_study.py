@@ -1,0 +1,133 @@
+"""`hbir study` (the study flow, train-eval subflows tied by a study id, resumable) and `hbir compare` on the smoke
+profile with real data: every number of the comparison equals a direct SQL computation on the same rows."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from hbir.compare import sign_flip_p_value
+from tests.conftest import THREE_LANGUAGES, db_rows
+
+STUDY = f"""
+study_id: tiny-study
+profile: smoke
+settings:
+  data.languages: [{", ".join(THREE_LANGUAGES)}]
+  eval.save_indexes: false
+zero_shot: true
+grids:
+  - train.strategy: [mono, hybrid]
+    train.seed: [0, 1]
+"""
+RUNS = ["tiny-study-hybrid-s0", "tiny-study-hybrid-s1", "tiny-study-mono-s0", "tiny-study-mono-s1"]
+ZERO_SHOT = "tiny-study-zero-shot"
+
+
+@pytest.fixture(scope="module")
+def studied(three_language_data, tmp_path_factory):
+    """The tiny study, run once for the module through the real CLI."""
+    from click.testing import CliRunner
+
+    from hbir.cli import cli
+
+    root = tmp_path_factory.mktemp("study")
+    (root / "study.yaml").write_text(STUDY, encoding="utf-8")
+    env = {
+        "HBIR_DATA_DIR": str(three_language_data),
+        "HBIR_DB": str(root / "results.duckdb"),
+        "HBIR_OUTPUT_DIR": str(root),
+    }
+
+    def hbir(*args: str):
+        return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=True)
+
+    result = hbir("study", "--config", str(root / "study.yaml"))
+    assert result.exit_code == 0, result.output[-3000:]
+    return hbir, root / "results.duckdb", root / "study.yaml"
+
+
+def test_the_study_runs_every_grid_point_and_the_zero_shot_baseline(studied):
+    _, db, _ = studied
+    found = db_rows(
+        db, "SELECT run_id, status, strategy, alpha, seed FROM runs WHERE study_id = 'tiny-study' ORDER BY 1"
+    )
+    assert [row[0] for row in found] == sorted([*RUNS, ZERO_SHOT])
+    assert {row[1] for row in found} == {"completed"}
+    by_id = {row[0]: row[2:] for row in found}
+    assert by_id["tiny-study-mono-s1"] == ("mono", 1.0, 1) and by_id["tiny-study-hybrid-s0"] == ("hybrid", 0.5, 0)
+    assert by_id[ZERO_SHOT][:2] == ("zero-shot", None)
+    steps = dict(db_rows(db, "SELECT run_id, count(*) FROM train_steps GROUP BY 1"))
+    assert steps == {run_id: 4 for run_id in RUNS}  # the zero-shot run trains nothing
+    assert db_rows(db, "SELECT count(DISTINCT run_id) FROM metrics") == [(5,)]
+
+
+def test_a_study_started_again_skips_what_completed(studied):
+    hbir, db, study_file = studied
+    listed = hbir("study", "--config", str(study_file), "--dry-run")
+    assert listed.exit_code == 0 and listed.output.count("done") == 5 and "to run" not in listed.output
+    before = db_rows(db, "SELECT run_id, finished_at FROM runs ORDER BY 1")
+    again = hbir("study", "--config", str(study_file))
+    assert again.exit_code == 0, again.output[-2000:]
+    assert db_rows(db, "SELECT run_id, finished_at FROM runs ORDER BY 1") == before
+    changed = hbir("study", "--config", str(study_file), "--set", "train.lr=1e-3", "--dry-run")
+    assert changed.exit_code != 0 and "completed with other settings" in changed.output
+
+
+def test_compare_matches_sql_on_the_same_rows(studied):
+    hbir, db, _ = studied
+    result = hbir("compare", "--study", "tiny-study", "--format", "json", "--permutations", "2000")
+    assert result.exit_code == 0, result.output[-2000:]
+    out = json.loads(result.output)
+    arms = {(r["dataset"], r["setting"], r["metric"], r["arm"]): r for r in out["arms"]}
+    assert {key[3] for key in arms} == {"mono", "hybrid a=0.5", "zero-shot"}
+    assert len(arms) == 3 * 6 * 3  # settings x metrics x arms, XQuAD-R
+    sql = db_rows(
+        db,
+        "SELECT dataset, setting, metric, CASE strategy WHEN 'hybrid' THEN 'hybrid a=0.5' ELSE strategy END, "
+        "avg(value), stddev_samp(value), count(*) FROM run_summary JOIN runs USING (run_id) "
+        "WHERE study_id = 'tiny-study' GROUP BY ALL",
+    )
+    for dataset, setting, metric, arm, mean, std, n in sql:
+        row = arms[(dataset, setting, metric, arm)]
+        assert row["mean"] == pytest.approx(mean, abs=1e-12) and row["n_runs"] == n
+        assert (row["std"] is None and std is None) or row["std"] == pytest.approx(std, abs=1e-12)
+
+    differences = out["differences"]
+    assert len(differences) == 3 * 3  # map only: 3 settings x 3 pairs of arms
+    for row in differences:
+        expected = arms[(row["dataset"], row["setting"], "map", row["arm"])]["mean"]
+        expected -= arms[(row["dataset"], row["setting"], "map", row["other"])]["mean"]
+        assert row["difference"] == pytest.approx(expected, abs=1e-12)
+        assert 1 / 2001 <= row["p_value"] <= 1 and row["n_queries"] == 3 * 1190
+
+    bias = {(r["arm"], r["query_lang"]): r for r in out["bias"]}
+    sql_bias = db_rows(
+        db,
+        "SELECT strategy, query_lang, avg(rank_distance), avg(same_lang_first_rate) FROM language_bias "
+        "JOIN runs USING (run_id) WHERE study_id = 'tiny-study' GROUP BY ALL",
+    )
+    for strategy, lang, distance, first in sql_bias:
+        row = bias[("hybrid a=0.5" if strategy == "hybrid" else strategy, lang)]
+        assert row["rank_distance"] == pytest.approx(distance) and row["same_lang_first_rate"] == pytest.approx(first)
+
+
+def test_compare_lists_of_runs_and_refuses_unknown_ones(studied):
+    hbir, _, _ = studied
+    table = hbir("compare", "--runs", "tiny-study-mono-s0,tiny-study-hybrid-s0", "--permutations", "200")
+    assert table.exit_code == 0 and "## differences" in table.output and "p_value" in table.output
+    unknown = hbir("compare", "--runs", "tiny-study-mono-s0,nope")
+    assert unknown.exit_code != 0 and "no such run ['nope']" in unknown.output
+    assert hbir("compare", "--study", "other").exit_code != 0
+
+
+def test_the_sign_flip_p_value_matches_exact_enumeration():
+    contributions = np.random.default_rng(3).normal(0.05, 0.1, size=12)
+    observed = abs(contributions.sum())
+    flips = np.array(list(itertools.product([-1.0, 1.0], repeat=12)))
+    exact = float(np.mean(np.abs(flips @ contributions) >= observed - 1e-12))
+    estimated = sign_flip_p_value(contributions, 200_000, np.random.default_rng(0))
+    assert estimated == pytest.approx(exact, abs=0.005)
