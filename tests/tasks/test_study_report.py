@@ -1,0 +1,234 @@
+"""`hbir report`: a study's results document from a real results database (a tiny smoke study run through the CLI,
+with real data where MLQA-R lacks Chinese, so zh is unseen in training): links that resolve to PNGs, numbers equal to
+SQL on the same rows, one verdict per claim, missing arms named, unknown studies refused with nothing written."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hbir.compare import compare
+from tasks import study_report
+from tasks.study_report import fmt_p, load_study, write_study_report
+from tests.conftest import db_rows
+
+STUDY = """
+study_id: report-study
+profile: smoke
+settings:
+  data.languages: [de, en, zh]
+  data.train: [mlqa-r]
+  data.eval: [xquad-r]
+  eval.save_indexes: false
+zero_shot: true
+grids:
+  - train.strategy: [hybrid]
+    train.seed: [0, 1]
+  - train.strategy: [mono, cross]
+    train.seed: [0]
+  - train.strategy: [hybrid]          # the reverse direction: only hybrid, so mono and cross are missing there
+    data.train: [[xquad-r]]
+    data.eval: [[mlqa-r]]
+"""
+MAP_HEADING = "### mAP by setting and arm (mean ± std over seeds)"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+VERDICT = re.compile(r"^\*\*(C\d) — .+: (holds|does not hold|cannot be checked)\.\*\* (.*)$")
+# the arm `compare` names each run (several training sets in the study: "<arm> on <train>"), in SQL
+ARM_SQL = (
+    "CASE WHEN strategy = 'zero-shot' THEN 'zero-shot' ELSE (CASE WHEN strategy = 'hybrid' "
+    "THEN 'hybrid a=' || CAST(alpha AS VARCHAR) ELSE strategy END) || ' on ' || "
+    "json_extract_string(config, '$.data.train[0]') END"
+)
+
+
+@pytest.fixture(scope="module")
+def no_chinese_training_data(three_language_data, tmp_path_factory) -> Path:
+    """XQuAD-R in de, en, zh and MLQA-R in de, en only: a model trained on MLQA-R has never seen zh."""
+    root = tmp_path_factory.mktemp("lareqa-no-zh")
+    shutil.copytree(three_language_data, root, dirs_exist_ok=True)
+    (root / "mlqa-r" / "zh.json").unlink()
+    return root
+
+
+@pytest.fixture(scope="module")
+def reported(no_chinese_training_data, tmp_path_factory):
+    """The study run once through the CLI, then `hbir report` on it: (hbir, db, markdown path, markdown text)."""
+    from click.testing import CliRunner
+
+    from hbir.cli import cli
+
+    root = tmp_path_factory.mktemp("study-report")
+    (root / "study.yaml").write_text(STUDY, encoding="utf-8")
+    env = {
+        "HBIR_DATA_DIR": str(no_chinese_training_data),
+        "HBIR_DB": str(root / "results.duckdb"),
+        "HBIR_OUTPUT_DIR": str(root / "runs"),
+    }
+
+    def hbir(*args: str):
+        return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=True)
+
+    studied = hbir("study", "--config", str(root / "study.yaml"))
+    assert studied.exit_code == 0, studied.output[-3000:]
+    out = root / "docs" / "results.md"
+    result = hbir("report", "--study", "report-study", "--out", str(out), "--permutations", "200")
+    assert result.exit_code == 0, result.output[-3000:]
+    assert f"report {out}" in result.output and "plot   " in result.output
+    return hbir, root / "results.duckdb", out, out.read_text(encoding="utf-8")
+
+
+def _section(markdown: str, heading: str) -> str:
+    """The text under ``heading`` (a whole line), up to the next heading of the same or a higher level."""
+    level = heading.split(" ")[0]
+    lines = markdown.splitlines()
+    start = lines.index(heading) + 1
+    end = next(
+        (i for i in range(start, len(lines)) if re.match(rf"^#{{1,{len(level)}}} ", lines[i])),
+        len(lines),
+    )
+    return "\n".join(lines[start:end])
+
+
+def _table(text: str) -> dict[str, dict[str, str]]:
+    """The first markdown table of ``text``: {first cell: {column: cell}} (later rows of a repeated key win)."""
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    table = {}
+    for line in rows[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        table[cells[0]] = dict(zip(header, cells, strict=True))
+    return table
+
+
+def _verdicts(text: str) -> list[tuple[str, str, str]]:
+    return [match.groups() for line in text.splitlines() if (match := VERDICT.match(line))]
+
+
+def test_every_linked_plot_exists_and_is_a_png(reported):
+    _, db, out, markdown = reported
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    # xquad-r and mlqa-r: a bar chart, a bias chart and a heatmap per arm evaluated on it; one loss chart
+    assert len(links) == (2 + 4) + (2 + 2) + 1
+    for link in links:
+        assert link.startswith("results/"), link  # relative, into the folder next to the markdown
+        path = out.parent / link
+        assert path.read_bytes()[:8] == PNG_SIGNATURE, link
+    assert not list(out.parent.glob("*.partial"))
+    assert markdown.startswith("# Results of study report-study\n")
+    assert f"Generated by `hbir report --study report-study` from `{db}` on " in markdown
+    assert "Do not edit by hand" in markdown
+
+
+def test_the_map_table_equals_sql_on_run_summary(reported):
+    _, db, _, markdown = reported
+    expected = db_rows(
+        db,
+        f"SELECT dataset, setting, {ARM_SQL} AS arm, avg(value), stddev_samp(value), count(*) FROM run_summary "
+        "JOIN runs USING (run_id) WHERE study_id = 'report-study' AND metric = 'map' GROUP BY ALL",
+    )
+    trained_on_mlqa = {"mono on mlqa-r", "cross on mlqa-r", "hybrid a=0.5 on mlqa-r"}
+    assert {row[2] for row in expected} == {"zero-shot", "hybrid a=0.5 on xquad-r", *trained_on_mlqa}
+    assert len(expected) == 3 * 4 + 3 * 2  # xquad-r: 3 settings x 4 arms; mlqa-r: zero-shot and hybrid
+    for dataset, setting, arm, mean, std, n in expected:
+        table = _table(_section(_section(markdown, f"## Results on {dataset}"), MAP_HEADING))
+        cell = table[arm][setting]
+        # 2 seeds for hybrid on MLQA-R: mean ± std; one run for the other arms: the mean alone
+        assert cell == (f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"), (dataset, setting, arm)
+        assert table[arm]["runs"] == str(n)
+
+
+def test_setup_lists_the_runs_and_the_languages_unseen_in_training(reported):
+    _, db, _, markdown = reported
+    setup = _section(markdown, "## Setup")
+    assert "- model.source: random:tiny" in setup and "- train.steps: 4" in setup
+    assert "- data.train: mlqa-r (4 runs), xquad-r (1 run)" in setup  # zero-shot runs train on nothing
+    runs = _table(_section(setup, "### Runs"))
+    assert set(runs) == {row[0] for row in db_rows(db, "SELECT run_id FROM runs WHERE study_id = 'report-study'")}
+    # smoke trains 4 steps, so the loss of the last 10 steps is the mean of all 4
+    (loss,) = db_rows(db, "SELECT avg(loss) FROM train_steps WHERE run_id = 'report-study-hybrid-s1'")[0]
+    assert runs["report-study-hybrid-s1"]["loss"] == f"{loss:.3f}"
+    assert runs["report-study-hybrid-s1"]["arm"] == "hybrid a=0.5 on mlqa-r"
+    zero_shot = runs["report-study-zero-shot-train-mlqa-r-eval-xquad-r"]
+    assert (zero_shot["arm"], zero_shot["train"], zero_shot["loss"]) == ("zero-shot", "–", "–")
+    languages = _section(setup, "### Languages")
+    assert "- xquad-r, trained on mlqa-r: evaluation languages absent from training: zh" in languages
+    assert "- mlqa-r, trained on xquad-r: evaluation languages absent from training: none" in languages
+
+
+def test_each_claim_gets_one_verdict_computed_from_the_numbers(reported):
+    _, db, _, markdown = reported
+    xquad = _verdicts(_section(markdown, "### xquad-r (trained on mlqa-r)"))
+    assert [key for key, _, _ in xquad] == ["C1", "C2", "C3", "C4"]
+    assert all(verdict != "cannot be checked" for _, verdict, _ in xquad)  # every arm is there
+    multi = dict(
+        db_rows(
+            db,
+            f"SELECT {ARM_SQL}, avg(value) FROM run_summary JOIN runs USING (run_id) WHERE study_id = 'report-study' "
+            "AND dataset = 'xquad-r' AND setting = 'multi' AND metric = 'map' GROUP BY ALL",
+        )
+    )
+    hybrid_best = multi["hybrid a=0.5 on mlqa-r"] > max(multi["mono on mlqa-r"], multi["cross on mlqa-r"])
+    assert xquad[0][1] == ("holds" if hybrid_best else "does not hold")
+    assert "significant at 0.05" in xquad[0][2] and "Threshold: hybrid within 0.01 mAP" in xquad[1][2]
+
+    # C4: mean over the pairs with zh on either side (zh -> all counts by its query language) of the runs' mean
+    ((unseen,),) = db_rows(
+        db,
+        "SELECT avg(value) FROM (SELECT setting, query_lang, corpus_lang, avg(value) AS value FROM metrics "
+        "WHERE run_id IN ('report-study-hybrid-s0', 'report-study-hybrid-s1') AND dataset = 'xquad-r' "
+        "AND metric = 'map' AND (query_lang = 'zh' OR corpus_lang = 'zh') GROUP BY ALL)",
+    )
+    assert "Unseen in training: zh" in xquad[3][2] and f"hybrid (a=0.5) {unseen:.3f}" in xquad[3][2]
+    assert "the 6 language pairs" in xquad[3][2]  # zh->zh; zh->de, zh->en, de->zh, en->zh; zh->all
+
+
+def test_claims_that_need_a_missing_arm_say_so(reported):
+    _, _, _, markdown = reported
+    mlqa = _verdicts(_section(markdown, "### mlqa-r (trained on xquad-r)"))
+    assert [(key, verdict) for key, verdict, _ in mlqa] == [(f"C{i}", "cannot be checked") for i in range(1, 5)]
+    assert "no 'mono', 'cross' arm" in mlqa[0][2]
+    assert "no language is unseen" in mlqa[3][2]
+
+
+def test_a_study_without_a_cross_arm_is_reported_without_failing(reported, tmp_path):
+    _, db, _, _ = reported
+    run_ids = [row[0] for row in db_rows(db, "SELECT run_id FROM runs WHERE study_id = 'report-study'")]
+    comparison = compare(str(db), run_ids=[r for r in run_ids if "cross" not in r], permutations=50)
+    files = write_study_report(tmp_path / "r.md", load_study(str(db), comparison, "report-study"))
+    xquad = _verdicts(_section(files[0].path.read_text(encoding="utf-8"), "### xquad-r (trained on mlqa-r)"))
+    assert [verdict for _, verdict, _ in xquad] == ["cannot be checked"] * 4
+    assert all("no 'cross' arm" in text for _, _, text in xquad)
+    assert all(path.exists() for path in (f.path for f in files))
+
+
+def test_a_crash_while_plotting_leaves_no_document(reported, tmp_path, monkeypatch):
+    _, db, _, _ = reported
+    data = load_study(str(db), compare(str(db), study_id="report-study", permutations=50), "report-study")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(study_report, "plot_loss", broken)
+    with pytest.raises(RuntimeError):
+        write_study_report(tmp_path / "results.md", data)
+    assert not (tmp_path / "results.md").exists() and not (tmp_path / "results.md.partial").exists()
+
+
+def test_an_unknown_study_is_refused_and_nothing_is_written(reported, tmp_path):
+    hbir, _, _, _ = reported
+    out = tmp_path / "docs" / "results.md"
+    result = hbir("report", "--study", "no-such-study", "--out", str(out))
+    assert result.exit_code != 0
+    assert "study 'no-such-study' has no completed run" in result.output
+    assert not out.exists() and not (tmp_path / "docs").exists()
+
+
+def test_p_values_keep_4_significant_digits_and_floor_at_one_over_1_plus_permutations():
+    assert fmt_p(1 / 10_001, 10_000) == "< 0.0001"  # no flip as extreme: (1 + 0) / (1 + 10 000)
+    assert fmt_p(1 / 201, 200) == "< 0.005"  # 1 / 201 = 0.004975, rounded up to one digit
+    assert fmt_p(2 / 201, 200) == "0.00995"  # one flip as extreme: 2 / 201 = 0.0099502...
+    assert fmt_p(0.123456, 10_000) == "0.1235" and fmt_p(1.0, 10_000) == "1"
+    assert fmt_p(None, 10_000) == "–"
