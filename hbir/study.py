@@ -110,10 +110,12 @@ def plan(
     runs: dict[str, dict[str, Any]] = {}
     for point in points:
         runs.setdefault(_run_id(study_id, point), {**shared, **point})
-    if spec.zero_shot:
-        for settings in list(runs.values()):
+    if spec.zero_shot:  # first: the baselines are quick, and a study cut short has them
+        baselines: dict[str, dict[str, Any]] = {}
+        for settings in runs.values():
             datasets = {key: settings[key] for key in ("data.train", "data.eval") if key in settings}
-            runs.setdefault(_run_id(study_id, {"zero-shot": True, **datasets}), {**settings, "train.steps": 0})
+            baselines.setdefault(_run_id(study_id, {"zero-shot": True, **datasets}), {**settings, "train.steps": 0})
+        runs = {**baselines, **runs}
     db_runs = _recorded(load_config(profile, None, shared))
     planned = []
     for run_id, settings in runs.items():
