@@ -63,3 +63,23 @@ def test_freezing_keeps_only_the_word_embeddings_fixed(encoder):
     encoder.freeze_word_embeddings()
     frozen = [name for name, p in encoder.named_parameters() if not p.requires_grad]
     assert frozen == ["model.embeddings.word_embeddings.weight"]
+
+
+def test_long_paragraphs_encode_as_the_tokenizer_does_with_the_whole_paragraph(encoder, lareqa_dir):
+    """Cutting contexts before tokenizing (to spare the tokenizer whole paragraphs) changes no encoded pair."""
+    import json
+
+    sentences, paragraphs = [], []
+    for lang in ("de", "zh", "th"):  # Latin, CJK and Thai script, paragraphs of up to ~4,000 characters
+        data = json.loads((lareqa_dir / "xquad-r" / f"{lang}.json").read_text(encoding="utf-8"))["data"]
+        for article in data[:3]:
+            for paragraph in article["paragraphs"]:
+                sentences.append(paragraph["sentences"][-1])
+                paragraphs.append(paragraph["context"])
+    assert max(map(len, paragraphs)) > 16 * encoder.max_length  # the cut does happen
+    prefixed = ["passage: " + sentence for sentence in sentences]
+    whole = encoder.tokenizer(prefixed, paragraphs, truncation="longest_first", max_length=encoder.max_length)
+    cut = encoder.tokenize(sentences, "passage", paragraphs)
+    for row, ids in enumerate(whole["input_ids"]):
+        assert cut["input_ids"][row][: len(ids)].tolist() == ids
+    assert encoder.token_lengths(sentences, "passage", paragraphs) == [len(ids) for ids in whole["input_ids"]]
