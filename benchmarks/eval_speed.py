@@ -8,7 +8,7 @@ The issue's target: all 132 settings from cached embeddings in <= 5 s on the 2-c
 
 The dataset is embedded once through ``embed_dataset`` with the on-disk cache (``$HBIR_CACHE_DIR/embeddings``): the
 first run encodes all ~26k texts (several minutes on 2 CPU cores), later runs read the cache. The phases are then
-timed as ``hbir.jobs.evaluate_model`` runs them, each on its own:
+timed as the pipeline stages (``hbir/pipeline.py``: embed, index, evaluate) run them, each on its own:
   read cache   ``embed_dataset`` once more, every block cached: reading the .npy files and hashing the texts
   index        ``build_indexes``: one faiss index per corpus language and one for the pool (for ``flat`` only built
                and saved as artifacts; ``evaluate`` scores exactly with numpy and never searches them)

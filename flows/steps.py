@@ -71,8 +71,9 @@ def train(config: Config, run_id: str, pairs_path: str | None) -> str:
 
 
 @task(name="embed", cache_key_fn=_embed_key, persist_result=True)
-def embed(config: Config, model_dir: str, tables_dir: str) -> str:
-    return pipeline.embed(config, model_dir, tables_dir)
+def embed(config: Config, run_id: str, model_dir: str, tables_dir: str) -> str:
+    """Cached on the model and texts, not the run: another run with the same model reuses the file."""
+    return pipeline.embed(config, run_id, model_dir, tables_dir, progress=_logger_info)
 
 
 @task(name="index", cache_policy=NO_CACHE)

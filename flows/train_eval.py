@@ -32,7 +32,7 @@ def train_eval(
     pairs = steps.build_batches(config, run_id, tables)
     model_dir = steps.train(config, run_id, pairs)
     for dataset in config.data.eval:
-        vectors = steps.embed(config, model_dir, tables[dataset])
+        vectors = steps.embed(config, run_id, model_dir, tables[dataset])
         indexes = steps.index(config, run_id, dataset, tables[dataset], vectors)
         steps.evaluate(config, run_id, dataset, tables[dataset], vectors, indexes)
     report = steps.report(config, run_id, model_dir)

@@ -103,81 +103,42 @@ def evaluate(
     config: Config, run_id: str | None = None, model_run: str | None = None, progress=print
 ) -> tuple[str, dict[str, pd.DataFrame]]:
     """Ingest and validate, then evaluate ``model.source`` (or the model trained by run ``model_run``) on
-    ``data.eval``: mono, cross and multi settings, language bias, a report; record it all as an ``eval`` run.
+    ``data.eval``: mono, cross and multi settings, language bias, a report; record it all as an ``eval`` run. The
+    stages are the train-eval flow's (``hbir/pipeline.py``), without training.
 
     Returns the run id and the rows written (metrics, per_query, language_bias, artifacts, ...).
     """
-    from models.sources import resolve_model_source
+    from hbir import pipeline
     from tasks.training import pick_device
 
     db, timeout = config.db.path, config.db.lock_timeout_s
-    device = pick_device(config.train.device)
-    run = replace(run_record(config, "eval", run_id), device=describe_device(device), strategy="zero-shot", alpha=None)
+    device = describe_device(pick_device(config.train.device))
+    run = replace(run_record(config, "eval", run_id), device=device, strategy="zero-shot", alpha=None)
     if model_run:  # the trained run's model: the eval run inherits what it was trained with
         trained = store.run_info(db, model_run, timeout)
         run = replace(run, model_source=f"run:{model_run}", strategy=trained["strategy"], alpha=trained["alpha"])
         run = replace(run, seed=trained["seed"])
     store.start_run(db, run, lock_timeout_s=timeout)
-    with recorded(config, run.run_id) as rows:
-        datasets = [d for d in checked_datasets(config, rows, progress) if d.name in config.data.eval]
-        model_dir = (
-            store.trained_model(db, model_run, timeout) if model_run else resolve_model_source(config.model.source)
-        )
-        run_dir = Path(config.output.dir) / run.run_id
-        rows |= evaluate_model(config, model_dir, datasets, run_dir, device, progress)
-        report = write_run_report(run_dir, {**asdict(run), "model_dir": str(model_dir)}, rows, None)
-        rows["artifacts"] = pd.concat([rows["artifacts"], report], ignore_index=True)
-    return run.run_id, rows
-
-
-def evaluate_model(
-    config: Config, model_dir: Path, datasets: list[DatasetTables], run_dir: Path, device, progress=print
-) -> dict[str, pd.DataFrame]:
-    """Embed (cached), index and evaluate every dataset; save the indexes under ``run_dir/indexes``.
-
-    Returns the ``metrics``, ``per_query``, ``language_bias`` and ``artifacts`` (the indexes) rows.
-    """
-    from models.cache import embeddings_cache_dir
-    from models.encoder import BiEncoder
-    from tasks.embedding import embed_dataset, model_fingerprint
-    from tasks.evaluation import build_indexes, evaluate, order_corpus
-    from tasks.indexing import save_index
-
-    settings = config.eval
-    encoder = BiEncoder.from_dir(
-        model_dir,
-        query_prefix=config.model.query_prefix,
-        passage_prefix=config.model.passage_prefix,
-        max_length=config.model.max_length,
-    ).to(device)
-    fingerprint = model_fingerprint(model_dir)
-    cache_dir = embeddings_cache_dir() if settings.cache_embeddings else None
-    results, artifacts = [], []
-    for tables in datasets:
+    run_id = run.run_id
+    progress(f"ingesting {', '.join(dict.fromkeys(config.data.train + config.data.eval))} from {config.data.dir}")
+    tables = pipeline.ingest(config, run_id)
+    pipeline.validate(config, run_id, tables)
+    model_dir = pipeline.model_to_evaluate(config, run_id, model_run)
+    for dataset in config.data.eval:
         started = time.perf_counter()
-        vectors = embed_dataset(
-            encoder, fingerprint, tables, settings.candidates, settings.batch_size, cache_dir, progress
-        )
+        vectors = pipeline.embed(config, run_id, model_dir, tables[dataset], progress)
         embedded = time.perf_counter()
-        corpus = order_corpus(tables)
-        indexes = build_indexes(vectors.candidates[corpus.order], corpus, settings)
-        result = evaluate(tables, vectors, settings, indexes)
-        n_settings = len(result.metrics.drop_duplicates(["setting", "query_lang", "corpus_lang"]))
+        indexes = pipeline.index(config, run_id, dataset, tables[dataset], vectors)
+        summary = pipeline.evaluate(config, run_id, dataset, tables[dataset], vectors, indexes)
         progress(
-            f"{tables.name}: embedded {len(tables.queries)} queries and {len(tables.candidates)} candidates in "
-            f"{embedded - started:.0f} s, evaluated {n_settings} settings in {time.perf_counter() - embedded:.1f} s"
+            f"{dataset}: embedded in {embedded - started:.0f} s, indexed and evaluated in "
+            f"{time.perf_counter() - embedded:.1f} s; mAP "
+            + ", ".join(f"{k.split()[0]} {v:.3f}" for k, v in summary.items())
         )
-        results.append(result)
-        if settings.save_indexes:
-            for lang, index in indexes.items():
-                path = run_dir / "indexes" / tables.name / f"{settings.index}-{lang}.faiss"
-                artifacts.append({"kind": "index", "path": str(path), "sha256": save_index(index, path)})
-    return {
-        "metrics": pd.concat([r.metrics for r in results], ignore_index=True),
-        "per_query": pd.concat([r.per_query for r in results], ignore_index=True),
-        "language_bias": pd.concat([r.language_bias for r in results], ignore_index=True),
-        "artifacts": pd.DataFrame(artifacts, columns=["kind", "path", "sha256"]),
-    }
+    pipeline.report(config, run_id, model_dir)
+    rows = pipeline.kept_rows(config, run_id)
+    pipeline.store_results(config, run_id)
+    return run_id, rows
 
 
 def write_run_report(

@@ -197,7 +197,22 @@ def train(config: Config, run_id: str, pairs_path: str | None, progress=print) -
     return str(result.model_dir)
 
 
-def embed(config: Config, model_dir: str, tables_dir: str) -> str:
+@records_failure
+def model_to_evaluate(config: Config, run_id: str, model_run: str | None = None) -> str:
+    """The model folder an eval run evaluates: that trained by run ``model_run``, else ``model.source``."""
+    from models.sources import resolve_model_source
+
+    db, timeout = config.db.path, config.db.lock_timeout_s
+    return str(store.trained_model(db, model_run, timeout) if model_run else resolve_model_source(config.model.source))
+
+
+@records_failure
+def embed(config: Config, run_id: str, model_dir: str, tables_dir: str, progress=print) -> str:
+    """``embed_tables`` as a stage of run ``run_id``."""
+    return embed_tables(config, model_dir, tables_dir, progress)
+
+
+def embed_tables(config: Config, model_dir: str, tables_dir: str, progress=print) -> str:
     """Embeddings of a dataset's queries and candidates (``.npz``: queries, candidates), read from the embedding
     cache when the model, texts, prefixes and candidate mode are unchanged; returns the file."""
     from models.cache import embeddings_cache_dir
@@ -212,7 +227,9 @@ def embed(config: Config, model_dir: str, tables_dir: str) -> str:
     ).to(pick_device(config.train.device))
     fingerprint = model_fingerprint(Path(model_dir))
     cache_dir = embeddings_cache_dir() if config.eval.cache_embeddings else None
-    vectors = embed_dataset(encoder, fingerprint, tables, config.eval.candidates, config.eval.batch_size, cache_dir)
+    vectors = embed_dataset(
+        encoder, fingerprint, tables, config.eval.candidates, config.eval.batch_size, cache_dir, progress
+    )
     key = hashlib.sha256(json.dumps([fingerprint, tables_dir, model.model_dump(), config.eval.candidates]).encode())
     path = embeddings_cache_dir() / "datasets" / f"{key.hexdigest()}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,10 +246,13 @@ def load_vectors(path: str):
 
 @records_failure
 def index(config: Config, run_id: str, dataset: str, tables_dir: str, vectors_path: str) -> list[str]:
-    """Build and save the faiss indexes of a dataset (per language and pooled); returns their files."""
+    """Build and save the faiss indexes of a dataset (per language and pooled); returns their files. With
+    ``eval.save_indexes`` off nothing is built here (the evaluate stage builds what it searches)."""
     from tasks.evaluation import build_indexes, order_corpus
     from tasks.indexing import save_index
 
+    if not config.eval.save_indexes:
+        return []
     tables, vectors = load_tables(tables_dir), load_vectors(vectors_path)
     corpus = order_corpus(tables)
     indexes = build_indexes(vectors.candidates[corpus.order], corpus, config.eval)
@@ -254,8 +274,8 @@ def evaluate(
 
     from tasks.evaluation import POOL, evaluate
 
-    indexes = None
-    if config.eval.index != "flat":  # the approximate indexes are searched; the exact one is a matrix product
+    indexes = None  # evaluate builds them when needed and not saved
+    if config.eval.index != "flat" and index_paths:  # approximate indexes are searched; flat is a matrix product
         indexes = {Path(p).stem.split("-", 1)[1]: faiss.read_index(p) for p in index_paths}
         assert POOL in indexes
     result = evaluate(load_tables(tables_dir), load_vectors(vectors_path), config.eval, indexes)

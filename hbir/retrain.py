@@ -72,10 +72,14 @@ def multi_map(config: Config, model_dir: str | Path, tables: dict[str, str]) -> 
 
     scores = []
     for dataset in config.data.eval:
-        vectors = pipeline.load_vectors(pipeline.embed(config, str(model_dir), tables[dataset]))
+        vectors = pipeline.load_vectors(pipeline.embed_tables(config, str(model_dir), tables[dataset], progress=_quiet))
         metrics = evaluate(pipeline.load_tables(tables[dataset]), vectors, config.eval).metrics
         scores.append(metrics.query("setting == 'multi' and metric == 'map'")["value"].mean())
     return float(sum(scores) / len(scores))
+
+
+def _quiet(line: str) -> None:
+    pass
 
 
 def promote(config: Config, run_id: str) -> Promotion:

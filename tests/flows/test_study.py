@@ -63,6 +63,7 @@ def test_the_study_runs_every_grid_point_and_the_zero_shot_baseline(studied):
     steps = dict(db_rows(db, "SELECT run_id, count(*) FROM train_steps GROUP BY 1"))
     assert steps == {run_id: 4 for run_id in RUNS}  # the zero-shot run trains nothing
     assert db_rows(db, "SELECT count(DISTINCT run_id) FROM metrics") == [(5,)]
+    assert db_rows(db, "SELECT count(*) FROM artifacts WHERE kind = 'index'") == [(0,)]  # eval.save_indexes: false
 
 
 def test_a_study_started_again_skips_what_completed(studied):
