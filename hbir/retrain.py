@@ -59,7 +59,7 @@ def record_skipped(config: Config, decision: RetrainDecision, run_id: str | None
     run = replace(
         jobs.run_record(config, KIND, run_id),
         inputs_fingerprint=decision.fingerprint,
-        note=f"skipped: {decision.reason}",
+        note=decision.reason,
     )
     store.record_skipped_run(config.db.path, run, config.db.lock_timeout_s)
     return run.run_id
