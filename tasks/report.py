@@ -83,16 +83,16 @@ def markdown_table(frame: pd.DataFrame, index_name: str) -> list[str]:
     return lines
 
 
-def _plot_heatmap(matrix: pd.DataFrame, title: str, path: Path) -> None:
-    """The X->Y mAP matrix as an annotated heatmap: query language on y, corpus language on x."""
-    n = len(matrix)
+def plot_heatmap(matrix: pd.DataFrame, title: str, path: Path, vmax: float = 1.0) -> None:
+    """The X->Y mAP matrix as an annotated heatmap: query language on y, corpus language on x; colours 0..vmax."""
+    n, values = len(matrix), matrix.to_numpy(dtype=float)
     decimals = 3 if n <= 8 else 2  # 11 languages leave no room for a third
     fig = Figure(figsize=(2 + 0.6 * n, 1.5 + 0.6 * n))
     ax = fig.add_subplot()
-    image = ax.imshow(matrix.to_numpy(dtype=float), cmap="viridis", vmin=0.0, vmax=1.0)
-    for (row, col), value in np.ndenumerate(matrix.to_numpy(dtype=float)):
+    image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=vmax)
+    for (row, col), value in np.ndenumerate(values):
         if not np.isnan(value):  # dark cells get white text, bright ones black
-            color = "white" if value < 0.6 else "black"
+            color = "white" if value < 0.6 * vmax else "black"
             ax.text(col, row, f"{value:.{decimals}f}", ha="center", va="center", fontsize=8, color=color)
     ax.set_xticks(range(n), matrix.columns)
     ax.set_yticks(range(n), matrix.index)
@@ -171,7 +171,7 @@ def _dataset_lines(
     lines += ["", "### mAP, query language (rows) -> corpus language (columns); pool = multi", ""]
     if matrix.empty:
         return lines + ["No mono or cross mAP rows.", ""], [out_dir / settings_png]
-    _plot_heatmap(matrix.drop(columns="pool"), f"{dataset}: mAP X->Y", out_dir / heatmap_png)
+    plot_heatmap(matrix.drop(columns="pool"), f"{dataset}: mAP X->Y", out_dir / heatmap_png)
     lines += markdown_table(matrix, "query_lang") + ["", f"![mAP heatmap, {dataset}]({heatmap_png})", ""]
     return lines, [out_dir / settings_png, out_dir / heatmap_png]
 

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 
 from hbir.compare import SETTINGS, Comparison
 from tasks import store
-from tasks.report import DPI, METRICS, MISSING, ReportFile, map_matrix, markdown_table, safe_name
+from tasks.report import DPI, METRICS, MISSING, ReportFile, map_matrix, markdown_table, plot_heatmap, safe_name
 
 SHARED_SETTINGS = [
     "model.source",
@@ -427,23 +427,6 @@ def plot_map_bars(arms: pd.DataFrame, order: list[str], title: str, path: Path) 
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
 
 
-def plot_heatmap(matrix: pd.DataFrame, vmax: float, title: str, path: Path) -> None:
-    """The X->Y mAP matrix (query language on y, corpus language on x), colours from 0 to ``vmax``."""
-    n, values = len(matrix), matrix.to_numpy(dtype=float)
-    fig = Figure(figsize=(2 + 0.6 * n, 1.5 + 0.6 * n))
-    ax = fig.add_subplot()
-    image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=vmax)
-    for (row, col), value in np.ndenumerate(values):
-        if not np.isnan(value):  # dark cells get white text, bright ones black
-            color = "white" if value < 0.6 * vmax else "black"
-            ax.text(col, row, f"{value:.{3 if n <= 8 else 2}f}", ha="center", va="center", fontsize=8, color=color)
-    ax.set_xticks(range(n), matrix.columns)
-    ax.set_yticks(range(n), matrix.index)
-    ax.set(xlabel="corpus language", ylabel="query language", title=title)
-    fig.colorbar(image, ax=ax, label="mAP")
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-
-
 def plot_bias(bias: pd.DataFrame, order: list[str], title: str, path: Path) -> None:
     """Rank distance per query language (groups) and arm (bars)."""
     langs = sorted(bias["query_lang"].unique())
@@ -628,7 +611,7 @@ def _heatmap_lines(data: StudyData, dataset: str, out: Path, folder: Path) -> tu
     paths = []
     for arm, matrix in matrices.items():
         path = folder / f"heatmap_{safe_name(dataset)}_{safe_name(arm)}.png"
-        plot_heatmap(matrix, vmax, f"{dataset}, {arm}: mAP X->Y", path)
+        plot_heatmap(matrix, f"{dataset}, {arm}: mAP X->Y", path, vmax)
         lines += [f"{arm}:", "", _link(path, out, f"mAP X->Y, {dataset}, {arm}"), ""]
         paths.append(path)
     return lines, paths
