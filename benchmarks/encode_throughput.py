@@ -34,13 +34,13 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from variants import peak_rss_mib, run_in_subprocess
 
 VARIANTS = ["hbir", "sentence-transformers"]
 PEER = "sentence-transformers"
@@ -72,18 +72,9 @@ def main() -> None:
         runs: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
         for round_ in range(args.repeats):
             for variant in VARIANTS if round_ % 2 == 0 else VARIANTS[::-1]:  # neither always goes first
-                runs[variant].append(run_in_subprocess(variant, Path(workdir)))
+                runs[variant].append(run_in_subprocess(__file__, variant, Path(workdir)))
         agreement = compare_vectors(np.load(Path(workdir) / "hbir.npy"), np.load(Path(workdir) / f"{PEER}.npy"))
     print_table(args, texts, runs, agreement)
-
-
-def run_in_subprocess(variant: str, workdir: Path) -> dict:
-    """One variant's measurements, from a fresh Python process."""
-    command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant, "--workdir", str(workdir)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def sample_texts(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -191,20 +182,6 @@ def cpu_seconds() -> float:
     hold the cores (a shared machine), though their cache and memory traffic still weigh on it."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory, MiB.
-
-    Linux's ``ru_maxrss`` survives ``execve``: a child spawned by ``subprocess`` (vfork) starts with its parent's
-    peak, here the one of the process that read the dataset. ``VmHWM`` is the peak since ``execve``.
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux (bytes on macOS)
 
 
 def compare_vectors(ours: np.ndarray, peer: np.ndarray) -> dict[str, float]:

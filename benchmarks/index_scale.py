@@ -40,9 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +47,7 @@ from typing import NamedTuple
 
 import faiss
 import numpy as np
+from variants import peak_rss_mib, run_in_subprocess
 
 from hbir.config import EvalConfig
 from tasks.indexing import build_index, search
@@ -90,18 +88,9 @@ def main() -> None:
         began = time.perf_counter()
         write_data(Path(workdir), args)
         generate_s = time.perf_counter() - began
-        results = {variant: run_in_subprocess(variant, Path(workdir)) for variant in args.variants}
+        results = {variant: run_in_subprocess(__file__, variant, Path(workdir)) for variant in args.variants}
         add_recall(results, Path(workdir))
     print_table(args, results, generate_s)
-
-
-def run_in_subprocess(variant: str, workdir: Path) -> dict:
-    """One variant's measurements, from a fresh Python process."""
-    command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant, "--workdir", str(workdir)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_variant(args: argparse.Namespace) -> dict:
@@ -130,20 +119,6 @@ def run_variant(args: argparse.Namespace) -> dict:
         "search_s": search_s,
         "peak_rss_mib": peak_rss_mib(),
     }
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory, MiB.
-
-    Linux's ``ru_maxrss`` survives ``execve``: a child spawned by ``subprocess`` (vfork) starts with its parent's
-    peak, here the data generation's. ``VmHWM`` is the peak of the process's own address space since ``execve``.
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux (bytes on macOS)
 
 
 def describe(index: faiss.Index, settings: EvalConfig) -> str:
