@@ -189,6 +189,11 @@ def fmt_signed(value: float) -> str:
     return f"{value:+.3f}"
 
 
+def _p_relation(p_text: str) -> str:
+    """ "= 0.0021" or "< 0.0001": a p-value after "p"."""
+    return p_text if p_text.startswith("<") else f"= {p_text}"
+
+
 def fmt_p(p_value: float | None, permutations: int | None) -> str:
     """A p-value with 4 significant digits; at the floor of the test (1 / (1 + permutations)) "< bound", the floor
     rounded up to one significant digit (10 000 permutations: "< 0.0001")."""
@@ -286,9 +291,8 @@ def _versus(data: StudyData, cohort: Cohort, setting: str, role: str, other: str
         return f"{label} = {fmt_signed(first - second)} (not tested)" if None not in (first, second) else label
     difference, p_value = found
     significant = "significant" if p_value < SIGNIFICANCE else "not significant"
-    return (
-        f"{label} = {fmt_signed(difference)} (p = {fmt_p(p_value, data.permutations)}, {significant} at {SIGNIFICANCE})"
-    )
+    p_text = _p_relation(fmt_p(p_value, data.permutations))
+    return f"{label} = {fmt_signed(difference)} (p {p_text}, {significant} at {SIGNIFICANCE})"
 
 
 def _means_text(data: StudyData, cohort: Cohort, setting: str, roles: tuple[str, ...]) -> str:
@@ -577,7 +581,9 @@ def dataset_lines(data: StudyData, dataset: str, out: Path, folder: Path) -> tup
     if len(table):
         lines += [
             f"Difference = arm − other; p-value of a two-sided paired randomisation test ({data.permutations} random "
-            "sign flips), the unit being the query.",
+            "sign flips), the unit being the query and each arm's runs averaged per query. The test is over queries "
+            "with the trained models as they are: the spread between seeds is the ± of the mAP table, not part of "
+            "the p-value.",
             "",
         ]
         lines += markdown_table(table, "setting") + [""]
