@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hbir.compare import sign_flip_p_value
-from tests.conftest import THREE_LANGUAGES, db_rows
+from tests.conftest import THREE_LANGUAGES, db_rows, run_study
 
 STUDY = f"""
 study_id: tiny-study
@@ -30,23 +30,8 @@ ZERO_SHOT = "tiny-study-zero-shot"
 @pytest.fixture(scope="module")
 def studied(three_language_data, tmp_path_factory):
     """The tiny study, run once for the module through the real CLI."""
-    from click.testing import CliRunner
-
-    from hbir.cli import cli
-
     root = tmp_path_factory.mktemp("study")
-    (root / "study.yaml").write_text(STUDY, encoding="utf-8")
-    env = {
-        "HBIR_DATA_DIR": str(three_language_data),
-        "HBIR_DB": str(root / "results.duckdb"),
-        "HBIR_OUTPUT_DIR": str(root),
-    }
-
-    def hbir(*args: str):
-        return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=True)
-
-    result = hbir("study", "--config", str(root / "study.yaml"))
-    assert result.exit_code == 0, result.output[-3000:]
+    hbir = run_study(root, STUDY, three_language_data, root)
     return hbir, root / "results.duckdb", root / "study.yaml"
 
 

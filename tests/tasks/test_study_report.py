@@ -13,7 +13,7 @@ import pytest
 from hbir.compare import compare
 from tasks import study_report
 from tasks.study_report import fmt_p, load_study, write_study_report
-from tests.conftest import db_rows
+from tests.conftest import db_rows, run_study
 
 STUDY = """
 study_id: report-study
@@ -56,23 +56,8 @@ def no_chinese_training_data(three_language_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reported(no_chinese_training_data, tmp_path_factory):
     """The study run once through the CLI, then `hbir report` on it: (hbir, db, markdown path, markdown text)."""
-    from click.testing import CliRunner
-
-    from hbir.cli import cli
-
     root = tmp_path_factory.mktemp("study-report")
-    (root / "study.yaml").write_text(STUDY, encoding="utf-8")
-    env = {
-        "HBIR_DATA_DIR": str(no_chinese_training_data),
-        "HBIR_DB": str(root / "results.duckdb"),
-        "HBIR_OUTPUT_DIR": str(root / "runs"),
-    }
-
-    def hbir(*args: str):
-        return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=True)
-
-    studied = hbir("study", "--config", str(root / "study.yaml"))
-    assert studied.exit_code == 0, studied.output[-3000:]
+    hbir = run_study(root, STUDY, no_chinese_training_data, root / "runs")
     out = root / "docs" / "results.md"
     result = hbir("report", "--study", "report-study", "--out", str(out), "--permutations", "200")
     assert result.exit_code == 0, result.output[-3000:]
