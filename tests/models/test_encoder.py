@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.encoder import BiEncoder, mean_pool
+from models.encoder import CHARS_PER_TOKEN, BiEncoder, mean_pool
 
 TEXTS = ["Wer schrieb Faust?", "誰が『ファウスト』を書いたか", "Who wrote Faust, the tragedy in two parts, and when?"]
 
@@ -76,7 +76,7 @@ def test_long_paragraphs_encode_as_the_tokenizer_does_with_the_whole_paragraph(e
             for paragraph in article["paragraphs"]:
                 sentences.append(paragraph["sentences"][-1])
                 paragraphs.append(paragraph["context"])
-    assert max(map(len, paragraphs)) > 16 * encoder.max_length  # the cut does happen
+    assert max(map(len, paragraphs)) > CHARS_PER_TOKEN * encoder.max_length  # the cut does happen
     prefixed = ["passage: " + sentence for sentence in sentences]
     whole = encoder.tokenizer(prefixed, paragraphs, truncation="longest_first", max_length=encoder.max_length)
     cut = encoder.tokenize(sentences, "passage", paragraphs)
