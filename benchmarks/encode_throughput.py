@@ -88,7 +88,7 @@ def sample_texts(args: argparse.Namespace) -> dict[str, list[str]]:
         pairs = synthetic_pairs(groups=-(-n_passages // len(languages)), languages=languages)  # >= n_passages rows
         queries, passages = pairs["query"], pairs["passage"]
     else:
-        from hbir.config import DEFAULT_LANGUAGES
+        from hbir.core.config import DEFAULT_LANGUAGES
         from tasks.ingest import ingest_dataset
 
         tables = ingest_dataset(args.data_dir, "xquad-r", DEFAULT_LANGUAGES)

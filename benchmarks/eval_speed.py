@@ -8,7 +8,7 @@ The issue's target: all 132 settings from cached embeddings in <= 5 s on the 2-c
 
 The dataset is embedded once through ``embed_dataset`` with the on-disk cache (``$HBIR_CACHE_DIR/embeddings``): the
 first run encodes all ~26k texts (several minutes on 2 CPU cores), later runs read the cache. The phases are then
-timed as the pipeline stages (``hbir/pipeline.py``: embed, index, evaluate) run them, each on its own:
+timed as the pipeline stages (``hbir/app/stages.py``: embed, index, evaluate) run them, each on its own:
   read cache   ``embed_dataset`` once more, every block cached: reading the .npy files and hashing the texts
   index        ``build_indexes``: one faiss index per corpus language and one for the pool (for ``flat`` only built
                and saved as artifacts; ``evaluate`` scores exactly with numpy and never searches them)
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed evaluate runs")
     args = parser.parse_args()
 
-    from hbir.config import DEFAULT_LANGUAGES, EvalConfig
+    from hbir.core.config import DEFAULT_LANGUAGES, EvalConfig
     from tasks.evaluation import build_indexes, evaluate, order_corpus
     from tasks.ingest import ingest_dataset
 
@@ -75,7 +75,7 @@ def main() -> None:
 def cached_embeddings(args: argparse.Namespace, tables, timings: dict[str, float]):
     """The dataset's embeddings, read from the cache (encoded into it first where missing), and whether any block
     had to be encoded. Times loading the model, fingerprinting it, the first call and a second, all-cached one."""
-    from models.cache import embeddings_cache_dir
+    from hbir.core.paths import embeddings_cache_dir
     from models.encoder import BiEncoder
     from models.sources import resolve_model_source
     from tasks.embedding import embed_dataset, model_fingerprint
@@ -90,10 +90,10 @@ def cached_embeddings(args: argparse.Namespace, tables, timings: dict[str, float
     embed = partial(embed_dataset, encoder, fingerprint, tables, args.candidates, args.batch_size, cache_dir)
     blocks_before = cached_blocks(cache_dir)
     with timed(timings, "embed (first call)"):  # encodes the blocks not cached yet, with progress lines
-        embed(progress=print)
+        embed(log=print)
     cold = cached_blocks(cache_dir) > blocks_before
     with timed(timings, "read cache"):  # every block is cached now
-        vectors = embed(progress=lambda _: None)
+        vectors = embed(log=lambda _: None)
     return vectors, cold
 
 
@@ -111,7 +111,7 @@ def timed(timings: dict[str, float], name: str) -> Iterator[None]:
 
 
 def print_report(args, tables, vectors, result, timings: dict[str, float], seconds: list[float], cold: bool) -> None:
-    from models.cache import embeddings_cache_dir
+    from hbir.core.paths import embeddings_cache_dir
 
     metrics = result.metrics
     n_settings = len(metrics.drop_duplicates(["setting", "query_lang", "corpus_lang"]))

@@ -49,7 +49,7 @@ import faiss
 import numpy as np
 from variants import peak_rss_mib, run_in_subprocess
 
-from hbir.config import EvalConfig
+from hbir.core.config import EvalConfig
 from tasks.indexing import build_index, search
 
 VARIANTS = ["flat", "ivf", "hnsw"]
@@ -98,7 +98,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     faiss.omp_set_num_threads(args.threads)
     corpus = np.load(args.workdir / "corpus.npy", mmap_mode="r")  # (n, dim)
     queries = np.load(args.workdir / "queries.npy")  # (nq, dim)
-    settings = EvalConfig(
+    eval_cfg = EvalConfig(
         index=args.variant,
         ivf_nlist=args.nlist,
         ivf_nprobe=args.nprobe,
@@ -107,26 +107,26 @@ def run_variant(args: argparse.Namespace) -> dict:
         hnsw_ef_search=args.ef_search,
     )
     began = time.perf_counter()
-    index = build_index(corpus, settings, seed=args.seed)
+    index = build_index(corpus, eval_cfg, seed=args.seed)
     build_s = time.perf_counter() - began
     began = time.perf_counter()
     _, ids = search(index, queries, args.k)  # (nq, k)
     search_s = time.perf_counter() - began
     np.save(args.workdir / f"{args.variant}-ids.npy", ids)
     return {
-        "settings": describe(index, settings),
+        "settings": describe(index, eval_cfg),
         "build_s": build_s,
         "search_s": search_s,
         "peak_rss_mib": peak_rss_mib(),
     }
 
 
-def describe(index: faiss.Index, settings: EvalConfig) -> str:
+def describe(index: faiss.Index, eval_cfg: EvalConfig) -> str:
     """The parameters the index was built with (nlist as ``build_index`` lowered it for a small corpus)."""
-    if settings.index == "ivf":
+    if eval_cfg.index == "ivf":
         return f"nlist {index.nlist}, nprobe {index.nprobe}"
-    if settings.index == "hnsw":
-        return f"M {settings.hnsw_m}, efC {settings.hnsw_ef_construction}, efSearch {settings.hnsw_ef_search}"
+    if eval_cfg.index == "hnsw":
+        return f"M {eval_cfg.hnsw_m}, efC {eval_cfg.hnsw_ef_construction}, efSearch {eval_cfg.hnsw_ef_search}"
     return "exact"
 
 

@@ -13,8 +13,8 @@ import resource
 import time
 from pathlib import Path
 
-from hbir.config import load_config
-from hbir.jobs import check_contracts
+from data_contracts.validate import check_contracts
+from hbir.core.config import load_config
 from tasks.ingest import dataset_versions, ingest_dataset
 
 
@@ -35,7 +35,7 @@ def main() -> None:
 
     timings["import great_expectations"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    results = check_contracts(config, datasets)
+    results = check_contracts(config.data, datasets)
     timings["contracts"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - start
     rows = sum(len(d.queries) + len(d.candidates) + len(d.qrels) for d in datasets)

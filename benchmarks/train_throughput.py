@@ -93,7 +93,7 @@ def run_variant(args: argparse.Namespace) -> dict:
 def hbir_step(model_dir: Path, args, device, frozen: bool, total_steps: int):
     from transformers import get_linear_schedule_with_warmup
 
-    from hbir.config import ModelConfig
+    from hbir.core.config import ModelConfig
     from models.losses import InfoNCELoss
     from tasks.training import build_optimizer, load_encoder, train_step
 
@@ -149,7 +149,8 @@ def random_e5_small_dir() -> Path:
     """e5-small's shape (12 layers, width 384, 250k vocabulary) with random weights and the byte tokenizer."""
     from transformers import BertConfig, BertModel
 
-    from models.cache import build_once, models_cache_dir
+    from hbir.core.files import build_once
+    from hbir.core.paths import models_cache_dir
     from models.tiny import byte_tokenizer
 
     def build(out_dir: Path) -> None:

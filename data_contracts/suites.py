@@ -1,4 +1,4 @@
-"""The expectations, table by table (DESIGN.md, "Data contracts").
+"""The expectations, table by table (README, "Data").
 
 Each function returns ``(index_columns, expectations)``: the columns that identify an offending row in a
 failure message, and the Great Expectations expectations the table must meet. Cross-table rules (qrels point

@@ -1,4 +1,9 @@
-"""Run the data contracts on ingested datasets with an ephemeral Great Expectations context."""
+"""Run the data contracts on ingested datasets with an ephemeral Great Expectations context, and say what failed.
+
+results = check_contracts(config.data, datasets)         # one ContractResult per expectation and table
+failed = [r for r in results if not r.success]
+raise ContractError(contract_failure_message(failed))    # names the dataset, table, expectation and examples
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,12 @@ from dataclasses import dataclass
 import pandas as pd
 
 from data_contracts import suites
-from hbir.errors import shorten
+from hbir.core.config import DataConfig
+from hbir.core.errors import shorten
 from tasks.tables import DatasetTables
 
 EXAMPLES_SHOWN = 3
+FAILURES_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,29 @@ class ContractResult:
     expectation: str
     success: bool
     details: str
+
+
+def check_contracts(data_cfg: DataConfig, datasets: list[DatasetTables]) -> list[ContractResult]:
+    """``validate_datasets`` with the settings of the ``data`` config section."""
+    return validate_datasets(
+        datasets,
+        data_cfg.train,
+        data_cfg.languages,
+        data_cfg.fully_parallel,
+        data_cfg.max_query_chars,
+        data_cfg.max_candidate_chars,
+        data_cfg.max_context_chars,
+    )
+
+
+def contract_failure_message(failed: list[ContractResult]) -> str:
+    """The failed contracts as an error message: dataset/table, expectation and offending examples, the first few."""
+    lines = [f"{len(failed)} data contract(s) failed:"]
+    for result in failed[:FAILURES_SHOWN]:
+        lines.append(f"  {result.dataset}/{result.table_name}: {result.expectation}\n    {result.details}")
+    if len(failed) > FAILURES_SHOWN:
+        lines.append(f"  ... and {len(failed) - FAILURES_SHOWN} more (see the validations table)")
+    return "\n".join(lines)
 
 
 def validate_datasets(

@@ -1,6 +1,6 @@
 """The ``scheduled-retrain`` flow: on a schedule (prefect.yaml), retrain when the training data or the settings
 changed since the last retrained model, otherwise record a skipped run; a retrained model becomes champion only
-if it beats the current champion's multilingual mAP on the evaluation data (``hbir/retrain.py``).
+if it beats the current champion's multilingual mAP on the evaluation data (``hbir/app/retrain.py``).
 
     prefect deployment run 'scheduled-retrain/scheduled-retrain' --watch    # what the cron schedule starts
 """

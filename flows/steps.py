@@ -1,7 +1,8 @@
-"""The pipeline's stages (``hbir/pipeline.py``) as Prefect tasks: thin wrappers that add caching, retries and names.
+"""The pipeline's stages (``hbir/app/stages.py``) and the application's steps as Prefect tasks: thin wrappers that
+add caching, retries, names and log lines.
 
 Ingestion is cached on the fingerprint of the source files, embeddings on the model's and the texts' fingerprints
-(paths in, paths out: never a model object in a cache key). Only the stages that can fail for a passing reason (a
+(paths in, paths out: never a model object in a cache key). Only the steps that can fail for a passing reason (a
 locked database, a busy file system) are retried; a failed contract is never retried.
 """
 
@@ -15,29 +16,22 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from hbir import pipeline
-from hbir.config import Config, load_config
+from hbir.app import records, stages
+from hbir.core.config import Config, load_config
 
 
 def _ingest_key(context, parameters: dict[str, Any]) -> str:
     config: Config = parameters["config"]
-    sources = [
-        pipeline.source_fingerprint(config, name) for name in dict.fromkeys(config.data.train + config.data.eval)
-    ]
+    datasets = dict.fromkeys(config.data.train + config.data.eval)
+    sources = [records.source_fingerprint(config, name) for name in datasets]
     return "ingest-" + hashlib.sha256(json.dumps(sources).encode()).hexdigest()
 
 
 def _embed_key(context, parameters: dict[str, Any]) -> str:
     from tasks.embedding import model_fingerprint
 
-    config: Config = parameters["config"]
-    parts = [
-        model_fingerprint(Path(parameters["model_dir"])),
-        parameters["tables_dir"],  # named by the source files' fingerprint
-        config.model.model_dump(),
-        config.eval.candidates,
-    ]
-    return "embed-" + hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+    model_fp = model_fingerprint(Path(parameters["model_dir"]))
+    return "embed-" + stages.embed_key(model_fp, parameters["tables_dir"], parameters["config"])
 
 
 @task(name="configure", cache_policy=NO_CACHE)
@@ -47,55 +41,55 @@ def configure(profile: str, config_path: str | None, overrides: dict[str, Any] |
 
 @task(name="start-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def start(config: Config, run_id: str | None, study_id: str | None = None) -> str:
-    return pipeline.start(config, run_id, study_id=study_id)
+    return records.start(config, run_id, study_id=study_id)[0]
 
 
 @task(name="ingest", cache_key_fn=_ingest_key, persist_result=True)
 def ingest(config: Config, run_id: str) -> dict[str, str]:
-    return pipeline.ingest(config, run_id)
+    return stages.ingest(config, run_id, log=_log)
 
 
 @task(name="validate", cache_policy=NO_CACHE)
 def validate(config: Config, run_id: str, tables: dict[str, str]) -> None:
-    pipeline.validate(config, run_id, tables)
+    stages.validate(config, run_id, tables)
 
 
 @task(name="build-batches", cache_policy=NO_CACHE)
 def build_batches(config: Config, run_id: str, tables: dict[str, str]) -> str | None:
-    return pipeline.build_batches(config, run_id, tables)
+    return stages.build_batches(config, run_id, tables)
 
 
 @task(name="train", cache_policy=NO_CACHE)
 def train(config: Config, run_id: str, pairs_path: str | None) -> str:
-    return pipeline.train(config, run_id, pairs_path, progress=_logger_info)
+    return str(stages.train(config, run_id, pairs_path, log=_log).model_dir)
 
 
 @task(name="embed", cache_key_fn=_embed_key, persist_result=True)
 def embed(config: Config, run_id: str, model_dir: str, tables_dir: str) -> str:
     """Cached on the model and texts, not the run: another run with the same model reuses the file."""
-    return pipeline.embed(config, run_id, model_dir, tables_dir, progress=_logger_info)
+    return stages.embed(config, run_id, model_dir, tables_dir, log=_log)
 
 
 @task(name="index", cache_policy=NO_CACHE)
 def index(config: Config, run_id: str, dataset: str, tables_dir: str, vectors_path: str) -> list[str]:
-    return pipeline.index(config, run_id, dataset, tables_dir, vectors_path)
+    return stages.index(config, run_id, dataset, tables_dir, vectors_path)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(
     config: Config, run_id: str, dataset: str, tables_dir: str, vectors_path: str, index_paths: list[str]
 ) -> dict[str, float]:
-    return pipeline.evaluate(config, run_id, dataset, tables_dir, vectors_path, index_paths)
+    return stages.evaluate(config, run_id, dataset, tables_dir, vectors_path, index_paths)
 
 
 @task(name="report", cache_policy=NO_CACHE)
 def report(config: Config, run_id: str, model_dir: str) -> str:
-    return pipeline.report(config, run_id, model_dir)
+    return stages.report(config, run_id, model_dir)
 
 
 @task(name="store", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
 def store(config: Config, run_id: str) -> dict[str, int]:
-    return pipeline.store_results(config, run_id)
+    return records.store_results(config, run_id)
 
 
 @task(name="publish", cache_policy=NO_CACHE)
@@ -103,7 +97,7 @@ def publish(config: Config, run_id: str, report_path: str) -> None:
     """Prefect artifacts of the run: the setting summaries as a table, and the report with its plots inlined."""
     from prefect.artifacts import create_markdown_artifact
 
-    from hbir.publish import artifact_key, report_markdown, summary_markdown
+    from flows.artifacts import artifact_key, report_markdown, summary_markdown
 
     key = artifact_key(run_id)
     create_markdown_artifact(
@@ -116,53 +110,48 @@ def publish(config: Config, run_id: str, report_path: str) -> None:
 
 @task(name="decide-retrain", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def decide_retrain(config: Config):
-    from hbir import retrain
+    from hbir.app import retrain
 
     decision = retrain.decide(config)
-    _logger_info(("retraining: " if decision.retrain else "not retraining: ") + decision.reason)
+    _log(("retraining: " if decision.retrain else "not retraining: ") + decision.reason)
     return decision
 
 
 @task(name="record-skipped", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def record_skipped(config: Config, decision) -> str:
-    from hbir import retrain
+    from hbir.app import retrain
 
     return retrain.record_skipped(config, decision)
 
 
 @task(name="promote", cache_policy=NO_CACHE)
 def promote(config: Config, run_id: str):
-    from hbir import retrain
+    from hbir.app import retrain
 
     promotion = retrain.promote(config, run_id)
-    _logger_info(f"run {run_id}: {promotion.note}")
+    _log(f"run {run_id}: {promotion.note}")
     return promotion
 
 
 @task(name="plan-study", cache_policy=NO_CACHE)
 def plan_study(study_path: str | None, profile: str | None, overrides: dict[str, Any] | None):
-    from hbir import study
+    from hbir.app import study
 
     plan = study.plan(study_path, profile, overrides)
     done = len(plan.points) - len(plan.pending)
-    _logger_info(f"study {plan.study_id}: {len(plan.points)} runs, {done} completed before, {len(plan.pending)} to run")
+    _log(f"study {plan.study_id}: {len(plan.points)} runs, {done} completed before, {len(plan.pending)} to run")
     return plan
 
 
 @task(name="check-study", cache_policy=NO_CACHE)
 def check_study(plan, completed: dict[str, bool]) -> None:
     """Fail (naming them) if any run of the study failed."""
-    from hbir.errors import HbirError
+    from hbir.app import study
 
-    failed = [run_id for run_id, done in completed.items() if not done]
-    if failed:
-        raise HbirError(
-            f"study {plan.study_id}: {len(failed)} of {len(completed)} runs failed ({', '.join(failed)}); their errors "
-            "are in `hbir runs`. Start the study again to continue them."
-        )
+    study.check_completed(plan, completed)
 
 
-def _logger_info(line: str) -> None:
+def _log(line: str) -> None:
     from prefect import get_run_logger
 
     get_run_logger().info(line)

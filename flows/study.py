@@ -1,4 +1,4 @@
-"""The ``study`` flow: every run of a study (``hbir/study.py``) as a ``train-eval`` subflow, tied by its study id.
+"""The ``study`` flow: every run of a study (``hbir/app/study.py``) as a ``train-eval`` subflow, tied by its study id.
 
     hbir study                                   # the built-in study, here (Prefect's ephemeral mode)
     prefect deployment run 'study/study' --watch # on the work pool (prefect.yaml)

@@ -22,8 +22,8 @@ import sys
 import click
 import pandas as pd
 
-from hbir.config import PROFILES, Config, load_config
-from hbir.errors import HbirError
+from hbir.core.config import PROFILES, Config, load_config
+from hbir.core.errors import HbirError
 
 FORMATS = click.Choice(["table", "csv", "json"])
 
@@ -89,11 +89,11 @@ def cli() -> None:
 @click.option("--run-id", help="Name the run (default: validate-<time>-<random>).")
 def validate(config: Config, run_id: str | None) -> None:
     """Ingest and validate every dataset in data.train and data.eval; exit 0 only if all pass."""
-    from hbir import jobs
+    from hbir.app.pipeline import validate_run
 
     if not config.data.train and not config.data.eval:
         click.echo("nothing to validate: data.train and data.eval are both empty", err=True)
-    run_id, versions = jobs.validate(config, run_id, progress=lambda line: click.echo(line, err=True))
+    run_id, versions = validate_run(config, run_id, log=_stderr)
     if len(versions):
         click.echo(versions.assign(fingerprint=versions["fingerprint"].str[:12]).to_string(index=False))
     click.echo(f"all data contracts passed; run {run_id} recorded in {config.db.path}")
@@ -106,11 +106,12 @@ def train(config: Config, run_id: str | None) -> None:
     """Ingest, validate, then fine-tune model.source on data.train with train.strategy batches; save the model."""
     from transformers.utils import logging as transformers_logging
 
-    from hbir import jobs
+    from hbir.app.pipeline import train_run
+    from hbir.app.summaries import train_summary
 
     transformers_logging.disable_progress_bar()  # "Loading weights" bars; training has its own
-    run_id, result = jobs.train(config, run_id, progress=lambda line: click.echo(line, err=True))
-    click.echo(jobs.train_summary(config, run_id, result))
+    run_id, result = train_run(config, run_id, log=_stderr)
+    click.echo(train_summary(config, run_id, result))
 
 
 def flow_options(command):
@@ -123,7 +124,7 @@ def flow_options(command):
     )
     @functools.wraps(command)
     def wrapper(profile: str, config_file: str | None, overrides: tuple[str, ...], **kwargs):
-        from hbir.config import parse_assignment
+        from hbir.core.config import parse_assignment
 
         settings = dict(parse_assignment(item) for item in overrides)
         config = load_config(profile, config_file, settings)  # a mistake is reported before Prefect starts
@@ -153,10 +154,10 @@ def _prepare_prefect() -> None:
 def run(config: Config, flow_args: dict, run_id: str | None) -> None:
     """Run the train-eval flow here, without a Prefect server: validate, train, evaluate, report, store."""
     from flows.train_eval import train_eval
-    from hbir import jobs
+    from hbir.app.summaries import run_summary_text
 
     run_id = train_eval(**flow_args, run_id=run_id)
-    click.echo(jobs.run_summary_text(config, run_id))
+    click.echo(run_summary_text(config, run_id))
 
 
 @cli.command()
@@ -165,12 +166,11 @@ def retrain(config: Config, flow_args: dict) -> None:
     """Run the scheduled-retrain flow here: retrain if the training data or settings changed since the last
     retrained model (else record a skipped run), and make the new model champion if it beats the current one."""
     from flows.scheduled_retrain import scheduled_retrain
-    from tasks.store import read_only_query
+    from hbir.store.runs import run_info
 
     run_id = scheduled_retrain(**flow_args)
-    quoted = run_id.replace("'", "''")
-    found = read_only_query(config.db.path, f"SELECT status, note FROM runs WHERE run_id = '{quoted}'")
-    click.echo(f"run {run_id} {found['status'].iloc[0]}: {found['note'].iloc[0]}")
+    found = run_info(config.db.path, run_id, config.db.lock_timeout_s)
+    click.echo(f"run {run_id} {found['status']}: {found['note']}")
 
 
 @cli.command()
@@ -188,8 +188,8 @@ def retrain(config: Config, flow_args: dict) -> None:
 def study(study_file: str | None, profile: str | None, overrides: tuple[str, ...], dry_run: bool) -> None:
     """Run a study: every grid point of the study file as a train-eval run, tied by the study id; runs that
     completed before with the same settings are skipped."""
-    from hbir import study as studies
-    from hbir.config import parse_assignment
+    from hbir.app import study as studies
+    from hbir.core.config import parse_assignment
 
     settings = dict(parse_assignment(item) for item in overrides)
     plan = studies.plan(study_file, profile, settings)  # a mistake in the file is reported before Prefect starts
@@ -220,7 +220,7 @@ def compare(
 ) -> None:
     """Per dataset and setting: each arm's mean and std over seeds, paired randomisation tests between arms on the
     per-query values (p-values), and language bias side by side."""
-    from hbir.compare import compare as compare_runs
+    from hbir.app.compare import compare_runs
 
     run_ids = [r.strip() for r in run_list.split(",") if r.strip()] if run_list else None
     result = compare_runs(
@@ -257,8 +257,9 @@ def report(config: Config, study_id: str, out: str, permutations: int) -> None:
     arm and setting, differences with p-values, language bias, loss curves and a verdict on each claim of the paper."""
     from pathlib import Path
 
-    from hbir.compare import compare as compare_runs
-    from tasks.study_report import load_study, write_study_report
+    from hbir.app.compare import compare_runs
+    from hbir.app.study_report import load_study
+    from tasks.report.study import write_study_report
 
     db, timeout = config.db.path, config.db.lock_timeout_s
     comparison = compare_runs(db, study_id=study_id, permutations=permutations, lock_timeout_s=timeout)
@@ -276,11 +277,12 @@ def evaluate(config: Config, run_id: str | None, model_run: str | None) -> None:
     """Evaluate model.source (zero-shot) or a trained run's model on data.eval: mono, cross and multi settings."""
     from transformers.utils import logging as transformers_logging
 
-    from hbir import jobs
+    from hbir.app.pipeline import eval_run
+    from hbir.app.summaries import eval_summary
 
     transformers_logging.disable_progress_bar()
-    run_id, rows = jobs.evaluate(config, run_id, model_run, progress=lambda line: click.echo(line, err=True))
-    click.echo(jobs.eval_summary(config, run_id, rows))
+    run_id, rows = eval_run(config, run_id, model_run, log=_stderr)
+    click.echo(eval_summary(config, run_id, rows))
 
 
 @cli.command()
@@ -289,16 +291,16 @@ def evaluate(config: Config, run_id: str | None, model_run: str | None) -> None:
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def runs(config: Config, limit: int, fmt: str) -> None:
     """List the latest runs, newest first."""
-    from tasks.store import read_only_query
+    from hbir.store.query import read
 
     sql = (
         "SELECT r.run_id, kind, status, strategy, alpha, model_source, started_at, finished_at, "
         "CASE WHEN m.champion THEN 'champion' WHEN m.promoted_at IS NOT NULL THEN 'former champion' "
         "WHEN m.run_id IS NOT NULL THEN 'not promoted' END AS model, "
         "left(coalesce(error, note), 100) AS note "
-        f"FROM runs r LEFT JOIN models m USING (run_id) ORDER BY started_at DESC LIMIT {int(limit)}"
+        "FROM runs r LEFT JOIN models m USING (run_id) ORDER BY started_at DESC LIMIT ?"
     )
-    _print(read_only_query(config.db.path, sql, config.db.lock_timeout_s), fmt)
+    _print(read(config.db.path, sql, [limit], config.db.lock_timeout_s), fmt)
 
 
 @cli.command()
@@ -307,9 +309,14 @@ def runs(config: Config, limit: int, fmt: str) -> None:
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def query(config: Config, sql: str, fmt: str) -> None:
     """Answer SQL over the results database, read-only (statements that would write are refused)."""
-    from tasks.store import read_only_query
+    from hbir.store.query import read_only_query
 
     _print(read_only_query(config.db.path, sql, config.db.lock_timeout_s), fmt)
+
+
+def _stderr(line: str) -> None:
+    """Progress lines go to stderr, so that stdout holds only the result."""
+    click.echo(line, err=True)
 
 
 def _print(df: pd.DataFrame, fmt: str) -> None:

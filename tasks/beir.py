@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hbir.errors import DataError
+from hbir.core.errors import DataError
 from tasks.tables import CANDIDATE_COLUMNS, QREL_COLUMNS, QUERY_COLUMNS, DatasetTables, frame
 
 REQUIRED = {

@@ -7,21 +7,21 @@
         rng.safetensors        torch's CPU (and CUDA) random generator states: dropout continues the same way
         trainer_state.json     the step and the batch sampler's state
 
-A checkpoint is written under a temporary name and renamed into place, so a kill mid-write leaves only complete
-checkpoints behind. Nothing is unpickled on load: safetensors, JSON, or ``weights_only=True``.
+A checkpoint is written under a temporary name and renamed into place (``hbir.core.files``), so a kill mid-write
+leaves only complete checkpoints behind. Nothing is unpickled on load: safetensors, JSON, or ``weights_only=True``.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from hbir.core.files import replace_dir
 from models.encoder import BiEncoder
 
 PREFIX = "step-"
@@ -42,17 +42,16 @@ def save_checkpoint(
     keep: int = 2,
 ) -> Path:
     """Write the checkpoint of ``state.step`` and delete all but the ``keep`` newest; returns its directory."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir / f"{PREFIX}{state.step:06d}"
-    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=checkpoint_dir))
-    save_model(encoder.model, str(work / "model.safetensors"))
-    torch.save(optimizer.state_dict(), work / "optimizer.pt")
-    torch.save(scheduler.state_dict(), work / "scheduler.pt")
-    save_file(_rng_states(), work / "rng.safetensors")
-    (work / "trainer_state.json").write_text(json.dumps({"step": state.step, "sampler": state.sampler}))
-    if final.exists():  # a step trained again after a resume
-        shutil.rmtree(final)
-    work.rename(final)
+
+    def write(work: Path) -> None:
+        save_model(encoder.model, str(work / "model.safetensors"))
+        torch.save(optimizer.state_dict(), work / "optimizer.pt")
+        torch.save(scheduler.state_dict(), work / "scheduler.pt")
+        save_file(_rng_states(), work / "rng.safetensors")
+        (work / "trainer_state.json").write_text(json.dumps({"step": state.step, "sampler": state.sampler}))
+
+    replace_dir(final, write)  # a step trained again after a resume replaces its checkpoint
     for old in checkpoints(checkpoint_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

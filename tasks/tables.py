@@ -1,15 +1,24 @@
-"""The canonical tables every reader produces (DESIGN.md, "Data model")."""
+"""The canonical tables every reader produces: queries, candidates and qrels of one dataset, and their folder form.
+
+queries(dataset, qid, lang, text)                    qid shared by the translations of a question
+candidates(dataset, cid, lang, doc_id, text, context) one row per candidate sentence; context: its paragraph
+qrels(dataset, qid, cid)                             relevance, whatever the query's language
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from hbir.core.files import replace_dir
+
 QUERY_COLUMNS = ["dataset", "qid", "lang", "text"]
 CANDIDATE_COLUMNS = ["dataset", "cid", "lang", "doc_id", "text", "context"]
 QREL_COLUMNS = ["dataset", "qid", "cid"]
+TABLES = ("queries", "candidates", "qrels")
 
 
 @dataclass
@@ -41,3 +50,23 @@ class DatasetTables:
 def frame(rows: list[dict] | dict, columns: list[str]) -> pd.DataFrame:
     """A table with exactly ``columns``, object-typed, from row dicts or columns; empty ``rows`` give an empty table."""
     return pd.DataFrame(rows, columns=columns).astype({column: "object" for column in columns})
+
+
+def save_tables(tables: DatasetTables, folder: Path) -> None:
+    """Write the tables to ``folder`` (one parquet file each and ``meta.json``), replacing it once complete."""
+
+    def write(work: Path) -> None:
+        for table in TABLES:
+            getattr(tables, table).to_parquet(work / f"{table}.parquet", index=False)
+        sources = {key: str(value) for key, value in tables.sources.items()}
+        (work / "meta.json").write_text(json.dumps({"name": tables.name, "sources": sources}), encoding="utf-8")
+
+    replace_dir(folder, write)
+
+
+def load_tables(folder: str | Path) -> DatasetTables:
+    """The tables ``save_tables`` wrote to ``folder``."""
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    frames = {table: pd.read_parquet(folder / f"{table}.parquet") for table in TABLES}
+    return DatasetTables(meta["name"], **frames, sources=meta["sources"])

@@ -1,6 +1,6 @@
 """Fine-tune the bi-encoder with InfoNCE on sampled batches (mono, cross or hybrid), resumable from checkpoints.
 
-    result = fine_tune(model_dir, pairs, config.train, config.model, run_dir, step_log)
+    result = fine_tune(model_dir, pairs, config.train, config.model, run_dir, step_log, log)
 
 CUDA when there is a GPU (bf16 autocast, fused AdamW), else float32 on the CPU. AdamW with linear warm-up and decay,
 gradient clipping. Every ``train.checkpoint_every`` steps a checkpoint goes to ``<run_dir>/checkpoints``; called again
@@ -11,8 +11,8 @@ is logged exactly once. The trained model is saved to ``<run_dir>/model``.
 from __future__ import annotations
 
 import math
-import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,7 +22,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from hbir.config import ModelConfig, TrainConfig
+from hbir.core.config import ModelConfig, TrainConfig
+from hbir.core.files import replace_dir
 from models.encoder import BiEncoder
 from models.losses import InfoNCELoss
 from tasks.batching import Batch, BatchSampler
@@ -57,49 +58,54 @@ def pick_device(setting: str = "auto") -> torch.device:
 def fine_tune(
     model_dir: Path,
     pairs: pd.DataFrame,
-    train: TrainConfig,
-    model: ModelConfig,
+    train_cfg: TrainConfig,
+    model_cfg: ModelConfig,
     run_dir: Path,
     step_log: StepLog,
-    report=lambda line: None,
+    log: Callable[[str], None] = lambda line: None,
 ) -> TrainResult:
-    """Train ``train.steps`` steps (or those left after the last checkpoint) and save the model; see the module doc."""
-    device = pick_device(train.device)
-    torch.manual_seed(train.seed)
-    encoder = load_encoder(model_dir, model, train.freeze_word_embeddings).to(device)
+    """Train ``train_cfg.steps`` steps (or those left after the last checkpoint) and save the model (module doc)."""
+    device = pick_device(train_cfg.device)
+    torch.manual_seed(train_cfg.seed)
+    encoder = load_encoder(model_dir, model_cfg, train_cfg.freeze_word_embeddings).to(device)
     sampler = BatchSampler(
-        pairs, train.batch_size, train.mono_share, train.seed, train.mono_languages, train.cross_same_language
+        pairs,
+        train_cfg.batch_size,
+        train_cfg.mono_share,
+        train_cfg.seed,
+        train_cfg.mono_languages,
+        train_cfg.cross_same_language,
     )
-    optimizer = build_optimizer(encoder, train.lr, train.weight_decay, fused=device.type == "cuda")
-    warmup = math.ceil(train.warmup_ratio * train.steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, train.steps)
+    optimizer = build_optimizer(encoder, train_cfg.lr, train_cfg.weight_decay, fused=device.type == "cuda")
+    warmup = math.ceil(train_cfg.warmup_ratio * train_cfg.steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, train_cfg.steps)
     start = resume(run_dir / "checkpoints", encoder, optimizer, scheduler, sampler)
     step_log.truncate_after(start)
     if start:
-        report(f"continuing from the checkpoint of step {start}")
+        log(f"continuing from the checkpoint of step {start}")
 
     began = time.perf_counter()
-    loss_fn = InfoNCELoss(encoder, train.temperature)
+    loss_fn = InfoNCELoss(encoder, train_cfg.temperature)
     buffer, flushed_at = [], time.monotonic()
-    progress = tqdm(total=train.steps, initial=start, desc="train", unit="step", disable=None)
+    bar = tqdm(total=train_cfg.steps, initial=start, desc="train", unit="step", disable=None)
     for batch in sampler:
-        if batch.step > train.steps:
+        if batch.step > train_cfg.steps:
             break
-        buffer.append(train_step(loss_fn, batch, optimizer, scheduler, train.max_grad_norm))
-        progress.update()
-        progress.set_postfix(loss=f"{buffer[-1]['loss']:.3f}", kind=batch.kind)
-        checkpoint_due = batch.step % train.checkpoint_every == 0 or batch.step == train.steps
+        buffer.append(train_step(loss_fn, batch, optimizer, scheduler, train_cfg.max_grad_norm))
+        bar.update()
+        bar.set_postfix(loss=f"{buffer[-1]['loss']:.3f}", kind=batch.kind)
+        checkpoint_due = batch.step % train_cfg.checkpoint_every == 0 or batch.step == train_cfg.steps
         if checkpoint_due or time.monotonic() - flushed_at > FLUSH_EVERY_S:
-            if progress.disable:  # a log, not a terminal: a line instead of the bar
-                report(progress_line(buffer, train.steps))
+            if bar.disable:  # a log, not a terminal: a line instead of the bar
+                log(progress_line(buffer, train_cfg.steps))
             step_log.write(pd.DataFrame(buffer))  # before the checkpoint: a checkpoint's steps are all logged
             buffer, flushed_at = [], time.monotonic()
         if checkpoint_due:
             state = TrainerState(batch.step, sampler.state_dict())
-            save_checkpoint(run_dir / "checkpoints", state, encoder, optimizer, scheduler, train.keep_checkpoints)
-    progress.close()
+            save_checkpoint(run_dir / "checkpoints", state, encoder, optimizer, scheduler, train_cfg.keep_checkpoints)
+    bar.close()
     model_out = save_model(encoder, run_dir / "model")
-    return TrainResult(model_out, train.steps, start, time.perf_counter() - began)
+    return TrainResult(model_out, train_cfg.steps, start, time.perf_counter() - began)
 
 
 def progress_line(rows: list[dict], total: int) -> str:
@@ -111,9 +117,12 @@ def progress_line(rows: list[dict], total: int) -> str:
     )
 
 
-def load_encoder(model_dir: Path, model: ModelConfig, freeze_word_embeddings: bool) -> BiEncoder:
+def load_encoder(model_dir: Path, model_cfg: ModelConfig, freeze_word_embeddings: bool) -> BiEncoder:
     encoder = BiEncoder.from_dir(
-        model_dir, query_prefix=model.query_prefix, passage_prefix=model.passage_prefix, max_length=model.max_length
+        model_dir,
+        query_prefix=model_cfg.query_prefix,
+        passage_prefix=model_cfg.passage_prefix,
+        max_length=model_cfg.max_length,
     )
     if freeze_word_embeddings:
         encoder.freeze_word_embeddings()
@@ -174,9 +183,4 @@ def train_step(
 
 def save_model(encoder: BiEncoder, out_dir: Path) -> Path:
     """Save the trained encoder to ``out_dir`` (replacing an older copy only once the new one is complete)."""
-    work = out_dir.with_name(f".{out_dir.name}.partial")
-    shutil.rmtree(work, ignore_errors=True)
-    encoder.save(work)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    work.rename(out_dir)
-    return out_dir
+    return replace_dir(out_dir, encoder.save)

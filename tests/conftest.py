@@ -1,4 +1,5 @@
-"""Shared fixtures: where the real LAReQA data is, a fresh results database, CLI invocation."""
+"""Shared fixtures: where the real LAReQA data is, a fresh results database, CLI invocation (helpers that are
+not fixtures are in ``tests/helpers.py``)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import duckdb
 import pytest
 from click.testing import CliRunner
 
 from hbir.cli import cli
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-THREE_LANGUAGES = ["de", "en", "zh"]  # in both XQuAD-R and MLQA-R
+from tests.helpers import PROJECT_ROOT, THREE_LANGUAGES
 
 # Prefect gets a home of its own for the test session (its database and its task cache live there, and the cache
 # outlives a test harness), never the user's server, no telemetry (there is no network), and time to start its
@@ -77,23 +75,3 @@ def run_hbir(monkeypatch):
         return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=True)
 
     return run
-
-
-def db_rows(db_path, sql: str, *params) -> list[tuple]:
-    """The rows ``sql`` returns from the results database, read-only."""
-    with duckdb.connect(str(db_path), read_only=True) as connection:
-        return connection.execute(sql, list(params)).fetchall()
-
-
-def run_study(root: Path, study: str, data_dir: Path, output_dir: Path):
-    """Write ``study`` to root/study.yaml and run it once through the real CLI, with the results database at
-    root/results.duckdb; returns ``hbir(*args)``, the CLI with that environment (for module-scoped fixtures)."""
-    env = {"HBIR_DATA_DIR": str(data_dir), "HBIR_DB": str(root / "results.duckdb"), "HBIR_OUTPUT_DIR": str(output_dir)}
-
-    def hbir(*args: str):
-        return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=True)
-
-    (root / "study.yaml").write_text(study, encoding="utf-8")
-    result = hbir("study", "--config", str(root / "study.yaml"))
-    assert result.exit_code == 0, result.output[-3000:]
-    return hbir

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from data_contracts.validate import validate_datasets
-from hbir.config import DEFAULT_LANGUAGES
+from hbir.core.config import DEFAULT_LANGUAGES
 from tasks.ingest import ingest_dataset
 from tasks.tables import DatasetTables
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import THREE_LANGUAGES, db_rows
+from tests.helpers import THREE_LANGUAGES, db_rows
 
 LANGUAGES = f"data.languages=[{','.join(THREE_LANGUAGES)}]"
 

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from hbir.compare import sign_flip_p_value
-from tests.conftest import THREE_LANGUAGES, db_rows, run_study
+from tasks.comparison import sign_flip_p_value
+from tests.helpers import THREE_LANGUAGES, db_rows, run_study
 
 STUDY = f"""
 study_id: tiny-study

@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import PROJECT_ROOT, THREE_LANGUAGES, db_rows
+from tests.helpers import PROJECT_ROOT, THREE_LANGUAGES, db_rows
 
 HBIR = [sys.executable, "-m", "hbir.cli"]
 

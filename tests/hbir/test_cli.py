@@ -11,11 +11,17 @@ REAL = ["--set", "data.train=[mlqa-r]", "--set", "data.eval=[xquad-r]"]
 
 
 @pytest.fixture
-def validated(run_hbir, lareqa_dir, db_path):
+def validated(run_hbir, lareqa_dir, db_path, tmp_path):
     """`hbir validate` on both real datasets, configured through the environment as the README does."""
-    result = run_hbir("validate", *REAL, env={"HBIR_DATA_DIR": str(lareqa_dir), "HBIR_DB": str(db_path)})
+    env = {"HBIR_DATA_DIR": str(lareqa_dir), "HBIR_DB": str(db_path), "HBIR_OUTPUT_DIR": str(tmp_path / "runs")}
+    result = run_hbir("validate", *REAL, env=env)
     assert result.exit_code == 0, result.output
     return result
+
+
+def test_validate_leaves_no_run_folder_behind(validated, tmp_path):
+    # its rows are in the database: the folder that kept them until then is gone
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
 
 
 def test_validate_passes_on_the_real_data_and_records_versions(validated, db_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import THREE_LANGUAGES as LANGUAGES
-from tests.conftest import db_rows
+from tests.helpers import THREE_LANGUAGES as LANGUAGES
+from tests.helpers import db_rows
 
 
 @pytest.fixture

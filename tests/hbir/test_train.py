@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import db_rows
+from tests.helpers import db_rows
 
 
 @pytest.fixture

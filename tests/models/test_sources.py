@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import load_file
 
-from hbir.errors import ConfigError
+from hbir.core.errors import ConfigError
 from models.sources import resolve_model_source
 
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hbir.config import DEFAULT_LANGUAGES
-from hbir.errors import HbirError
+from hbir.core.config import DEFAULT_LANGUAGES
+from hbir.core.errors import HbirError
 from tasks.batching import Batch, BatchSampler, training_pairs
 from tasks.ingest import ingest_dataset
 from tasks.tables import CANDIDATE_COLUMNS, QREL_COLUMNS, QUERY_COLUMNS, DatasetTables, frame

@@ -9,10 +9,11 @@ import pytest
 from ir_measures import RR, R, nDCG
 from sklearn.metrics import average_precision_score
 
-from hbir.config import DEFAULT_LANGUAGES, EvalConfig
+from hbir.core.config import DEFAULT_LANGUAGES, EvalConfig
+from hbir.core.names import METRICS
 from models.encoder import BiEncoder
 from tasks.embedding import DatasetEmbeddings, embed_dataset
-from tasks.evaluation import METRICS, evaluate
+from tasks.evaluation import evaluate
 from tasks.ingest import ingest_dataset
 from tasks.tables import CANDIDATE_COLUMNS, QREL_COLUMNS, QUERY_COLUMNS, DatasetTables, frame
 
@@ -51,7 +52,7 @@ def evaluated(xquad, tiny_model_dir) -> dict[str, tuple[DatasetEmbeddings, objec
     """Real rankings: the random tiny encoder's embeddings of the real texts (with real ties: repeated texts), and
     embeddings that rank relevant candidates anywhere from first to deep in the pool; each evaluated once."""
     encoder = BiEncoder.from_dir(tiny_model_dir, query_prefix="query: ", passage_prefix="passage: ", max_length=64)
-    tiny = embed_dataset(encoder, "tiny", xquad, "sentence", 256, cache_dir=None, progress=lambda _: None)
+    tiny = embed_dataset(encoder, "tiny", xquad, "sentence", 256, cache_dir=None, log=lambda _: None)
     vectors = {"tiny encoder": tiny, "informative": informative_vectors(xquad)}
     return {name: (v, evaluate(xquad, v, EvalConfig())) for name, v in vectors.items()}
 

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from hbir.config import DEFAULT_LANGUAGES
+from hbir.core.config import DEFAULT_LANGUAGES
 from tasks.ingest import dataset_versions, ingest_dataset
 
 # LAReQA's table (github.com/google-research-datasets/lareqa): candidates per language in XQuAD-R.

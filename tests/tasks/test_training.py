@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hbir.config import ModelConfig, TrainConfig
-from tasks import store
+from hbir.core.config import ModelConfig, TrainConfig
+from hbir.store import runs as store
 from tasks.checkpoints import checkpoints, load_checkpoint
 from tasks.training import build_optimizer, fine_tune, load_encoder
 

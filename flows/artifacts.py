@@ -7,9 +7,10 @@ import base64
 import re
 from pathlib import Path
 
-from hbir.config import Config
-from tasks import store
-from tasks.report import METRICS, markdown_table
+from hbir.core.config import Config
+from hbir.core.names import METRICS, SETTINGS
+from hbir.store.query import read
+from tasks.report.markdown import markdown_table
 
 
 def artifact_key(run_id: str) -> str:
@@ -19,14 +20,15 @@ def artifact_key(run_id: str) -> str:
 
 def summary_markdown(config: Config, run_id: str) -> str:
     """The run's ``run_summary`` rows (mean over language pairs) as a markdown table, one row per setting."""
-    summary = store.read_only_query(
+    summary = read(
         config.db.path,
-        f"SELECT dataset, setting, metric, value FROM run_summary WHERE run_id = '{run_id.replace(chr(39), '')}'",
+        "SELECT dataset, setting, metric, value FROM run_summary WHERE run_id = ?",
+        [run_id],
         config.db.lock_timeout_s,
     )
     lines = [f"# hbir run {run_id}", "", "Mean over language pairs.", ""]
     for dataset, rows in summary.groupby("dataset"):
-        table = rows.pivot_table(index="setting", columns="metric", values="value").reindex(["mono", "cross", "multi"])
+        table = rows.pivot_table(index="setting", columns="metric", values="value").reindex(list(SETTINGS))
         lines += [f"## {dataset}", "", *markdown_table(table[[m for m in METRICS if m in table]], "setting"), ""]
     return "\n".join(lines)
 

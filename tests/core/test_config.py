@@ -2,8 +2,8 @@
 
 import pytest
 
-from hbir.config import load_config
-from hbir.errors import ConfigError
+from hbir.core.config import load_config
+from hbir.core.errors import ConfigError
 
 
 def test_default_profile_is_cpu_with_the_offline_model():

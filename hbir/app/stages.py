@@ -1,0 +1,234 @@
+"""The pipeline's stages as plain functions of a run: paths in, paths out, no Prefect.
+
+    run_id, _ = records.start(config)                             # hbir/app/records.py: a 'running' row
+    tables = ingest(config, run_id)                               # {dataset: folder of canonical tables}
+    validate(config, run_id, tables)                              # contracts; a failure fails the run
+    pairs = build_batches(config, run_id, tables)                 # training pairs, checked against the batch rules
+    model_dir = train(config, run_id, pairs).model_dir            # the fine-tuned model's folder
+    vectors = embed(config, run_id, model_dir, tables["xquad-r"]) # cached on (model, texts, prefixes, candidates)
+    indexes = index(config, run_id, "xquad-r", tables["xquad-r"], vectors)
+    evaluate(config, run_id, "xquad-r", tables["xquad-r"], vectors, indexes)
+    report(config, run_id, model_dir)
+    records.store_results(config, run_id)                         # every row of the run in one transaction
+
+Each stage keeps the rows it produces under ``<output.dir>/<run_id>/rows/`` until ``store_results`` writes them all
+at once; a stage that fails records the run as failed with its error (``records.records_failure``), so nothing
+else of the run is written. Two compositions call these stages: ``hbir/app/pipeline.py`` (``hbir validate``,
+``train`` and ``eval``, without Prefect) and the Prefect flows in ``flows/`` (``hbir run``, deployments).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from hbir.app.records import keep_rows, kept_rows, records_failure, source_fingerprint
+from hbir.core.config import Config
+from hbir.core.errors import ContractError
+from hbir.core.files import file_sha256
+from hbir.core.names import POOL
+from hbir.core.paths import embeddings_cache_dir, run_dir, tables_cache_dir
+from hbir.store import runs
+from tasks.tables import load_tables, save_tables
+
+Log = Callable[[str], None]
+
+
+@records_failure
+def ingest(config: Config, run_id: str, log: Log = print) -> dict[str, str]:
+    """``ingest_tables`` as a stage of run ``run_id``."""
+    return ingest_tables(config, log)
+
+
+def ingest_tables(config: Config, log: Log = print) -> dict[str, str]:
+    """Read every dataset of ``data.train`` and ``data.eval`` into canonical tables saved under
+    ``$HBIR_CACHE_DIR/tables/<source fingerprint>``; returns {dataset: folder}. Unchanged files are not read again."""
+    from tasks.ingest import ingest_dataset
+
+    folders = {}
+    for name in dict.fromkeys(config.data.train + config.data.eval):
+        fingerprint = source_fingerprint(config, name)
+        folder = tables_cache_dir() / fingerprint
+        if fingerprint.endswith("-uncached") or not (folder / "qrels.parquet").exists():
+            log(f"ingesting {name} from {config.data.dir}")
+            save_tables(ingest_dataset(config.data.dir, name, config.data.languages), folder)
+        folders[name] = str(folder)
+    return folders
+
+
+@records_failure
+def validate(config: Config, run_id: str, tables: dict[str, str]) -> None:
+    """Check the data contracts; keep their outcomes and the dataset versions as the run's rows. Raises
+    ContractError (the run recorded as failed, with the outcomes) when a contract fails."""
+    from data_contracts.validate import check_contracts, contract_failure_message
+    from tasks.ingest import dataset_versions
+
+    datasets = [load_tables(folder) for folder in tables.values()]
+    results = check_contracts(config.data, datasets)
+    keep_rows(config, run_id, validations=pd.DataFrame([asdict(result) for result in results]))
+    failed = [result for result in results if not result.success]
+    if failed:
+        raise ContractError(contract_failure_message(failed))
+    versions = [dataset_versions(d) for d in datasets]
+    keep_rows(config, run_id, dataset_versions=pd.concat(versions, ignore_index=True) if versions else pd.DataFrame())
+
+
+@records_failure
+def build_batches(config: Config, run_id: str, tables: dict[str, str]) -> str | None:
+    """The training pairs of ``data.train``, checked against the batch rules (enough groups and distinct passages
+    for ``train.batch_size``); returns the pairs' parquet file (None when ``train.steps`` is 0: nothing to train)."""
+    from tasks.batching import check_batch_rules, training_pairs
+
+    train_cfg = config.train
+    if train_cfg.steps == 0:
+        return None
+    pairs = pd.concat([training_pairs(load_tables(tables[name])) for name in config.data.train], ignore_index=True)
+    check_batch_rules(
+        pairs, train_cfg.batch_size, train_cfg.mono_share, train_cfg.seed, train_cfg.mono_languages,
+        train_cfg.cross_same_language,
+    )  # fmt: skip
+    path = run_dir(config.output.dir, run_id) / "pairs.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pairs.to_parquet(path, index=False)
+    return str(path)
+
+
+@records_failure
+def train(config: Config, run_id: str, pairs_path: str | None, log: Log = print):
+    """Fine-tune ``model.source`` on the pairs (resuming from a checkpoint); returns the ``TrainResult``, whose
+    ``model_dir`` is that of ``model.source`` itself when ``train.steps`` is 0 (a zero-shot run)."""
+    from models.sources import resolve_model_source
+    from tasks.training import TrainResult, fine_tune
+
+    model_dir = resolve_model_source(config.model.source)
+    if config.train.steps == 0:
+        return TrainResult(model_dir, steps=0, resumed_from=0, seconds=0.0)
+    step_log = runs.TrainStepsLog(config.db.path, run_id, config.db.lock_timeout_s)
+    pairs = pd.read_parquet(pairs_path)
+    log(f"training {config.model.source} on {len(pairs)} pairs from {', '.join(config.data.train)}")
+    out_dir = run_dir(config.output.dir, run_id)
+    result = fine_tune(model_dir, pairs, config.train, config.model, out_dir, step_log, log)
+    artifact = {"kind": "model", "path": str(result.model_dir), "sha256": model_sha256(result.model_dir)}
+    keep_rows(config, run_id, artifacts_model=pd.DataFrame([artifact]))
+    return result
+
+
+def model_sha256(model_dir: str | Path) -> str:
+    """The SHA-256 a model directory is recorded with: that of its weights file."""
+    return file_sha256(Path(model_dir) / "model.safetensors")
+
+
+@records_failure
+def model_to_evaluate(config: Config, run_id: str, model_run: str | None = None) -> str:
+    """The model folder an eval run evaluates: that trained by run ``model_run``, else ``model.source``."""
+    from models.sources import resolve_model_source
+
+    db, timeout = config.db.path, config.db.lock_timeout_s
+    return str(runs.trained_model(db, model_run, timeout) if model_run else resolve_model_source(config.model.source))
+
+
+@records_failure
+def embed(config: Config, run_id: str, model_dir: str, tables_dir: str, log: Log = print) -> str:
+    """``embed_tables`` as a stage of run ``run_id``."""
+    return embed_tables(config, model_dir, tables_dir, log)
+
+
+def embed_tables(config: Config, model_dir: str, tables_dir: str, log: Log = print) -> str:
+    """Embeddings of a dataset's queries and candidates (``.npz``: queries, candidates), read from the embedding
+    cache when the model, texts, prefixes and candidate mode are unchanged; returns the file."""
+    from models.encoder import BiEncoder
+    from tasks.embedding import embed_dataset, model_fingerprint, save_vectors
+    from tasks.training import pick_device
+
+    tables = load_tables(tables_dir)
+    model_cfg = config.model
+    encoder = BiEncoder.from_dir(
+        model_dir,
+        query_prefix=model_cfg.query_prefix,
+        passage_prefix=model_cfg.passage_prefix,
+        max_length=model_cfg.max_length,
+    ).to(pick_device(config.train.device))
+    fingerprint = model_fingerprint(Path(model_dir))
+    cache_dir = embeddings_cache_dir() if config.eval.cache_embeddings else None
+    eval_cfg = config.eval
+    vectors = embed_dataset(encoder, fingerprint, tables, eval_cfg.candidates, eval_cfg.batch_size, cache_dir, log)
+    key = embed_key(fingerprint, tables_dir, config)
+    return str(save_vectors(embeddings_cache_dir() / "datasets" / f"{key}.npz", vectors))
+
+
+def embed_key(model_fp: str, tables_dir: str, config: Config) -> str:
+    """What a dataset's embeddings depend on: the model, its tables (named by the source files' fingerprint), the
+    model settings and the candidate mode. Names the vectors file, and keys the flow's embed task cache."""
+    parts = [model_fp, tables_dir, config.model.model_dump(), config.eval.candidates]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+@records_failure
+def index(config: Config, run_id: str, dataset: str, tables_dir: str, vectors_path: str) -> list[str]:
+    """Build and save the faiss indexes of a dataset (per language and pooled); returns their files. With
+    ``eval.save_indexes`` off nothing is built here (the evaluate stage builds what it searches)."""
+    from tasks.embedding import load_vectors
+    from tasks.evaluation import build_indexes, order_corpus
+    from tasks.indexing import save_index
+
+    if not config.eval.save_indexes:
+        return []
+    tables, vectors = load_tables(tables_dir), load_vectors(vectors_path)
+    corpus = order_corpus(tables)
+    indexes = build_indexes(vectors.candidates[corpus.order], corpus, config.eval)
+    artifacts = []
+    for lang, built in indexes.items():
+        path = run_dir(config.output.dir, run_id) / "indexes" / dataset / f"{config.eval.index}-{lang}.faiss"
+        artifacts.append({"kind": "index", "path": str(path), "sha256": save_index(built, path)})
+    keep_rows(config, run_id, **{f"artifacts_index_{dataset}": pd.DataFrame(artifacts)})
+    return [row["path"] for row in artifacts]
+
+
+@records_failure
+def evaluate(
+    config: Config, run_id: str, dataset: str, tables_dir: str, vectors_path: str, index_paths: list[str]
+) -> dict[str, float]:
+    """All settings of one dataset; keeps the metrics, per-query values and language bias as the run's rows and
+    returns the setting summaries ({'mono map': ..., ...})."""
+    import faiss
+
+    from tasks.embedding import load_vectors
+    from tasks.evaluation import evaluate
+
+    indexes = None  # evaluate builds them when needed and not saved
+    if config.eval.index != "flat" and index_paths:  # approximate indexes are searched; flat is a matrix product
+        indexes = {Path(p).stem.split("-", 1)[1]: faiss.read_index(p) for p in index_paths}
+        assert POOL in indexes
+    result = evaluate(load_tables(tables_dir), load_vectors(vectors_path), config.eval, indexes)
+    keep_rows(
+        config,
+        run_id,
+        **{
+            f"metrics_{dataset}": result.metrics,
+            f"per_query_{dataset}": result.per_query,
+            f"language_bias_{dataset}": result.language_bias,
+        },
+    )
+    maps = result.metrics[result.metrics["metric"] == "map"].groupby("setting")["value"].mean()
+    return {f"{setting} map": float(value) for setting, value in maps.items()}
+
+
+@records_failure
+def report(config: Config, run_id: str, model_dir: str) -> str:
+    """Write the run's report (markdown + plots) from its kept rows and training curve; returns the markdown file."""
+    from tasks.report.run import write_report
+
+    db, timeout = config.db.path, config.db.lock_timeout_s
+    rows = kept_rows(config, run_id)
+    curve = runs.train_curve(db, run_id, timeout)
+    info = {**runs.run_info(db, run_id, timeout), "model_dir": model_dir}
+    out_dir = run_dir(config.output.dir, run_id) / "report"
+    files = write_report(out_dir, info, rows["metrics"], rows["language_bias"], curve if len(curve) else None)
+    artifacts = pd.DataFrame([{"kind": f.kind, "path": str(f.path), "sha256": f.sha256} for f in files])
+    keep_rows(config, run_id, artifacts_report=artifacts)
+    return str(files[0].path)

@@ -1,0 +1,43 @@
+"""``hbir report --study``: a study's rows read from the results database into ``StudyData``, from which
+``tasks/report/study.py`` writes the results document."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from hbir.store.database import connect
+from tasks.comparison import Comparison
+from tasks.report.study_data import LAST_STEPS, StudyData, run_table
+
+
+def load_study(db: str, comparison: Comparison, study_id: str, lock_timeout_s: float = 60.0) -> StudyData:
+    """The rows of the compared runs that the document needs, read-only from ``db``."""
+    ids = comparison.runs["run_id"].tolist()
+    arms = comparison.runs[["run_id", "arm"]]
+    with connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
+
+        def read(sql: str, *params) -> pd.DataFrame:
+            return connection.execute(sql, [ids, *params]).df()
+
+        runs = read("SELECT run_id, config, device, git_revision, started_at, finished_at FROM runs WHERE run_id IN ?")
+        losses = read(
+            "SELECT run_id, avg(loss) AS final_loss FROM (SELECT run_id, loss, row_number() OVER "
+            "(PARTITION BY run_id ORDER BY step DESC) AS n FROM train_steps WHERE run_id IN ?) "
+            "WHERE n <= ? GROUP BY run_id",
+            LAST_STEPS,
+        )
+        metrics = read(
+            "SELECT run_id, dataset, setting, query_lang, corpus_lang, value FROM metrics "
+            "WHERE run_id IN ? AND metric = 'map'"
+        )
+        versions = read("SELECT run_id, dataset, lang, n_queries FROM dataset_versions WHERE run_id IN ?")
+        steps = read("SELECT run_id, step, loss FROM train_steps WHERE run_id IN ? ORDER BY run_id, step")
+    return StudyData(
+        study_id,
+        db,
+        comparison,
+        run_table(comparison.runs, runs, losses),
+        metrics.merge(arms),
+        versions,
+        steps.merge(arms),
+    )

@@ -1,0 +1,213 @@
+"""Runs in the results database: a run starts as ``running``, its rows and final status land in one transaction,
+its training steps as they are trained; and what other commands read back about a run.
+
+    start_run(db, RunRecord(run_id, kind, config))       # running (or resumed, for the same settings)
+    TrainStepsLog(db, run_id).write(steps)               # during training
+    finish_run(db, run_id, "completed", rows)            # every result row and the status, all or nothing
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from hbir.core.errors import HbirError
+from hbir.store.database import connect, exists, now
+from hbir.store.schema import migrate
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    kind: str
+    config: dict[str, Any]
+    strategy: str | None = None
+    alpha: float | None = None
+    model_source: str | None = None
+    seed: int | None = None
+    git_revision: str | None = None
+    device: str | None = None
+    inputs_fingerprint: str | None = None
+    note: str | None = None
+    study_id: str | None = None
+
+
+def start_run(db: str, run: RunRecord, lock_timeout_s: float = 60.0, resume: bool = False) -> bool:
+    """Record ``run`` as running (its own short transaction, so ``hbir runs`` shows it meanwhile).
+
+    With ``resume``, a run of the same id that did not complete (killed or failed) and has the same kind and config
+    is marked running again. Returns whether it was resumed; HbirError if the id is taken otherwise.
+    """
+    with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+        migrate(connection)
+        found = connection.execute("SELECT status, kind, config FROM runs WHERE run_id = ?", [run.run_id]).fetchall()
+        if not found:
+            _insert_run(connection, run)
+            return False
+        _check_resumable(run, *found[0], resume=resume)
+        connection.execute(
+            "UPDATE runs SET status = 'running', error = NULL, finished_at = NULL, device = ? WHERE run_id = ?",
+            [run.device, run.run_id],
+        )
+        return True
+
+
+def record_skipped_run(db: str, run: RunRecord, lock_timeout_s: float = 60.0) -> None:
+    """Record ``run`` as skipped: started and finished now, nothing else written (``run.note`` says why)."""
+    with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+        migrate(connection)
+        _insert_run(connection, run, status="skipped")
+
+
+def _insert_run(connection: duckdb.DuckDBPyConnection, run: RunRecord, status: str = "running") -> None:
+    at = now()
+    connection.execute(
+        "INSERT INTO runs (run_id, kind, status, strategy, alpha, model_source, seed, config, git_revision,"
+        " device, started_at, finished_at, inputs_fingerprint, note, study_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            run.run_id,
+            run.kind,
+            status,
+            run.strategy,
+            run.alpha,
+            run.model_source,
+            run.seed,
+            json.dumps(run.config, default=str),
+            run.git_revision,
+            run.device,
+            at,
+            None if status == "running" else at,
+            run.inputs_fingerprint,
+            run.note,
+            run.study_id,
+        ],
+    )
+
+
+def _check_resumable(run: RunRecord, status: str, kind: str, config: str, resume: bool) -> None:
+    taken = f"run id {run.run_id!r} is taken by a {status} {kind} run"
+    if not resume or kind != run.kind:
+        raise HbirError(f"{taken}: choose another --run-id")
+    if status == "completed":
+        raise HbirError(f"{taken}: it has nothing left to do; choose another --run-id for a new run")
+    changed = _changed_keys(json.loads(config), json.loads(json.dumps(run.config, default=str)))
+    if changed:
+        raise HbirError(
+            f"{taken} with other settings ({', '.join(changed[:5])} differ): resume it with the settings it "
+            "started with, or choose another --run-id"
+        )
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [] if old == new else [prefix.rstrip(".") or "config"]
+    keys = sorted(set(old) | set(new))
+    return [changed for key in keys for changed in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+
+
+def finish_run(
+    db: str,
+    run_id: str,
+    status: str,
+    rows: dict[str, pd.DataFrame] | None = None,
+    error: str | None = None,
+    lock_timeout_s: float = 60.0,
+) -> None:
+    """Write all of a run's rows and its final status in one transaction: all of it lands, or none."""
+    with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+        migrate(connection)
+        connection.execute("BEGIN TRANSACTION")
+        try:
+            for table, df in (rows or {}).items():
+                if len(df):
+                    connection.register("incoming", df.assign(run_id=run_id))
+                    columns = ", ".join(df.columns.tolist() + ["run_id"])
+                    connection.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM incoming")
+                    connection.unregister("incoming")
+            connection.execute(
+                "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ?",
+                [status, error, now(), run_id],
+            )
+            connection.execute("COMMIT")
+        except Exception:
+            connection.execute("ROLLBACK")
+            raise
+
+
+def write_train_steps(db: str, run_id: str, steps: pd.DataFrame, lock_timeout_s: float = 60.0) -> None:
+    """Append training-step rows (columns as the ``train_steps`` table, without run_id)."""
+    if len(steps):
+        with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+            migrate(connection)
+            connection.register("incoming", steps.assign(run_id=run_id))
+            columns = ", ".join(steps.columns.tolist() + ["run_id"])
+            connection.execute(f"INSERT INTO train_steps ({columns}) SELECT {columns} FROM incoming")
+
+
+def delete_train_steps_after(db: str, run_id: str, step: int, lock_timeout_s: float = 60.0) -> int:
+    """Forget the steps of ``run_id`` after ``step`` (they are trained again on resume); returns how many."""
+    with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+        migrate(connection)
+        deleted = connection.execute(
+            "DELETE FROM train_steps WHERE run_id = ? AND step > ? RETURNING step", [run_id, step]
+        ).fetchall()
+        return len(deleted)
+
+
+def train_curve(db: str, run_id: str, lock_timeout_s: float = 60.0) -> pd.DataFrame:
+    """The ``train_steps`` rows of ``run_id`` (step, loss, lr, batch_kind, ...), by step."""
+    with connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
+        return connection.execute("SELECT * FROM train_steps WHERE run_id = ? ORDER BY step", [run_id]).df()
+
+
+@dataclass(frozen=True)
+class TrainStepsLog:
+    """The ``train_steps`` rows of one run, as the trainer's step log."""
+
+    db: str
+    run_id: str
+    lock_timeout_s: float = 60.0
+
+    def write(self, rows: pd.DataFrame) -> None:
+        write_train_steps(self.db, self.run_id, rows, self.lock_timeout_s)
+
+    def truncate_after(self, step: int) -> None:
+        delete_train_steps_after(self.db, self.run_id, step, self.lock_timeout_s)
+
+
+def run_info(db: str, run_id: str, lock_timeout_s: float = 60.0) -> dict[str, Any]:
+    """The ``runs`` row of ``run_id`` as a dict; HbirError if there is none."""
+    if not exists(db):
+        raise HbirError(f"results database {db} does not exist: there is no run {run_id!r}")
+    with connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
+        found = connection.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).df()
+    if found.empty:
+        raise HbirError(f"no run {run_id!r} in {db}: `hbir runs` lists the runs")
+    return found.iloc[0].to_dict()
+
+
+def trained_model(db: str, run_id: str, lock_timeout_s: float = 60.0) -> Path:
+    """The model directory a completed run saved (its ``model`` artifact); HbirError naming what is wrong."""
+    if not exists(db):
+        raise HbirError(f"results database {db} does not exist: no run {run_id!r} to take a model from")
+    with connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
+        found = connection.execute(
+            "SELECT r.status, a.path FROM runs r LEFT JOIN artifacts a ON a.run_id = r.run_id AND a.kind = 'model' "
+            "WHERE r.run_id = ?",
+            [run_id],
+        ).fetchall()
+    if not found:
+        raise HbirError(f"no run {run_id!r} in {db}: `hbir runs` lists the runs")
+    status, path = found[0]
+    if path is None:
+        raise HbirError(f"run {run_id!r} ({status}) saved no model: give a completed train run")
+    if not (Path(path) / "config.json").exists():
+        raise HbirError(f"run {run_id!r} saved its model in {path}, which is gone or incomplete")
+    return Path(path)

@@ -1,0 +1,121 @@
+"""The reports' plots (matplotlib, no global state): heatmaps, grouped bars and loss curves, saved as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from hbir.core.names import SETTINGS
+
+DPI = 120
+SMOOTHING = 5  # study loss curves: rolling mean over this many steps
+
+
+def plot_heatmap(matrix: pd.DataFrame, title: str, path: Path, vmax: float = 1.0) -> None:
+    """The X->Y mAP matrix as an annotated heatmap: query language on y, corpus language on x; colours 0..vmax."""
+    n, values = len(matrix), matrix.to_numpy(dtype=float)
+    decimals = 3 if n <= 8 else 2  # 11 languages leave no room for a third
+    fig = Figure(figsize=(2 + 0.6 * n, 1.5 + 0.6 * n))
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=vmax)
+    for (row, col), value in np.ndenumerate(values):
+        if not np.isnan(value):  # dark cells get white text, bright ones black
+            color = "white" if value < 0.6 * vmax else "black"
+            ax.text(col, row, f"{value:.{decimals}f}", ha="center", va="center", fontsize=8, color=color)
+    ax.set_xticks(range(n), matrix.columns)
+    ax.set_yticks(range(n), matrix.index)
+    ax.set(xlabel="corpus language", ylabel="query language", title=title)
+    fig.colorbar(image, ax=ax, label="mAP")
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+def plot_settings(summary: pd.DataFrame, title: str, path: Path) -> None:
+    """Grouped bars: per metric, one bar each for the mono, cross and multi means."""
+    fig = Figure(figsize=(9, 4))
+    ax = fig.add_subplot()
+    x = np.arange(len(summary.columns))
+    width = 0.8 / len(summary.index)
+    offsets = (np.arange(len(summary.index)) - (len(summary.index) - 1) / 2) * width  # centred on each metric
+    for offset, (setting, means) in zip(offsets, summary.iterrows(), strict=True):
+        ax.bar(x + offset, means.to_numpy(dtype=float), width, label=setting)
+    ax.set_xticks(x, summary.columns)
+    ax.set(ylabel="mean over language pairs", ylim=(0, 1), title=title)
+    ax.legend(title="setting")
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+def plot_loss_curve(curve: pd.DataFrame, path: Path) -> None:
+    """Loss per step coloured by batch kind, its moving average, and the learning rate on a second axis."""
+    fig = Figure(figsize=(9, 4))
+    ax = fig.add_subplot()
+    for kind, color in [("mono", "tab:blue"), ("cross", "tab:orange")]:
+        steps = curve[curve["batch_kind"] == kind]
+        ax.scatter(steps["step"], steps["loss"], s=8, color=color, alpha=0.5, label=f"{kind} batch")
+    window = int(np.clip(len(curve) // 20, 5, 50))
+    average = curve["loss"].rolling(window, min_periods=1).mean()
+    ax.plot(curve["step"], average, color="black", label=f"moving average ({window} steps)")
+    ax.set(xlabel="step", ylabel="loss")
+    lr_ax = ax.twinx()
+    lr_ax.plot(curve["step"], curve["lr"], color="tab:green", linestyle="--", label="learning rate")
+    lr_ax.set_ylabel("learning rate", color="tab:green")
+    lr_ax.yaxis.set_major_formatter("{x:.1e}")  # no "1e-5" offset text, which the legend would cover
+    handles = ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
+    # above the axes: inside, it hides the first steps, where the loss is highest
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=4, frameon=False)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+def bars(ax, groups: list[str], series: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> None:
+    """Grouped bars: one group per entry of ``groups``, one bar per series (label -> values, error bars)."""
+    x = np.arange(len(groups))
+    width = 0.8 / max(1, len(series))
+    for i, (label, (values, errors)) in enumerate(series.items()):
+        offset = (i - (len(series) - 1) / 2) * width
+        ax.bar(x + offset, values, width, yerr=errors, capsize=3 if errors is not None else 0, label=label)
+    ax.set_xticks(x, groups)
+    ax.legend(title="arm", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def plot_map_bars(arms: pd.DataFrame, order: list[str], title: str, path: Path) -> None:
+    """mAP per setting (groups) and arm (bars), error bars one std over seeds."""
+    rows = arms[arms["metric"] == "map"]
+    series = {}
+    for arm in [arm for arm in order if arm in set(rows["arm"])]:
+        by_setting = rows[rows["arm"] == arm].set_index("setting").reindex(SETTINGS)
+        series[arm] = (by_setting["mean"].to_numpy(float), by_setting["std"].fillna(0.0).to_numpy(float))
+    fig = Figure(figsize=(9, 4))
+    ax = fig.add_subplot()
+    bars(ax, SETTINGS, series)
+    ax.set(ylabel="mAP (mean over seeds)", title=title)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+def plot_bias(bias: pd.DataFrame, order: list[str], title: str, path: Path) -> None:
+    """Rank distance per query language (groups) and arm (bars)."""
+    langs = sorted(bias["query_lang"].unique())
+    series = {
+        arm: (bias[bias["arm"] == arm].set_index("query_lang")["rank_distance"].reindex(langs).to_numpy(float), None)
+        for arm in order
+        if arm in set(bias["arm"])
+    }
+    fig = Figure(figsize=(max(6, 1.2 * len(langs)), 4))
+    ax = fig.add_subplot()
+    bars(ax, langs, series)
+    ax.set(xlabel="query language", ylabel="rank distance (lower is better)", title=title)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+def plot_arm_losses(steps: pd.DataFrame, order: list[str], path: Path) -> None:
+    """Per arm, the loss by step averaged over the arm's runs, as a rolling mean over SMOOTHING steps."""
+    fig = Figure(figsize=(9, 4))
+    ax = fig.add_subplot()
+    for arm in [arm for arm in order if arm in set(steps["arm"])]:
+        curve = steps[steps["arm"] == arm].groupby("step")["loss"].mean().sort_index()
+        ax.plot(curve.index, curve.rolling(SMOOTHING, min_periods=1).mean(), label=arm)
+    ax.set(xlabel="step", ylabel=f"loss (mean over seeds, rolling mean of {SMOOTHING})", title="training loss")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(title="arm", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
