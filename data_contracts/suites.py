@@ -2,7 +2,8 @@
 
 Each function returns ``(index_columns, expectations)``: the columns that identify an offending row in a
 failure message, and the Great Expectations expectations the table must meet. Cross-table rules (qrels point
-at existing rows, every query has a relevant candidate in its own language, parallelism, train/eval leakage)
+at existing rows, every query has a relevant candidate in its own language, parallelism, train/eval leakage, the
+dev split's sides)
 are checked on boolean or count columns that ``data_contracts.validate`` derives before validation.
 """
 
@@ -53,6 +54,13 @@ def leakage_suite() -> tuple[list[str], list]:
     """For evaluation datasets: no question text also appears in the training data."""
     return ["qid", "lang"], [
         _holds("text_in_training_data", "no evaluation question text appears in the training data", value=False)
+    ]
+
+
+def split_suite() -> tuple[list[str], list]:
+    """For training datasets with a dev split: no question, in any language, is both trained on and held out."""
+    return ["qid", "lang"], [
+        _holds("on_both_sides", "no question or its translation is on both sides of the dev split", value=False)
     ]
 
 

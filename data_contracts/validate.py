@@ -86,6 +86,22 @@ def validate_datasets(
     return results
 
 
+def check_split(
+    datasets: list[DatasetTables], train_pairs: pd.DataFrame, dev_qids: dict[str, list[str]]
+) -> list[ContractResult]:
+    """Check that the dev split's questions (``dev_qids`` per training dataset) are absent from ``train_pairs`` in
+    every language: the two sides are disjoint by translation group."""
+    runner = _Runner()
+    results: list[ContractResult] = []
+    for tables in datasets:
+        trained = set(train_pairs.loc[train_pairs["dataset"] == tables.name, "qid"])
+        held_out = tables.queries[tables.queries["qid"].isin(dev_qids.get(tables.name, []))]
+        df = held_out[["qid", "lang"]].assign(on_both_sides=held_out["qid"].isin(trained))
+        index_columns, expectations = suites.split_suite()
+        results += runner.run(tables, "queries", _tag(df, tables), index_columns, expectations)
+    return results
+
+
 class _Runner:
     """One ephemeral Great Expectations context; each check is a dataframe asset with its own suite."""
 

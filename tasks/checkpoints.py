@@ -40,9 +40,11 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     keep: int = 2,
+    protect: int | None = None,
 ) -> Path:
-    """Write the checkpoint of ``state.step`` and delete all but the ``keep`` newest; returns its directory."""
-    final = checkpoint_dir / f"{PREFIX}{state.step:06d}"
+    """Write the checkpoint of ``state.step`` and delete all but the ``keep`` newest and that of step ``protect``;
+    returns its directory."""
+    final = checkpoint_path(checkpoint_dir, state.step)
 
     def write(work: Path) -> None:
         save_model(encoder.model, str(work / "model.safetensors"))
@@ -52,9 +54,16 @@ def save_checkpoint(
         (work / "trainer_state.json").write_text(json.dumps({"step": state.step, "sampler": state.sampler}))
 
     replace_dir(final, write)  # a step trained again after a resume replaces its checkpoint
+    kept = checkpoint_path(checkpoint_dir, protect) if protect is not None else None
     for old in checkpoints(checkpoint_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != kept:
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
+    """The folder of step ``step``'s checkpoint."""
+    return checkpoint_dir / f"{PREFIX}{step:06d}"
 
 
 def checkpoints(checkpoint_dir: Path) -> list[Path]:
@@ -78,6 +87,11 @@ def load_checkpoint(
     _set_rng_states(load_file(path / "rng.safetensors"))
     saved = json.loads((path / "trainer_state.json").read_text())
     return TrainerState(step=saved["step"], sampler=saved["sampler"])
+
+
+def load_weights(path: Path, encoder: BiEncoder) -> None:
+    """Load only the encoder weights of checkpoint ``path`` (to make it the run's model)."""
+    load_model(encoder.model, str(path / "model.safetensors"), device=str(encoder.device))
 
 
 def _rng_states() -> dict[str, torch.Tensor]:

@@ -6,6 +6,11 @@ CUDA when there is a GPU (bf16 autocast, fused AdamW), else float32 on the CPU. 
 gradient clipping. Every ``train.checkpoint_every`` steps a checkpoint goes to ``<run_dir>/checkpoints``; called again
 with the same ``run_dir`` it continues from the newest one, and ``step_log`` forgets the steps after it, so each step
 is logged exactly once. The trained model is saved to ``<run_dir>/model``.
+
+With a dev evaluation (``dev_eval``, every ``train.eval_every`` steps and at the last one) each evaluated step is also
+a checkpoint and its dev metrics go to ``step_log.write_dev``; ``train.select=best`` keeps the checkpoint with the
+best ``dev_score`` from pruning and saves its weights as the model. Evaluating changes nothing in the training
+itself (inference mode, no random numbers drawn), so the last weights are those of a run without it.
 """
 
 from __future__ import annotations
@@ -27,17 +32,33 @@ from hbir.core.files import replace_dir
 from models.encoder import BiEncoder
 from models.losses import InfoNCELoss
 from tasks.batching import Batch, BatchSampler
-from tasks.checkpoints import TrainerState, checkpoints, load_checkpoint, save_checkpoint
+from tasks.checkpoints import (
+    TrainerState,
+    checkpoint_path,
+    checkpoints,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
+from tasks.dev import dev_score
 
 FLUSH_EVERY_S = 30.0  # how stale the train_steps table (and the log) may get while a run is going
 
 
 class StepLog(Protocol):
-    """Where step rows go (the ``train_steps`` table): rows are appended, and forgotten after a resumed step."""
+    """Where step rows go (the ``train_steps`` and ``dev_metrics`` tables): rows are appended, and forgotten after a
+    resumed step."""
 
     def write(self, rows: pd.DataFrame) -> None: ...
 
+    def write_dev(self, step: int, rows: pd.DataFrame) -> None: ...
+
+    def dev_curve(self) -> pd.DataFrame: ...
+
     def truncate_after(self, step: int) -> None: ...
+
+
+DevEvaluation = Callable[[BiEncoder], pd.DataFrame]  # encoder -> dev setting means (dataset, setting, metric, value)
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,7 @@ class TrainResult:
     steps: int  # configured = done
     resumed_from: int  # 0 for a fresh run
     seconds: float  # of this process's training
+    selected_step: int | None = None  # the step whose weights the model has (select=best: the best dev score)
 
 
 def pick_device(setting: str = "auto") -> torch.device:
@@ -63,6 +85,7 @@ def fine_tune(
     run_dir: Path,
     step_log: StepLog,
     log: Callable[[str], None] = lambda line: None,
+    dev_eval: DevEvaluation | None = None,
 ) -> TrainResult:
     """Train ``train_cfg.steps`` steps (or those left after the last checkpoint) and save the model (module doc)."""
     device = pick_device(train_cfg.device)
@@ -86,6 +109,7 @@ def fine_tune(
 
     began = time.perf_counter()
     loss_fn = InfoNCELoss(encoder, train_cfg.temperature)
+    best = best_dev_step(step_log.dev_curve()) if dev_eval else None  # a resumed run's best so far
     buffer, flushed_at = [], time.monotonic()
     bar = tqdm(total=train_cfg.steps, initial=start, desc="train", unit="step", disable=None)
     for batch in sampler:
@@ -94,18 +118,47 @@ def fine_tune(
         buffer.append(train_step(loss_fn, batch, optimizer, scheduler, train_cfg.max_grad_norm))
         bar.update()
         bar.set_postfix(loss=f"{buffer[-1]['loss']:.3f}", kind=batch.kind)
-        checkpoint_due = batch.step % train_cfg.checkpoint_every == 0 or batch.step == train_cfg.steps
+        last = batch.step == train_cfg.steps
+        evaluating = dev_eval is not None and train_cfg.eval_every > 0
+        evaluate_now = evaluating and (batch.step % train_cfg.eval_every == 0 or last)
+        checkpoint_due = batch.step % train_cfg.checkpoint_every == 0 or last or evaluate_now
         if checkpoint_due or time.monotonic() - flushed_at > FLUSH_EVERY_S:
             if bar.disable:  # a log, not a terminal: a line instead of the bar
                 log(progress_line(buffer, train_cfg.steps))
             step_log.write(pd.DataFrame(buffer))  # before the checkpoint: a checkpoint's steps are all logged
             buffer, flushed_at = [], time.monotonic()
-        if checkpoint_due:
+        if evaluate_now:
+            best = evaluate_dev_now(dev_eval, encoder, batch.step, step_log, log)
+        if checkpoint_due:  # the best dev step's checkpoint is kept for select=best
             state = TrainerState(batch.step, sampler.state_dict())
-            save_checkpoint(run_dir / "checkpoints", state, encoder, optimizer, scheduler, train_cfg.keep_checkpoints)
+            keep, protect = train_cfg.keep_checkpoints, best if train_cfg.select == "best" else None
+            save_checkpoint(run_dir / "checkpoints", state, encoder, optimizer, scheduler, keep, protect)
     bar.close()
+    selected = train_cfg.steps
+    if train_cfg.select == "best" and best is not None and best != train_cfg.steps:
+        load_weights(checkpoint_path(run_dir / "checkpoints", best), encoder)
+        selected = best
+        log(f"select=best: the model is the checkpoint of step {best}, the best dev score")
     model_out = save_model(encoder, run_dir / "model")
-    return TrainResult(model_out, train_cfg.steps, start, time.perf_counter() - began)
+    return TrainResult(model_out, train_cfg.steps, start, time.perf_counter() - began, selected)
+
+
+def evaluate_dev_now(dev_eval: DevEvaluation, encoder: BiEncoder, step: int, step_log: StepLog, log) -> int | None:
+    """Evaluate the dev split at ``step``, log its rows and a line; returns the best dev step so far."""
+    rows = dev_eval(encoder)
+    step_log.write_dev(step, rows)
+    maps = rows[rows["metric"] == "map"].groupby("setting")["value"].mean()
+    log(f"step {step}: dev mAP " + ", ".join(f"{setting} {maps[setting]:.3f}" for setting in maps.index))
+    return best_dev_step(step_log.dev_curve())
+
+
+def best_dev_step(curve: pd.DataFrame) -> int | None:
+    """The step with the highest ``dev_score`` in ``curve`` (rows with a step column), the earliest on a tie; None
+    when there is none."""
+    if curve.empty:
+        return None
+    scores = {int(step): dev_score(rows) for step, rows in curve.groupby("step", sort=True)}
+    return max(scores, key=lambda step: (scores[step], -step))
 
 
 def progress_line(rows: list[dict], total: int) -> str:

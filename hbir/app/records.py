@@ -127,8 +127,8 @@ def records_failure(stage):
             return stage(config, run_id, *args, **kwargs)
         except BaseException as error:
             message = str(error) if isinstance(error, HbirError) else f"{type(error).__name__}: {error}"
-            kept = rows_dir(config.output.dir, run_id) / "validations.parquet"
-            failed_rows = {"validations": pd.read_parquet(kept)} if kept.exists() else {}
+            kept = sorted(rows_dir(config.output.dir, run_id).glob("validations*.parquet"))
+            failed_rows = {"validations": pd.concat(map(pd.read_parquet, kept), ignore_index=True)} if kept else {}
             db, timeout = config.db.path, config.db.lock_timeout_s
             runs.finish_run(db, run_id, "failed", failed_rows, error=message, lock_timeout_s=timeout)
             raise

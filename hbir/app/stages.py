@@ -3,7 +3,7 @@
     run_id, _ = records.start(config)                             # hbir/app/records.py: a 'running' row
     tables = ingest(config, run_id)                               # {dataset: folder of canonical tables}
     validate(config, run_id, tables)                              # contracts; a failure fails the run
-    pairs = build_batches(config, run_id, tables)                 # training pairs, checked against the batch rules
+    pairs = build_batches(config, run_id, tables)                 # training pairs (dev split held out), batch rules
     model_dir = train(config, run_id, pairs).model_dir            # the fine-tuned model's folder
     vectors = embed(config, run_id, model_dir, tables["xquad-r"]) # cached on (model, texts, prefixes, candidates)
     indexes = index(config, run_id, "xquad-r", tables["xquad-r"], vectors)
@@ -80,14 +80,28 @@ def validate(config: Config, run_id: str, tables: dict[str, str]) -> None:
 
 @records_failure
 def build_batches(config: Config, run_id: str, tables: dict[str, str]) -> str | None:
-    """The training pairs of ``data.train``, checked against the batch rules (enough groups and distinct passages
-    for ``train.batch_size``); returns the pairs' parquet file (None when ``train.steps`` is 0: nothing to train)."""
+    """The training pairs of ``data.train`` without the dev split (``data.dev_fraction`` of the questions with their
+    translations, checked to be disjoint from training and kept as tables under ``<run>/dev/<dataset>/``), checked
+    against the batch rules (enough groups and distinct passages for ``train.batch_size``); returns the pairs'
+    parquet file (None when ``train.steps`` is 0: nothing to train)."""
+    from data_contracts.validate import check_split, contract_failure_message
     from tasks.batching import check_batch_rules, training_pairs
+    from tasks.dev import dev_tables, split_pairs
 
     train_cfg = config.train
     if train_cfg.steps == 0:
         return None
-    pairs = pd.concat([training_pairs(load_tables(tables[name])) for name in config.data.train], ignore_index=True)
+    datasets = [load_tables(tables[name]) for name in config.data.train]
+    pairs = pd.concat([training_pairs(d) for d in datasets], ignore_index=True)
+    pairs, dev_qids = split_pairs(pairs, config.data.dev_fraction, config.data.split_seed)
+    if config.data.dev_fraction:
+        results = check_split(datasets, pairs, dev_qids)
+        keep_rows(config, run_id, validations_split=pd.DataFrame([asdict(result) for result in results]))
+        failed = [result for result in results if not result.success]
+        if failed:
+            raise ContractError(contract_failure_message(failed))
+        for d in datasets:
+            save_tables(dev_tables(d, dev_qids[d.name]), run_dir(config.output.dir, run_id) / "dev" / d.name)
     check_batch_rules(
         pairs, train_cfg.batch_size, train_cfg.mono_share, train_cfg.seed, train_cfg.mono_languages,
         train_cfg.cross_same_language,
@@ -100,22 +114,36 @@ def build_batches(config: Config, run_id: str, tables: dict[str, str]) -> str | 
 
 @records_failure
 def train(config: Config, run_id: str, pairs_path: str | None, log: Log = print):
-    """Fine-tune ``model.source`` on the pairs (resuming from a checkpoint); returns the ``TrainResult``, whose
-    ``model_dir`` is that of ``model.source`` itself when ``train.steps`` is 0 (a zero-shot run)."""
+    """Fine-tune ``model.source`` on the pairs (resuming from a checkpoint), measuring the dev split every
+    ``train.eval_every`` steps; returns the ``TrainResult``, whose ``model_dir`` is that of ``model.source`` itself
+    when ``train.steps`` is 0 (a zero-shot run)."""
     from models.sources import resolve_model_source
     from tasks.training import TrainResult, fine_tune
 
     model_dir = resolve_model_source(config.model.source)
     if config.train.steps == 0:
         return TrainResult(model_dir, steps=0, resumed_from=0, seconds=0.0)
-    step_log = runs.TrainStepsLog(config.db.path, run_id, config.db.lock_timeout_s)
+    db, timeout = config.db.path, config.db.lock_timeout_s
+    step_log = runs.TrainStepsLog(db, run_id, timeout)
     pairs = pd.read_parquet(pairs_path)
     log(f"training {config.model.source} on {len(pairs)} pairs from {', '.join(config.data.train)}")
     out_dir = run_dir(config.output.dir, run_id)
-    result = fine_tune(model_dir, pairs, config.train, config.model, out_dir, step_log, log)
+    dev_eval = dev_evaluation(config, out_dir / "dev")
+    result = fine_tune(model_dir, pairs, config.train, config.model, out_dir, step_log, log, dev_eval)
+    runs.record_selected_step(db, run_id, result.selected_step, timeout)
     artifact = {"kind": "model", "path": str(result.model_dir), "sha256": model_sha256(result.model_dir)}
     keep_rows(config, run_id, artifacts_model=pd.DataFrame([artifact]))
     return result
+
+
+def dev_evaluation(config: Config, dev_dir: Path):
+    """The dev split's evaluation for ``fine_tune`` (None when ``train.eval_every`` is 0 or there is no dev split)."""
+    from tasks.dev import evaluate_dev
+
+    if not config.train.eval_every or not config.data.dev_fraction:
+        return None
+    dev = {name: load_tables(dev_dir / name) for name in config.data.train}
+    return lambda encoder: evaluate_dev(encoder, dev, config.eval)
 
 
 def model_sha256(model_dir: str | Path) -> str:
@@ -225,10 +253,10 @@ def report(config: Config, run_id: str, model_dir: str) -> str:
 
     db, timeout = config.db.path, config.db.lock_timeout_s
     rows = kept_rows(config, run_id)
-    curve = runs.train_curve(db, run_id, timeout)
+    curve, dev_curve = runs.train_curve(db, run_id, timeout), runs.dev_curve(db, run_id, timeout)
     info = {**runs.run_info(db, run_id, timeout), "model_dir": model_dir}
     out_dir = run_dir(config.output.dir, run_id) / "report"
-    files = write_report(out_dir, info, rows["metrics"], rows["language_bias"], curve if len(curve) else None)
+    files = write_report(out_dir, info, rows["metrics"], rows["language_bias"], curve, dev_curve)
     artifacts = pd.DataFrame([{"kind": f.kind, "path": str(f.path), "sha256": f.sha256} for f in files])
     keep_rows(config, run_id, artifacts_report=artifacts)
     return str(files[0].path)

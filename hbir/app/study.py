@@ -33,6 +33,7 @@ from hbir.core.config import PROFILES, Config, load_config
 from hbir.core.errors import ConfigError, HbirError
 from hbir.store import database
 from hbir.store.query import read
+from hbir.store.runs import changed_keys
 
 DEFAULT_STUDY = "hybrid-vs-pure"  # hbir/studies/<name>.yaml, what `hbir study` runs without --config
 
@@ -147,7 +148,8 @@ def _recorded(config: Config) -> dict[str, dict[str, Any]]:
 def _done(run_id: str, config: Config, recorded: dict[str, Any] | None) -> bool:
     if recorded is None or recorded["status"] != "completed":
         return False  # new, or failed / killed: (re)started, training continues from its last checkpoint
-    if _without_paths(recorded["config"]) != _without_paths(json.loads(json.dumps(config.model_dump(mode="json")))):
+    current = json.loads(json.dumps(config.model_dump(mode="json")))
+    if changed_keys(_without_paths(recorded["config"]), _without_paths(current)):
         raise HbirError(
             f"run {run_id} of this study completed with other settings: give the study another study_id (or "
             "restore the settings) so that its runs are not mixed with these"

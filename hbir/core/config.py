@@ -44,6 +44,10 @@ class DataConfig(Section):
     max_query_chars: int = Field(2_000, ge=1)
     max_candidate_chars: int = Field(5_000, ge=1)
     max_context_chars: int = Field(50_000, ge=1)
+    # Share of each training dataset's questions held out, with all their translations, as the dev split: never
+    # trained on; train.eval_every measures it (learning curves, train.select=best). 0: no dev split.
+    dev_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    split_seed: int = 0  # which questions the dev split holds
 
     @model_validator(mode="after")
     def _train_and_eval_differ(self) -> DataConfig:
@@ -105,6 +109,12 @@ class TrainConfig(Section):
     mono_languages: Literal["uniform", "groups"] = "uniform"
     # Cross batches draw X != Y per pair (the paper); true lets X == Y happen, as in LAReQA's original X-Y.
     cross_same_language: bool = False
+    # Every this many steps (and at the last one) the dev split's mAP mono / cross / multi is measured and stored
+    # (dev_metrics), each time with a checkpoint; 0: never. On 2 CPU cores one MLQA-R dev evaluation takes ~1 min.
+    eval_every: int = Field(0, ge=0)
+    # The run's model: the last weights, or the checkpoint with the best dev score (mean of the dev mAP over mono,
+    # cross and multi; needs eval_every and data.dev_fraction).
+    select: Literal["last", "best"] = "last"
 
     @property
     def mono_share(self) -> float:
@@ -137,6 +147,15 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _selection_has_a_dev_split(self) -> Config:
+        if self.train.select == "best" and not (self.train.eval_every and self.data.dev_fraction):
+            raise ValueError(
+                "train.select=best picks the checkpoint with the best dev score: set train.eval_every (e.g. 50) and "
+                f"data.dev_fraction (e.g. 0.1); now {self.train.eval_every} and {self.data.dev_fraction}"
+            )
+        return self
 
 
 def load_config(
@@ -232,7 +251,9 @@ def _describe(error: ValidationError, layers: list[tuple[str, dict[str, Any]]]) 
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"])
         where = next((name for name, layer in reversed(layers) if _has_key(layer, item["loc"])), "config")
-        if item["type"] == "extra_forbidden":
+        if not item["loc"]:  # a rule across sections
+            lines.append(item["msg"].removeprefix("Value error, "))
+        elif item["type"] == "extra_forbidden":
             lines.append(f"unknown config key {key!r} (from {where})")
         elif isinstance(item.get("input"), dict):  # a rule on a whole section
             lines.append(f"config section {key!r} (from {where}): {item['msg']}")

@@ -96,7 +96,7 @@ def _check_resumable(run: RunRecord, status: str, kind: str, config: str, resume
         raise HbirError(f"{taken}: choose another --run-id")
     if status == "completed":
         raise HbirError(f"{taken}: it has nothing left to do; choose another --run-id for a new run")
-    changed = _changed_keys(json.loads(config), json.loads(json.dumps(run.config, default=str)))
+    changed = changed_keys(json.loads(config), json.loads(json.dumps(run.config, default=str)))
     if changed:
         raise HbirError(
             f"{taken} with other settings ({', '.join(changed[:5])} differ): resume it with the settings it "
@@ -104,12 +104,16 @@ def _check_resumable(run: RunRecord, status: str, kind: str, config: str, resume
         )
 
 
-def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return [] if old == new else [prefix.rstrip(".") or "config"]
-    keys = sorted(set(old) | set(new))
-    return [changed for key in keys for changed in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+def changed_keys(recorded: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between a recorded config and the current one. Keys the recorded config
+    lacks are settings added by a later hbir, after the run was recorded: they are not compared."""
+    if not isinstance(recorded, dict) or not isinstance(current, dict):
+        return [] if recorded == current else [prefix.rstrip(".") or "config"]
+    return [
+        changed
+        for key in sorted(recorded)
+        for changed in changed_keys(recorded[key], current.get(key), f"{prefix}{key}.")
+    ]
 
 
 def finish_run(
@@ -152,12 +156,14 @@ def write_train_steps(db: str, run_id: str, steps: pd.DataFrame, lock_timeout_s:
 
 
 def delete_train_steps_after(db: str, run_id: str, step: int, lock_timeout_s: float = 60.0) -> int:
-    """Forget the steps of ``run_id`` after ``step`` (they are trained again on resume); returns how many."""
+    """Forget the steps (and dev metrics) of ``run_id`` after ``step``: they are trained again on resume; returns how
+    many steps."""
     with connect(db, lock_timeout_s=lock_timeout_s) as connection:
         migrate(connection)
         deleted = connection.execute(
             "DELETE FROM train_steps WHERE run_id = ? AND step > ? RETURNING step", [run_id, step]
         ).fetchall()
+        connection.execute("DELETE FROM dev_metrics WHERE run_id = ? AND step > ?", [run_id, step])
         return len(deleted)
 
 
@@ -167,9 +173,38 @@ def train_curve(db: str, run_id: str, lock_timeout_s: float = 60.0) -> pd.DataFr
         return connection.execute("SELECT * FROM train_steps WHERE run_id = ? ORDER BY step", [run_id]).df()
 
 
+def write_dev_metrics(db: str, run_id: str, step: int, rows: pd.DataFrame, lock_timeout_s: float = 60.0) -> None:
+    """Append the dev metrics measured after ``step`` (columns dataset, setting, metric, value)."""
+    with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+        migrate(connection)
+        connection.register("incoming", rows.assign(run_id=run_id, step=step))
+        connection.execute(
+            "INSERT INTO dev_metrics (run_id, step, dataset, setting, metric, value) "
+            "SELECT run_id, step, dataset, setting, metric, value FROM incoming"
+        )
+
+
+def dev_curve(db: str, run_id: str, lock_timeout_s: float = 60.0) -> pd.DataFrame:
+    """The ``dev_metrics`` rows of ``run_id`` (step, dataset, setting, metric, value), by step."""
+    with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+        migrate(connection)
+        return connection.execute(
+            "SELECT step, dataset, setting, metric, value FROM dev_metrics WHERE run_id = ? ORDER BY step, dataset, "
+            "setting, metric",
+            [run_id],
+        ).df()
+
+
+def record_selected_step(db: str, run_id: str, step: int | None, lock_timeout_s: float = 60.0) -> None:
+    """Record which step's weights the run saved as its model."""
+    with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+        migrate(connection)
+        connection.execute("UPDATE runs SET selected_step = ? WHERE run_id = ?", [step, run_id])
+
+
 @dataclass(frozen=True)
 class TrainStepsLog:
-    """The ``train_steps`` rows of one run, as the trainer's step log."""
+    """The ``train_steps`` and ``dev_metrics`` rows of one run, as the trainer's step log."""
 
     db: str
     run_id: str
@@ -177,6 +212,12 @@ class TrainStepsLog:
 
     def write(self, rows: pd.DataFrame) -> None:
         write_train_steps(self.db, self.run_id, rows, self.lock_timeout_s)
+
+    def write_dev(self, step: int, rows: pd.DataFrame) -> None:
+        write_dev_metrics(self.db, self.run_id, step, rows, self.lock_timeout_s)
+
+    def dev_curve(self) -> pd.DataFrame:
+        return dev_curve(self.db, self.run_id, self.lock_timeout_s)
 
     def truncate_after(self, step: int) -> None:
         delete_train_steps_after(self.db, self.run_id, step, self.lock_timeout_s)

@@ -137,6 +137,20 @@ MIGRATIONS: list[str] = [
         promoted_at TIMESTAMP               -- when it became champion (NULL: it did not beat the champion)
     );
     """,
+    """
+    -- the dev split's metrics during training (train.eval_every): the learning curves
+    CREATE TABLE dev_metrics (
+        run_id VARCHAR NOT NULL,
+        step INTEGER NOT NULL,              -- the training step after which the dev split was evaluated
+        dataset VARCHAR NOT NULL,           -- the training dataset the dev questions were held out from
+        setting VARCHAR NOT NULL CHECK (setting IN ('mono', 'cross', 'multi')),
+        metric VARCHAR NOT NULL,
+        value DOUBLE NOT NULL,              -- mean over the setting's language pairs, as run_summary
+        PRIMARY KEY (run_id, step, dataset, setting, metric)
+    );
+    -- the step whose weights a training run saved as its model (train.select: the last, or the best dev score)
+    ALTER TABLE runs ADD COLUMN selected_step INTEGER;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # The tables a run's outcome fills, written together by ``runs.finish_run`` (train_steps are written during training).

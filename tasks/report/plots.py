@@ -119,3 +119,19 @@ def plot_arm_losses(steps: pd.DataFrame, order: list[str], path: Path) -> None:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(title="arm", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+def plot_dev_curves(dev_curve: pd.DataFrame, selected_step: object, path: Path) -> None:
+    """Dev mAP by step, one line per setting (mean over dev datasets); the selected step marked."""
+    maps = dev_curve[dev_curve["metric"] == "map"].groupby(["setting", "step"])["value"].mean()
+    fig = Figure(figsize=(9, 4))
+    ax = fig.add_subplot()
+    for setting in [s for s in SETTINGS if s in maps.index.get_level_values("setting")]:
+        curve = maps.loc[setting]
+        ax.plot(curve.index, curve.to_numpy(), marker="o", label=setting)
+    if not pd.isna(selected_step):
+        ax.axvline(int(selected_step), color="grey", linestyle=":", label=f"model (step {int(selected_step)})")
+    ax.set(xlabel="step", ylabel="dev mAP (mean over language pairs)", title="learning curves on the dev split")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")

@@ -18,7 +18,7 @@ import pandas as pd
 from hbir.core.files import write_text
 from hbir.core.names import METRICS, SETTINGS
 from tasks.report.markdown import ReportFile, cell, markdown_table, report_file, safe_name
-from tasks.report.plots import plot_heatmap, plot_loss_curve, plot_settings
+from tasks.report.plots import plot_dev_curves, plot_heatmap, plot_loss_curve, plot_settings
 
 
 def setting_summary(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -66,6 +66,27 @@ def _curve_lines(curve: pd.DataFrame) -> list[str]:
     ]
 
 
+def dev_table(dev_curve: pd.DataFrame) -> pd.DataFrame:
+    """Dev mAP by step (rows) and setting (columns), the mean over the dev datasets."""
+    maps = dev_curve[dev_curve["metric"] == "map"]
+    table = maps.pivot_table(index="step", columns="setting", values="value", aggfunc="mean")
+    return table.reindex(columns=[s for s in SETTINGS if s in table.columns])
+
+
+def _dev_lines(dev_curve: pd.DataFrame, selected_step: object) -> list[str]:
+    selected = "the last step" if pd.isna(selected_step) else f"step {int(selected_step)}"
+    return [
+        "## Learning curves (dev split)",
+        "",
+        f"Dev mAP after each evaluated step; the run's model has the weights of {selected}.",
+        "",
+        *markdown_table(dev_table(dev_curve), "step"),
+        "",
+        "![dev mAP by step](dev_map.png)",
+        "",
+    ]
+
+
 def _dataset_lines(
     out_dir: Path, dataset: str, metrics: pd.DataFrame, bias: pd.DataFrame
 ) -> tuple[list[str], list[Path]]:
@@ -91,8 +112,10 @@ def write_report(
     metrics: pd.DataFrame,
     language_bias: pd.DataFrame,
     train_curve: pd.DataFrame | None = None,
+    dev_curve: pd.DataFrame | None = None,
 ) -> list[ReportFile]:
-    """Write ``report.md`` and its PNG plots into ``out_dir``; returns them, the markdown first, then the plots."""
+    """Write ``report.md`` and its PNG plots into ``out_dir``; returns them, the markdown first, then the plots.
+    ``dev_curve``: the run's ``dev_metrics`` rows (learning curves), when it measured a dev split."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# Run {cell(run.get('run_id'))}", "", *_setup_lines(run), ""]
@@ -105,5 +128,8 @@ def write_report(
         curve = train_curve.sort_values("step")
         plot_loss_curve(curve, out_dir / "loss.png")
         lines, plots = lines + _curve_lines(curve), plots + [out_dir / "loss.png"]
+    if dev_curve is not None and len(dev_curve):
+        plot_dev_curves(dev_curve, run.get("selected_step"), out_dir / "dev_map.png")
+        lines, plots = lines + _dev_lines(dev_curve, run.get("selected_step")), plots + [out_dir / "dev_map.png"]
     report = write_text(out_dir / "report.md", "\n".join(lines) + "\n")  # the plots it links to are on disk already
     return [report_file("report", report)] + [report_file("plot", path) for path in plots]

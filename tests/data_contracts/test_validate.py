@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from data_contracts.validate import validate_datasets
+from data_contracts.validate import check_split, validate_datasets
 from hbir.core.config import DEFAULT_LANGUAGES
 from tasks.ingest import ingest_dataset
 from tasks.tables import DatasetTables
@@ -104,3 +104,19 @@ def test_real_lareqa_data_meets_every_contract(lareqa_dir):
 def test_text_length_bounds(text):
     failures = _failures(_validate([_tables(queries=[("q1", "en", "Where is Paris?"), ("q1", "de", text)])]))
     assert [f[2] for f in failures] == ["expect_column_value_lengths_to_be_between(text)"]
+
+
+def test_the_dev_split_contract_names_a_question_on_both_sides():
+    tables = _tables(
+        queries=[("q1", "en", "Where is Paris?"), ("q1", "de", "Wo liegt Paris?"), ("q2", "en", "Where is Rome?")],
+        candidates=[("c1", "en", "d1", "Paris is in France."), ("c2", "de", "d1", "Paris liegt in Frankreich."),
+                    ("c3", "en", "d2", "Rome is in Italy.")],
+        qrels=[("q1", "c1"), ("q1", "c2"), ("q2", "c3")],
+    )  # fmt: skip
+    train_pairs = pd.DataFrame({"dataset": ["toy"], "qid": ["q2"], "lang": ["en"]})
+    assert all(r.success for r in check_split([tables], train_pairs, {"toy": ["q1"]}))
+    leaked = pd.DataFrame({"dataset": ["toy", "toy"], "qid": ["q2", "q1"], "lang": ["en", "de"]})  # q1 in training
+    (failure,) = [r for r in check_split([tables], leaked, {"toy": ["q1"]}) if not r.success]
+    assert (failure.dataset, failure.table_name) == ("toy", "queries")
+    assert "on both sides of the dev split" in failure.expectation
+    assert "qid='q1'" in failure.details and "toy/en.json" in failure.details and "toy/de.json" in failure.details

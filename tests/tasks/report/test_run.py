@@ -187,3 +187,20 @@ def test_a_failing_plot_leaves_no_report(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         write_report(tmp_path, RUN, _metrics("d", ["en"]), _language_bias("d", ["en"]), _train_curve())
     assert not (tmp_path / "report.md").exists()
+
+
+def test_a_run_with_a_dev_split_shows_its_learning_curves(tmp_path):
+    dev = pd.DataFrame(
+        [
+            {"step": step, "dataset": "mlqa-r", "setting": setting, "metric": "map", "value": value}
+            for step, values in [(50, (0.70, 0.50, 0.40)), (100, (0.72, 0.55, 0.46))]
+            for setting, value in zip(("mono", "cross", "multi"), values, strict=True)
+        ]
+    )
+    run = {**RUN, "selected_step": 100}
+    files = write_report(tmp_path, run, _metrics("d", ["en"]), _language_bias("d", ["en"]), dev_curve=dev)
+    text = (tmp_path / "report.md").read_text()
+    assert "## Learning curves (dev split)" in text and "the weights of step 100" in text
+    assert "| 100 | 0.720 | 0.550 | 0.460 |" in text and "| 50 | 0.700 | 0.500 | 0.400 |" in text
+    assert (tmp_path / "dev_map.png") in [f.path for f in files]
+    assert matplotlib.image.imread(tmp_path / "dev_map.png").ndim == 3
