@@ -3,6 +3,7 @@
 hbir validate --set 'data.train=[mlqa-r]' --set 'data.eval=[xquad-r]'
 hbir train --profile smoke --set train.strategy=cross
 hbir eval --set 'data.eval=[xquad-r]'
+hbir merge --run my-run --weight 0.5
 hbir run --profile smoke
 hbir retrain
 hbir study --profile smoke
@@ -282,6 +283,26 @@ def evaluate(config: Config, run_id: str | None, model_run: str | None) -> None:
 
     transformers_logging.disable_progress_bar()
     run_id, rows = eval_run(config, run_id, model_run, log=_stderr)
+    click.echo(eval_summary(config, run_id, rows))
+
+
+@cli.command()
+@config_options
+@click.option("--run", "parent_run", required=True, help="The training run whose model to merge with its base model.")
+@click.option(
+    "--weight", type=click.FloatRange(0.0, 1.0), required=True, help="Weight of the fine-tuned model (0: the base)."
+)
+@click.option("--run-id", help="Name the run (default: merge-<time>-<random>).")
+def merge(config: Config, parent_run: str, weight: float, run_id: str | None) -> None:
+    """Merge a trained run's model with the model it was trained from, (1 - weight) * base + weight * fine-tuned
+    (WiSE-FT), and evaluate the merged model on data.eval, as `hbir eval` does."""
+    from transformers.utils import logging as transformers_logging
+
+    from hbir.app.pipeline import merge_run
+    from hbir.app.summaries import eval_summary
+
+    transformers_logging.disable_progress_bar()
+    run_id, rows = merge_run(config, parent_run, weight, run_id, log=_stderr)
     click.echo(eval_summary(config, run_id, rows))
 
 

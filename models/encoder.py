@@ -20,6 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from hbir.core.config import ModelConfig
+
 TextKind = Literal["query", "passage"]
 # token_lengths tokenizes this many texts at a time: fast tokenizers keep each whole pair (a paragraph of thousands of
 # tokens) until they truncate it, and all of them at once took 16 GiB for 3 languages of XQuAD-R (paragraph mode)
@@ -60,6 +62,16 @@ class BiEncoder(nn.Module):
         """Load a Hugging Face model directory, with PyTorch's fused (SDPA) attention."""
         model = AutoModel.from_pretrained(model_dir, attn_implementation="sdpa")
         return cls(model, AutoTokenizer.from_pretrained(model_dir), **settings)
+
+    @classmethod
+    def from_config(cls, model_dir: str | Path, model_cfg: ModelConfig) -> BiEncoder:
+        """``from_dir`` with the prefixes and maximum length of the ``model`` config section."""
+        return cls.from_dir(
+            model_dir,
+            query_prefix=model_cfg.query_prefix,
+            passage_prefix=model_cfg.passage_prefix,
+            max_length=model_cfg.max_length,
+        )
 
     @property
     def device(self) -> torch.device:

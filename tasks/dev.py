@@ -3,6 +3,7 @@
     train_pairs, dev_qids = split_pairs(pairs, fraction=0.1, seed=0)     # disjoint by translation group (qid)
     dev = dev_tables(tables, dev_qids[tables.name])                      # the LAReQA protocol on the dev groups
     scores = evaluate_dev(encoder, {"mlqa-r": dev}, eval_cfg)            # setting means per metric
+    weight, _ = choose_merge_weight(encoder, base, {"mlqa-r": dev}, eval_cfg, grid=(0.5, 1.0))   # WiSE-FT on dev
 
 A question and its translations share a ``qid``, so holding out whole qids keeps every translation of a dev question
 out of training. The dev tables keep the dev questions, their qrels and every candidate sentence of the paragraphs
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 from hbir.core.config import EvalConfig
 from models.encoder import BiEncoder
+from models.merge import merge_state
 from tasks.embedding import embed_dataset
 from tasks.evaluation import evaluate
 from tasks.tables import DatasetTables
@@ -65,6 +68,26 @@ def dev_score(rows: pd.DataFrame) -> float:
     """What checkpoint selection maximises: the mean of the dev mAP over the mono, cross and multi settings (and
     over dev datasets), so that no one setting is bought at the others' expense."""
     return float(rows.loc[rows["metric"] == "map"].groupby("setting")["value"].mean().mean())
+
+
+def choose_merge_weight(
+    encoder: BiEncoder,
+    base: dict[str, torch.Tensor],
+    dev: dict[str, DatasetTables],
+    eval_cfg: EvalConfig,
+    grid: tuple[float, ...],
+) -> tuple[float, dict[float, float]]:
+    """The merge weight of ``grid`` whose merge of ``base`` and the encoder's (fine-tuned) weights has the best
+    ``dev_score`` (the largest weight on a tie: the most fine-tuning for the same dev score), and every weight's
+    score. The encoder is left with the chosen merge."""
+    tuned = {name: tensor.clone() for name, tensor in encoder.model.state_dict().items()}
+    scores = {}
+    for weight in grid:
+        encoder.model.load_state_dict(merge_state(base, tuned, weight))
+        scores[weight] = dev_score(evaluate_dev(encoder, dev, eval_cfg))
+    chosen = max(grid, key=lambda weight: (scores[weight], weight))
+    encoder.model.load_state_dict(merge_state(base, tuned, chosen))
+    return chosen, scores
 
 
 def _quiet(line: str) -> None:

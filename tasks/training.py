@@ -171,12 +171,7 @@ def progress_line(rows: list[dict], total: int) -> str:
 
 
 def load_encoder(model_dir: Path, model_cfg: ModelConfig, freeze_word_embeddings: bool) -> BiEncoder:
-    encoder = BiEncoder.from_dir(
-        model_dir,
-        query_prefix=model_cfg.query_prefix,
-        passage_prefix=model_cfg.passage_prefix,
-        max_length=model_cfg.max_length,
-    )
+    encoder = BiEncoder.from_config(model_dir, model_cfg)
     if freeze_word_embeddings:
         encoder.freeze_word_embeddings()
     return encoder.train()

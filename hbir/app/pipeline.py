@@ -1,9 +1,10 @@
-"""The stages composed without Prefect, for ``hbir validate``, ``hbir train`` and ``hbir eval``: the same stage
+"""The stages composed without Prefect, for ``hbir validate``, ``train``, ``eval`` and ``merge``: the same stage
 functions (``hbir/app/stages.py``) the ``train-eval`` flow chains, each run recorded in the results database.
 
     run_id, versions = validate_run(config)                   # ingest, contracts
     run_id, result = train_run(config, run_id="my-run")       # + build batches, fine-tune (a killed my-run resumes)
     run_id, rows = eval_run(config, model_run="my-run")       # + embed, index, evaluate, report
+    run_id, rows = merge_run(config, "my-run", weight=0.5)     # my-run's model merged with its base, evaluated
 """
 
 from __future__ import annotations
@@ -67,6 +68,28 @@ def eval_run(
     tables = stages.ingest(config, run_id, log)
     stages.validate(config, run_id, tables)
     model_dir = stages.model_to_evaluate(config, run_id, model_run)
+    return run_id, evaluate_model(config, run_id, tables, model_dir, log)
+
+
+def merge_run(
+    config: Config, parent_run: str, weight: float, run_id: str | None = None, log: Log = print
+) -> tuple[str, dict[str, pd.DataFrame]]:
+    """Merge the model run ``parent_run`` trained with its base model (``weight`` on the fine-tuned one, WiSE-FT),
+    then evaluate the merged model on ``data.eval`` as ``eval_run`` does; recorded as a ``merge`` run whose parent is
+    ``parent_run``. Returns the run id and the rows written."""
+    run_id, _ = records.start(config, run_id, kind="merge", model_run=parent_run, resume=False, merge_weight=weight)
+    tables = stages.ingest(config, run_id, log)
+    stages.validate(config, run_id, tables)
+    model_dir = stages.merge(config, run_id, parent_run, weight)
+    log(f"merged the model of run {parent_run} with its base model, weight {weight:g}: {model_dir}")
+    return run_id, evaluate_model(config, run_id, tables, model_dir, log)
+
+
+def evaluate_model(
+    config: Config, run_id: str, tables: dict[str, str], model_dir: str, log: Log = print
+) -> dict[str, pd.DataFrame]:
+    """Embed, index and evaluate ``model_dir`` on every dataset of ``data.eval``, report and store the run; returns
+    the rows written."""
     for dataset in config.data.eval:
         started = time.perf_counter()
         vectors = stages.embed(config, run_id, model_dir, tables[dataset], log)
@@ -81,4 +104,4 @@ def eval_run(
     stages.report(config, run_id, model_dir)
     rows = records.kept_rows(config, run_id)
     records.store_results(config, run_id)
-    return run_id, rows
+    return rows

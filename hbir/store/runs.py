@@ -35,6 +35,8 @@ class RunRecord:
     inputs_fingerprint: str | None = None
     note: str | None = None
     study_id: str | None = None
+    parent_run_id: str | None = None  # hbir merge: the run whose model was merged
+    merge_weight: float | None = None
 
 
 def start_run(db: str, run: RunRecord, lock_timeout_s: float = 60.0, resume: bool = False) -> bool:
@@ -68,8 +70,8 @@ def _insert_run(connection: duckdb.DuckDBPyConnection, run: RunRecord, status: s
     at = now()
     connection.execute(
         "INSERT INTO runs (run_id, kind, status, strategy, alpha, model_source, seed, config, git_revision,"
-        " device, started_at, finished_at, inputs_fingerprint, note, study_id)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " device, started_at, finished_at, inputs_fingerprint, note, study_id, parent_run_id, merge_weight)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             run.run_id,
             run.kind,
@@ -86,6 +88,8 @@ def _insert_run(connection: duckdb.DuckDBPyConnection, run: RunRecord, status: s
             run.inputs_fingerprint,
             run.note,
             run.study_id,
+            run.parent_run_id,
+            run.merge_weight,
         ],
     )
 
@@ -195,11 +199,16 @@ def dev_curve(db: str, run_id: str, lock_timeout_s: float = 60.0) -> pd.DataFram
         ).df()
 
 
-def record_selected_step(db: str, run_id: str, step: int | None, lock_timeout_s: float = 60.0) -> None:
-    """Record which step's weights the run saved as its model."""
+def record_model_choice(
+    db: str, run_id: str, selected_step: int | None, merge_weight: float | None, lock_timeout_s: float = 60.0
+) -> None:
+    """Record what the run's model is: which step's weights (train.select), merged with what weight (train.merge)."""
     with connect(db, lock_timeout_s=lock_timeout_s) as connection:
         migrate(connection)
-        connection.execute("UPDATE runs SET selected_step = ? WHERE run_id = ?", [step, run_id])
+        connection.execute(
+            "UPDATE runs SET selected_step = ?, merge_weight = ? WHERE run_id = ?",
+            [selected_step, merge_weight, run_id],
+        )
 
 
 @dataclass(frozen=True)
