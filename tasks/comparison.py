@@ -67,20 +67,37 @@ def compare(
 
 
 def with_arms(runs: pd.DataFrame) -> pd.DataFrame:
-    """The ``runs`` rows (run_id, strategy, alpha, seed, config) with their training data and arm: strategy and
-    alpha, and the training data when the trained runs differ in it."""
+    """The ``runs`` rows (run_id, strategy, alpha, seed, config; merge_weight for ``hbir merge`` runs) with their
+    training data, merge and arm: strategy and alpha, the merge with the base model, and the training data when the
+    trained runs differ in it."""
     configs = runs["config"].map(json.loads)
-    runs = runs.assign(train=configs.map(lambda config: "+".join(config["data"]["train"])))
+    recorded = runs["merge_weight"] if "merge_weight" in runs else pd.Series([None] * len(runs), index=runs.index)
+    runs = runs.assign(
+        train=configs.map(lambda config: "+".join(config["data"]["train"])),
+        merge=[merge_label(config, weight) for config, weight in zip(configs, recorded, strict=True)],
+    )
     several_trains = runs.loc[runs["strategy"] != "zero-shot", "train"].nunique() > 1
     runs["arm"] = [
-        arm_name(row.strategy, row.alpha, row.train if several_trains else None) for row in runs.itertuples()
+        arm_name(row.strategy, row.alpha, row.train if several_trains else None, row.merge) for row in runs.itertuples()
     ]
-    return runs[["run_id", "arm", "strategy", "alpha", "seed", "train"]].sort_values("run_id").reset_index(drop=True)
+    columns = ["run_id", "arm", "strategy", "alpha", "seed", "train", "merge"]
+    return runs[columns].sort_values("run_id").reset_index(drop=True)
 
 
-def arm_name(strategy: str, alpha: float | None, train: str | None = None) -> str:
-    """``mono``, ``cross``, ``zero-shot``, ``hybrid a=0.5`` (+ `` on mlqa-r`` when runs trained on different data)."""
+def merge_label(config: dict, merge_weight: float | None) -> str | None:
+    """How a run's model was merged with its base model: its ``train.merge`` setting (a weight, or ``auto``, whatever
+    weight auto chose), else the weight of an ``hbir merge`` run; None when it was not."""
+    setting = config.get("train", {}).get("merge")
+    if setting is not None:
+        return setting if isinstance(setting, str) else f"{setting:g}"
+    return None if merge_weight is None or pd.isna(merge_weight) else f"{merge_weight:g}"
+
+
+def arm_name(strategy: str, alpha: float | None, train: str | None = None, merge: str | None = None) -> str:
+    """``mono``, ``cross``, ``zero-shot``, ``hybrid a=0.5`` (+ `` merged 0.5`` or `` merged auto`` for a model merged
+    with its base, + `` on mlqa-r`` when runs trained on different data)."""
     name = f"hybrid a={alpha:g}" if strategy == "hybrid" else strategy
+    name = f"{name} merged {merge}" if merge and strategy != "zero-shot" else name
     return f"{name} on {train}" if train and strategy != "zero-shot" else name
 
 

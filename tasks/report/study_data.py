@@ -63,12 +63,15 @@ def run_table(compared: pd.DataFrame, runs: pd.DataFrame, losses: pd.DataFrame) 
         minutes=(runs["finished_at"] - runs["started_at"]).dt.total_seconds() / 60,
     )
     table = compared.merge(runs, on="run_id").merge(losses, on="run_id", how="left")
-    table["role"] = [role_of(row.strategy, row.alpha) for row in table.itertuples()]
+    table["role"] = [role_of(row.strategy, row.alpha, row.merge) for row in table.itertuples()]
     return table
 
 
-def role_of(strategy: str, alpha: float | None) -> str | None:
-    """The part an arm plays in the paper's claims: zero-shot, mono, cross, hybrid (a=0.5); None for other alphas."""
+def role_of(strategy: str, alpha: float | None, merge: str | None = None) -> str | None:
+    """The part an arm plays in the paper's claims: zero-shot, mono, cross, hybrid (a=0.5); None for other alphas and
+    for models merged with their base (the claims are about the training strategies)."""
+    if merge is not None and not pd.isna(merge):
+        return None
     if strategy == "hybrid":
         return "hybrid" if alpha is not None and math.isclose(alpha, HYBRID_ALPHA) else None
     return strategy if strategy in ROLES else None
@@ -81,8 +84,10 @@ def arm_order(runs: pd.DataFrame) -> list[str]:
         _zero=runs["strategy"] != "zero-shot",
         _role=runs["role"].map(lambda role: rank.get(role, len(ROLES))),
         _alpha=runs["alpha"].fillna(-1.0),
+        _merge=runs["merge"].fillna("") if "merge" in runs else "",
     )
-    return keyed.sort_values(["_zero", "train", "_role", "_alpha"])["arm"].drop_duplicates().tolist()
+    order = ["_zero", "train", "_merge", "_role", "_alpha"]
+    return keyed.sort_values(order)["arm"].drop_duplicates().tolist()
 
 
 def cohorts(data: StudyData, dataset: str) -> list[Cohort]:
