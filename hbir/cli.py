@@ -215,17 +215,31 @@ def study(study_file: str | None, profile: str | None, overrides: tuple[str, ...
     "--metric", "metrics", multiple=True, default=("map",), show_default=True, help="Metrics to test (repeat)."
 )
 @click.option("--permutations", default=10_000, show_default=True, help="Random sign flips per paired test.")
+@click.option("--bootstrap", default=1000, show_default=True, help="Resamples per bootstrap interval (0: none).")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def compare(
-    config: Config, study_id: str | None, run_list: str | None, metrics: tuple[str, ...], permutations: int, fmt: str
+    config: Config,
+    study_id: str | None,
+    run_list: str | None,
+    metrics: tuple[str, ...],
+    permutations: int,
+    bootstrap: int,
+    fmt: str,
 ) -> None:
     """Per dataset and setting: each arm's mean and std over seeds, paired randomisation tests between arms on the
-    per-query values (p-values), and language bias side by side."""
+    per-query values (p-values, Holm-corrected over the dataset's comparisons, and bootstrap intervals), and language
+    bias side by side (--metric rank_distance tests it per query)."""
     from hbir.app.compare import compare_runs
 
     run_ids = [r.strip() for r in run_list.split(",") if r.strip()] if run_list else None
     result = compare_runs(
-        config.db.path, study_id, run_ids, metrics, permutations, lock_timeout_s=config.db.lock_timeout_s
+        config.db.path,
+        study_id,
+        run_ids,
+        metrics,
+        permutations,
+        lock_timeout_s=config.db.lock_timeout_s,
+        bootstrap=bootstrap,
     )
     tables = {"runs": result.runs, "arms": result.arms, "differences": result.differences, "bias": result.bias}
     if fmt == "json":
@@ -263,7 +277,8 @@ def report(config: Config, study_id: str, out: str, permutations: int) -> None:
     from tasks.report.study import write_study_report
 
     db, timeout = config.db.path, config.db.lock_timeout_s
-    comparison = compare_runs(db, study_id=study_id, permutations=permutations, lock_timeout_s=timeout)
+    metrics = ("map", "rank_distance")  # the claims test mAP differences and the language bias
+    comparison = compare_runs(db, study_id=study_id, metrics=metrics, permutations=permutations, lock_timeout_s=timeout)
     files = write_study_report(Path(out), load_study(db, comparison, study_id, timeout))
     for file in files[1:]:
         click.echo(f"plot   {file.path}")

@@ -6,6 +6,9 @@ setting's value is ``run_summary``'s: the mean over language pairs of the mean o
 two arms is that value's difference (per query, the arm's runs averaged), and its p-value comes from a two-sided
 paired randomisation test with the query as the unit: each query's contribution to the difference (its values over
 the setting's language pairs, weighted as in the mean) has its sign flipped at random, ``permutations`` times.
+The p-values are also given Holm-corrected over the family of comparisons of a dataset, and each difference with a
+95% paired bootstrap interval (the queries resampled). The language bias is tested the same way, on the per-query
+rank distances of the multi setting (metric ``rank_distance``).
 
     runs = with_arms(runs)                                       # the runs table's rows, each with its arm
     comparison = compare(runs, summary, per_query, bias)         # rows of run_summary, per_query, language_bias
@@ -30,7 +33,8 @@ from hbir.core.names import SETTINGS
 class Comparison:
     runs: pd.DataFrame  # run_id, arm, strategy, alpha, seed, train
     arms: pd.DataFrame  # dataset, setting, metric, arm, mean, std, n_runs
-    differences: pd.DataFrame  # dataset, setting, metric, arm, other, difference, p_value, n_queries, permutations
+    # dataset, setting, metric, arm, other, difference, p_value, p_holm, ci_low, ci_high, n_queries, permutations
+    differences: pd.DataFrame
     bias: pd.DataFrame  # dataset, arm, query_lang, rank_distance, same_lang_first_rate, n_runs
 
 
@@ -41,6 +45,7 @@ def compare(
     bias_rows: pd.DataFrame,
     permutations: int = 10_000,
     seed: int = 0,
+    bootstrap: int = 1000,
 ) -> Comparison:
     """Compare ``runs`` (``with_arms``) from their ``run_summary``, ``per_query`` (the metrics to test) and
     ``language_bias`` rows."""
@@ -52,7 +57,7 @@ def compare(
         .sort_values(["dataset", "setting", "metric", "mean"], ascending=[True, True, True, False], key=_setting_order)
         .reset_index(drop=True)
     )
-    differences = paired_differences(per_query, runs, permutations, seed)
+    differences = paired_differences(per_query, runs, permutations, seed, bootstrap)
     bias = (
         bias_rows.merge(runs)
         .groupby(["dataset", "arm", "query_lang"])
@@ -101,13 +106,16 @@ def arm_name(strategy: str, alpha: float | None, train: str | None = None, merge
     return f"{name} on {train}" if train and strategy != "zero-shot" else name
 
 
-def paired_differences(per_query: pd.DataFrame, runs: pd.DataFrame, permutations: int, seed: int) -> pd.DataFrame:
-    """Every pair of arms, per dataset, setting and metric of ``per_query``: difference of the setting values and
-    its p-value."""
+def paired_differences(
+    per_query: pd.DataFrame, runs: pd.DataFrame, permutations: int, seed: int, bootstrap: int = 1000
+) -> pd.DataFrame:
+    """Every pair of arms, per dataset, setting and metric of ``per_query``: difference of the setting values, its
+    p-value, that p-value Holm-corrected over all the comparisons of the dataset (``p_holm``), and a 95% paired
+    bootstrap interval of the difference (``ci_low``, ``ci_high``; ``bootstrap`` resamples of the queries)."""
     per_query = per_query.merge(runs[["run_id", "arm"]])
     keys = ["dataset", "setting", "metric", "query_lang", "corpus_lang", "qid"]
     by_arm = per_query.groupby([*keys, "arm"], observed=True)["value"].mean().unstack("arm")  # arm runs averaged
-    rng = np.random.default_rng(seed)
+    rng, resample_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])  # p-values as without CIs
     rows = []
     for (dataset, setting, metric), block in by_arm.groupby(level=["dataset", "setting", "metric"], observed=True):
         block = block.droplevel(["dataset", "setting", "metric"])
@@ -118,7 +126,7 @@ def paired_differences(per_query: pd.DataFrame, runs: pd.DataFrame, permutations
         present = [arm for arm in block.columns if block[arm].notna().all()]
         for arm, other in itertools.combinations(present, 2):
             contributions = np.bincount(units, weights=weights * (block[arm] - block[other]).to_numpy())
-            p_value = sign_flip_p_value(contributions, permutations, rng)
+            low, high = bootstrap_interval(contributions, bootstrap, resample_rng)
             rows.append(
                 {
                     "dataset": dataset,
@@ -127,13 +135,47 @@ def paired_differences(per_query: pd.DataFrame, runs: pd.DataFrame, permutations
                     "arm": arm,
                     "other": other,
                     "difference": float(contributions.sum()),
-                    "p_value": p_value,
+                    "p_value": sign_flip_p_value(contributions, permutations, rng),
+                    "ci_low": low,
+                    "ci_high": high,
                     "n_queries": len(contributions),
                     "permutations": permutations,
                 }
             )
-    columns = ["dataset", "setting", "metric", "arm", "other", "difference", "p_value", "n_queries", "permutations"]
-    return pd.DataFrame(rows, columns=columns).sort_values(["dataset", "setting", "metric"], key=_setting_order)
+    columns = [
+        "dataset", "setting", "metric", "arm", "other", "difference", "p_value", "p_holm", "ci_low", "ci_high",
+        "n_queries", "permutations",
+    ]  # fmt: skip
+    table = pd.DataFrame(rows, columns=[c for c in columns if c != "p_holm"])
+    table.insert(7, "p_holm", table.groupby("dataset")["p_value"].transform(lambda p: holm(p.to_numpy())))
+    return table[columns].sort_values(["dataset", "setting", "metric"], key=_setting_order)
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm's step-down correction of a family of p-values: the i-th smallest becomes the largest of
+    min(1, (m - j + 1) * p_(j)) over j <= i (m tests); it controls the family-wise error rate."""
+    m = len(p_values)
+    order = np.argsort(p_values, kind="stable")
+    stepped = np.minimum(1.0, (m - np.arange(m)) * p_values[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(stepped)
+    return adjusted
+
+
+def bootstrap_interval(
+    contributions: np.ndarray, resamples: int, rng: np.random.Generator, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile interval of ``sum(contributions)`` over ``resamples`` resamples of the units with replacement
+    (a paired bootstrap: each unit keeps both arms' values); (nan, nan) without resamples."""
+    n = len(contributions)
+    if resamples <= 0 or n == 0:
+        return float("nan"), float("nan")
+    sums, chunk = [], max(1, 10_000_000 // n)
+    for start in range(0, resamples, chunk):
+        picks = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+        sums.append(contributions[picks].sum(axis=1))
+    low, high = np.quantile(np.concatenate(sums), [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
 
 
 def _mean_weights(index: pd.MultiIndex) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from hbir.core.config import EvalConfig
-from hbir.core.names import METRICS, POOL
+from hbir.core.names import POOL
 from tasks.embedding import DatasetEmbeddings
 from tasks.indexing import build_index, search
 from tasks.tables import DatasetTables
@@ -86,8 +86,9 @@ def evaluate(
             ]
             per_query_blocks.append((key, qids[keep], values))
             if setting == "multi":
-                bias = language_bias(ranks, rel, corpus, query_lang)
+                bias, distances, ranked_twice = language_bias(ranks, rel, corpus, query_lang)
                 bias_rows.append({"dataset": tables.name, "query_lang": query_lang, **bias})
+                per_query_blocks.append((key, qids[keep][ranked_twice], {"rank_distance": distances}))
     return EvalResult(pd.DataFrame(metric_rows), per_query_frame(per_query_blocks), pd.DataFrame(bias_rows))
 
 
@@ -216,20 +217,22 @@ def metrics_from_ranks(ranks: np.ndarray, rel_ge: np.ndarray, n_relevant: np.nda
     }
 
 
-def language_bias(ranks: np.ndarray, rel: np.ndarray, corpus: Corpus, query_lang: str) -> dict:
+def language_bias(ranks: np.ndarray, rel: np.ndarray, corpus: Corpus, query_lang: str) -> tuple[dict, ...]:
     """Multi setting: mean over queries of max - min rank of their relevant candidates (queries with >= 2 ranked),
-    and the share of queries whose best-ranked relevant candidate is in the query's language."""
+    and the share of queries whose best-ranked relevant candidate is in the query's language; then the per-query
+    rank distances and which queries they are of (a mask over ``ranks``' rows), for paired tests."""
     finite = np.isfinite(ranks)
     spread = np.where(finite, ranks, -np.inf).max(axis=1) - ranks.min(axis=1)
     has_two = finite.sum(axis=1) >= 2
     best = rel[np.arange(len(rel)), ranks.argmin(axis=1)]
     start, stop = corpus.starts.get(query_lang, 0), corpus.stops.get(query_lang, 0)
     same_lang = (best >= start) & (best < stop) & finite.any(axis=1)
-    return {
+    summary = {
         "rank_distance": float(spread[has_two].mean()) if has_two.any() else float("nan"),
         "same_lang_first_rate": float(same_lang.mean()),
         "n_queries": len(rel),
     }
+    return summary, spread[has_two], has_two
 
 
 def build_indexes(pool_vectors: np.ndarray, corpus: Corpus, eval_cfg: EvalConfig) -> dict:
@@ -238,8 +241,9 @@ def build_indexes(pool_vectors: np.ndarray, corpus: Corpus, eval_cfg: EvalConfig
 
 
 def per_query_frame(blocks: list[tuple[dict, np.ndarray, dict[str, np.ndarray]]]) -> pd.DataFrame:
-    """Long table (one row per setting, query and metric) from per-setting metric arrays. The text columns are
-    categoricals built from codes: a million rows without a million Python strings."""
+    """Long table (one row per setting, query and metric) from per-setting metric arrays (each block: its key, its
+    qids, and per metric an array aligned with them). The text columns are categoricals built from codes: a million
+    rows without a million Python strings."""
     keys = ("dataset", "setting", "query_lang", "corpus_lang")
     if not blocks:
         return pd.DataFrame(columns=[*keys, "qid", "metric", "value"])
@@ -252,9 +256,10 @@ def per_query_frame(blocks: list[tuple[dict, np.ndarray, dict[str, np.ndarray]]]
         for (_, _, values), a, b in zip(blocks, starts[:-1], starts[1:], strict=True)
     ]
     columns["qid"] = pd.Categorical.from_codes(np.concatenate(codes), categories=qids)
-    metric_codes = [np.repeat(np.arange(len(METRICS)), len(qids)) for _, qids, _ in blocks]
-    columns["metric"] = pd.Categorical.from_codes(np.concatenate(metric_codes), categories=list(METRICS))
-    columns["value"] = np.concatenate([np.concatenate([values[m] for m in METRICS]) for _, _, values in blocks])
+    names = list(dict.fromkeys(name for _, _, values in blocks for name in values))  # METRICS, then rank_distance
+    metric_codes = [np.repeat([names.index(name) for name in values], len(q)) for _, q, values in blocks]
+    columns["metric"] = pd.Categorical.from_codes(np.concatenate(metric_codes), categories=names)
+    columns["value"] = np.concatenate([np.concatenate(list(values.values())) for _, _, values in blocks])
     return pd.DataFrame(columns)
 
 

@@ -18,6 +18,7 @@ def compare_runs(
     permutations: int = 10_000,
     seed: int = 0,
     lock_timeout_s: float = 60.0,
+    bootstrap: int = 1000,
 ) -> Comparison:
     """Compare the completed runs of a study, or the given runs."""
     runs = select_runs(db, study_id, run_ids, lock_timeout_s)
@@ -37,6 +38,7 @@ def compare_runs(
         rows("SELECT * FROM language_bias WHERE run_id IN ?"),
         permutations,
         seed,
+        bootstrap,
     )
 
 

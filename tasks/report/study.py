@@ -135,15 +135,20 @@ def metrics_table(data: StudyData, dataset: str) -> pd.DataFrame:
     return table.reset_index(level="setting")
 
 
-def differences_table(data: StudyData, dataset: str) -> pd.DataFrame:
+def differences_table(data: StudyData, dataset: str, metric: str = "map") -> pd.DataFrame:
+    """Arm − other per setting: the difference, its 95% bootstrap interval, p-value and Holm-corrected p-value."""
     rows = data.comparison.differences
-    rows = rows[(rows["dataset"] == dataset) & (rows["metric"] == "map")]
+    rows = rows[(rows["dataset"] == dataset) & (rows["metric"] == metric)]
     return pd.DataFrame(
         {
             "arm": rows["arm"].to_numpy(),
             "other": rows["other"].to_numpy(),
             "difference": rows["difference"].to_numpy(float),
+            "95% interval": [
+                f"[{low:+.3f}, {high:+.3f}]" for low, high in zip(rows["ci_low"], rows["ci_high"], strict=True)
+            ],
             "p-value": [fmt_p(p, data.permutations) for p in rows["p_value"]],
+            "Holm p": [fmt_p(p, data.permutations) for p in rows["p_holm"]],
             "queries": [str(n) for n in rows["n_queries"]],
         },
         index=rows["setting"].to_numpy(),
@@ -168,9 +173,10 @@ def dataset_lines(data: StudyData, dataset: str, out: Path, folder: Path) -> tup
     if len(table):
         lines += [
             f"Difference = arm − other; p-value of a two-sided paired randomisation test ({data.permutations} random "
-            "sign flips), the unit being the query and each arm's runs averaged per query. The test is over queries "
-            "with the trained models as they are: the spread between seeds is the ± of the mAP table, not part of "
-            "the p-value.",
+            "sign flips), the unit being the query and each arm's runs averaged per query; Holm p: corrected for all "
+            "the comparisons of this dataset (mAP and rank distance, every setting and pair of arms); 95% interval: "
+            "percentile bootstrap of the difference, the queries resampled. The test is over queries with the "
+            "trained models as they are: the spread between seeds is the ± of the mAP table, not part of the p-value.",
             "",
         ]
         lines += markdown_table(table, "setting") + [""]
@@ -190,6 +196,10 @@ def _bias_lines(data: StudyData, dataset: str, out: Path, folder: Path) -> tuple
     plot_bias(bias, arm_order(data.runs), f"{dataset}: rank distance per query language", path)
     lines += ["Mean over query languages; rank distance: lower is better.", ""]
     lines += markdown_table(bias_means(data, dataset), "arm") + ["", _link(path, out, f"language bias, {dataset}"), ""]
+    tested = differences_table(data, dataset, metric="rank_distance")
+    if len(tested):
+        lines += ["Differences in rank distance (paired over queries, as the mAP differences above):", ""]
+        lines += markdown_table(tested, "setting") + [""]
     return lines, [path]
 
 

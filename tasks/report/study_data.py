@@ -133,14 +133,17 @@ def mean_of(data: StudyData, dataset: str, setting: str, arm: str | None, metric
     return float(found.iloc[0]) if len(found) else None
 
 
-def difference_of(data: StudyData, dataset: str, setting: str, arm: str, other: str) -> tuple[float, float] | None:
-    """(mean of ``arm`` - mean of ``other``, p-value) in mAP, from ``compare``'s paired tests; None if not tested."""
+def difference_of(
+    data: StudyData, dataset: str, setting: str, arm: str, other: str, metric: str = "map"
+) -> tuple[float, float] | None:
+    """(mean of ``arm`` - mean of ``other``, its p-value Holm-corrected over the dataset's comparisons) from
+    ``compare``'s paired tests; None if not tested."""
     rows = data.comparison.differences
-    rows = rows[(rows["dataset"] == dataset) & (rows["setting"] == setting) & (rows["metric"] == "map")]
+    rows = rows[(rows["dataset"] == dataset) & (rows["setting"] == setting) & (rows["metric"] == metric)]
     for first, second, sign in [(arm, other, 1.0), (other, arm, -1.0)]:
         found = rows[(rows["arm"] == first) & (rows["other"] == second)]
         if len(found):
-            return sign * float(found["difference"].iloc[0]), float(found["p_value"].iloc[0])
+            return sign * float(found["difference"].iloc[0]), float(found["p_holm"].iloc[0])
     return None
 
 

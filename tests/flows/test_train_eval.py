@@ -42,7 +42,8 @@ def test_hbir_run_smoke_trains_evaluates_and_stores_one_run(three_language_data,
     assert rows(db_path, "SELECT kind, status, strategy FROM runs") == [("train-eval", "completed", "hybrid")]
     assert rows(db_path, "SELECT count(*) FROM train_steps") == [(4,)]
     assert rows(db_path, "SELECT count(*), count(DISTINCT metric) FROM metrics") == [(12 * 6, 6)]
-    assert rows(db_path, "SELECT count(*) FROM per_query") == [(12 * 1190 * 6,)]
+    # 6 metrics for each of 12 language pairs x 1190 questions, and the rank distance of each multi query
+    assert rows(db_path, "SELECT count(*) FROM per_query") == [(12 * 1190 * 6 + 3 * 1190,)]
     assert rows(db_path, "SELECT count(*) FROM language_bias") == [(3,)]
     assert rows(db_path, "SELECT count(*) FROM dataset_versions") == [(6,)]
     kinds = dict(rows(db_path, "SELECT kind, count(*) FROM artifacts GROUP BY kind"))

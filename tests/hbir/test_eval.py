@@ -43,7 +43,8 @@ def test_eval_fills_metrics_per_query_language_bias_summary_and_a_report(run_hbi
     assert rows(db_path, "SELECT count(DISTINCT metric), min(n_queries), max(n_queries) FROM metrics") == [
         (6, 1190, 1190)
     ]
-    assert rows(db_path, "SELECT count(*) FROM per_query") == [(12 * 1190 * 6,)]
+    # 6 metrics for each of 12 language pairs x 1190 questions, and the rank distance of each multi query
+    assert rows(db_path, "SELECT count(*) FROM per_query") == [(12 * 1190 * 6 + 3 * 1190,)]
     # the metrics are the per-query means, and run_summary the mean over language pairs
     assert rows(
         db_path,

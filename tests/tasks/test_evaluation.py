@@ -113,7 +113,14 @@ def test_every_setting_and_metric_is_there(xquad, mlqa, dataset, languages, quer
     }
     assert (result.metrics.groupby(["setting", "query_lang", "corpus_lang"])["metric"].apply(set) == set(METRICS)).all()
     assert result.metrics["value"].between(0, 1).all()
-    assert len(result.per_query) == result.metrics["n_queries"].sum()
+    standard = result.per_query[result.per_query["metric"] != "rank_distance"]
+    assert len(standard) == result.metrics["n_queries"].sum()
+    # per query, the multi setting's rank distance too: its mean per query language is the language bias
+    distances = result.per_query[result.per_query["metric"] == "rank_distance"]
+    assert set(distances["setting"]) == {"multi"} and set(distances["corpus_lang"]) == {"all"}
+    means = distances.groupby("query_lang", observed=True)["value"].mean()
+    bias = result.language_bias.set_index("query_lang")["rank_distance"]
+    np.testing.assert_allclose(means.loc[bias.index], bias, rtol=1e-12)
     if queries_per_lang:  # XQuAD-R is fully parallel: every question counts in every setting
         assert set(result.metrics["n_queries"]) == queries_per_lang
     else:  # MLQA-R: a question counts in X -> Y only if it has an answer in Y

@@ -21,9 +21,11 @@ def study(
     rank_distance: dict[str, float] | None = None,
     unseen: dict[str, float] | None = None,
     p_value: float = 0.0123,
+    bias_p_value: float = 0.0123,
 ) -> tuple[StudyData, Cohort]:
     """A study of one dataset whose arms (by role) have the given mAP per setting (``maps[setting][role]``), rank
-    distance per role, and mAP on the one language pair with an unseen language (el -> el, mono) per role."""
+    distance per role, and mAP on the one language pair with an unseen language (el -> el, mono) per role; every
+    difference of hybrid to another arm tested with Holm-corrected p ``p_value`` (mAP) or ``bias_p_value``."""
     roles = sorted({role for by_role in maps.values() for role in by_role} | set(rank_distance or {}))
     runs = pd.DataFrame(
         {
@@ -43,20 +45,23 @@ def study(
             for role, value in by_role.items()
         ]
     )
+    tested = [("map", setting, by_role, p_value) for setting, by_role in maps.items()]
+    tested += [("rank_distance", "multi", rank_distance, bias_p_value)] if rank_distance else []
     differences = pd.DataFrame(
         [
             {
                 "dataset": DATASET,
                 "setting": setting,
-                "metric": "map",
+                "metric": metric,
                 "arm": ARMS["hybrid"],
                 "other": ARMS[other],
                 "difference": by_role["hybrid"] - by_role[other],
-                "p_value": p_value,
+                "p_value": p / 2,
+                "p_holm": p,
                 "n_queries": 100,
                 "permutations": 999,
             }
-            for setting, by_role in maps.items()
+            for metric, setting, by_role, p in tested
             if "hybrid" in by_role
             for other in by_role
             if other != "hybrid"
@@ -106,11 +111,17 @@ def multi(hybrid: float, mono: float, cross: float) -> tuple[StudyData, Cohort]:
 def test_c1_holds_when_hybrid_beats_both_pure_strategies():
     claim = claims.claim_multilingual(*multi(hybrid=0.60, mono=0.50, cross=0.55))
     assert claim.verdict == HOLDS
-    assert "hybrid (a=0.5) − cross = +0.050 (p = 0.0123, significant at 0.05)" in claim.text
+    assert "hybrid (a=0.5) − cross = +0.050 (Holm p = 0.0123, significant at 0.05)" in claim.text
 
 
 def test_c1_fails_when_one_pure_strategy_is_higher():
     assert claims.claim_multilingual(*multi(hybrid=0.535, mono=0.510, cross=0.542)).verdict == FAILS
+
+
+def test_c1_fails_when_hybrid_is_higher_but_not_significantly():
+    data, cohort = study({"multi": {"hybrid": 0.60, "mono": 0.50, "cross": 0.55}}, p_value=0.2)
+    claim = claims.claim_multilingual(data, cohort)
+    assert claim.verdict == FAILS and "(Holm p = 0.2, not significant at 0.05)" in claim.text
 
 
 def test_c1_boundary_a_tie_is_not_best():
@@ -164,7 +175,18 @@ def bias(hybrid: float, mono: float, cross: float) -> tuple[StudyData, Cohort]:
 
 def test_c3_holds_when_hybrid_has_the_lowest_rank_distance():
     claim = claims.claim_bias(*bias(hybrid=358.8, mono=389.4, cross=359.2))
-    assert claim.verdict == HOLDS and "hybrid − cross = -0.400" in claim.text
+    assert claim.verdict == HOLDS and "hybrid − cross = -0.400 (Holm p = 0.0123, significant at 0.05)" in claim.text
+
+
+def test_c3_a_lower_rank_distance_that_is_not_significant_is_no_win():
+    # the last study: 358.8 against cross's 359.2, a 0.4-rank difference
+    data, cohort = study(
+        {"multi": {"hybrid": 0.5, "mono": 0.5, "cross": 0.5}},
+        rank_distance={"hybrid": 358.8, "mono": 389.4, "cross": 359.2},
+        bias_p_value=0.61,
+    )
+    claim = claims.claim_bias(data, cohort)
+    assert claim.verdict == FAILS and "hybrid − cross = -0.400 (Holm p = 0.61, not significant at 0.05)" in claim.text
 
 
 def test_c3_fails_when_a_pure_strategy_is_lower():
