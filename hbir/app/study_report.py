@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from hbir.store.database import connect
+from hbir.store.database import connect, upgrade
 from tasks.comparison import Comparison
 from tasks.report.study_data import LAST_STEPS, StudyData, run_table
 
@@ -14,6 +14,7 @@ def load_study(db: str, comparison: Comparison, study_id: str, lock_timeout_s: f
     """The rows of the compared runs that the document needs, read-only from ``db``."""
     ids = comparison.runs["run_id"].tolist()
     arms = comparison.runs[["run_id", "arm"]]
+    upgrade(db, lock_timeout_s)  # a database of an older hbir has no dev_metrics table yet
     with connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
 
         def read(sql: str, *params) -> pd.DataFrame:
@@ -32,6 +33,10 @@ def load_study(db: str, comparison: Comparison, study_id: str, lock_timeout_s: f
         )
         versions = read("SELECT run_id, dataset, lang, n_queries FROM dataset_versions WHERE run_id IN ?")
         steps = read("SELECT run_id, step, loss FROM train_steps WHERE run_id IN ? ORDER BY run_id, step")
+        dev = read(
+            "SELECT run_id, step, dataset, setting, value FROM dev_metrics WHERE run_id IN ? AND metric = 'map' "
+            "ORDER BY run_id, step"
+        )
     return StudyData(
         study_id,
         db,
@@ -40,4 +45,5 @@ def load_study(db: str, comparison: Comparison, study_id: str, lock_timeout_s: f
         metrics.merge(arms),
         versions,
         steps.merge(arms),
+        dev.merge(arms),
     )

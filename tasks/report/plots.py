@@ -135,3 +135,19 @@ def plot_dev_curves(dev_curve: pd.DataFrame, selected_step: object, path: Path) 
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+def plot_arm_dev_curves(dev: pd.DataFrame, order: list[str], path: Path) -> None:
+    """Per setting (one panel each) and arm, the dev mAP by step, averaged over the arm's runs and dev datasets."""
+    fig = Figure(figsize=(12, 3.8))
+    axes = fig.subplots(1, len(SETTINGS), sharex=True)
+    for ax, setting in zip(axes, SETTINGS, strict=True):
+        rows = dev[dev["setting"] == setting]
+        for arm in [arm for arm in order if arm in set(rows["arm"])]:
+            curve = rows[rows["arm"] == arm].groupby("step")["value"].mean().sort_index()
+            ax.plot(curve.index, curve.to_numpy(), marker="o", markersize=3, label=arm)
+        ax.set(xlabel="step", title=f"dev mAP, {setting}")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].set_ylabel("dev mAP (mean over seeds)")
+    axes[-1].legend(title="arm", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")

@@ -23,7 +23,7 @@ from hbir.core.files import write_text
 from hbir.core.names import METRICS, SETTINGS
 from tasks.report.claims import SIGNIFICANCE, claims
 from tasks.report.markdown import MISSING, ReportFile, fmt, fmt_p, markdown_table, report_file, safe_name
-from tasks.report.plots import plot_arm_losses, plot_bias, plot_heatmap, plot_map_bars
+from tasks.report.plots import plot_arm_dev_curves, plot_arm_losses, plot_bias, plot_heatmap, plot_map_bars
 from tasks.report.run import map_matrix
 from tasks.report.study_data import (
     HYBRID_ALPHA,
@@ -232,6 +232,22 @@ def loss_lines(data: StudyData, out: Path, folder: Path) -> tuple[list[str], lis
     return ["## Training loss", "", _link(path, out, "training loss per arm"), ""], [path]
 
 
+def dev_lines(data: StudyData, out: Path, folder: Path) -> tuple[list[str], list[Path]]:
+    """The learning curves on the dev split, for studies whose runs measured it (train.eval_every)."""
+    if data.dev.empty:
+        return [], []
+    path = folder / "dev_curves.png"
+    plot_arm_dev_curves(data.dev, arm_order(data.runs), path)
+    lines = ["## Learning curves (dev split)", ""]
+    lines += [
+        "Dev mAP (held-out training questions, never the evaluation data) by step, mean over the arm's runs.",
+        "",
+        _link(path, out, "dev mAP by step per arm"),
+        "",
+    ]
+    return lines, [path]
+
+
 def claims_lines(data: StudyData) -> list[str]:
     lines = ["## The claims", ""]
     lines += [
@@ -263,6 +279,8 @@ def write_study_report(out: Path, data: StudyData, now: datetime | None = None) 
         section, written = dataset_lines(data, dataset, out, folder)
         lines, plots = lines + section, plots + written
     section, written = loss_lines(data, out, folder)
+    lines, plots = lines + section, plots + written
+    section, written = dev_lines(data, out, folder)
     lines, plots = lines + section + claims_lines(data), plots + written
     write_text(out, "\n".join(lines).rstrip("\n") + "\n")  # the plots it links to are on disk already
     return [report_file("report", out)] + [report_file("plot", path) for path in plots]

@@ -30,6 +30,7 @@ class StudyData:
     metrics: pd.DataFrame  # mAP rows of `metrics`: run_id, arm, dataset, setting, query_lang, corpus_lang, value
     versions: pd.DataFrame  # dataset_versions: run_id, dataset, lang, n_queries
     steps: pd.DataFrame  # train_steps: run_id, arm, step, loss
+    dev: pd.DataFrame = field(default_factory=pd.DataFrame)  # dev_metrics (map): run_id, arm, step, setting, value
 
     @property
     def permutations(self) -> int | None:

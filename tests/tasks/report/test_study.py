@@ -25,6 +25,7 @@ settings:
   data.train: [mlqa-r]
   data.eval: [xquad-r]
   eval.save_indexes: false
+  train.eval_every: 2                 # learning curves on the dev split
 zero_shot: true
 grids:
   - train.strategy: [hybrid]
@@ -97,8 +98,9 @@ def _verdicts(text: str) -> list[tuple[str, str, str]]:
 def test_every_linked_plot_exists_and_is_a_png(reported):
     _, db, out, markdown = reported
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
-    # xquad-r and mlqa-r: a bar chart, a bias chart and a heatmap per arm evaluated on it; one loss chart
-    assert len(links) == (2 + 4) + (2 + 2) + 1
+    # xquad-r and mlqa-r: a bar chart, a bias chart and a heatmap per arm evaluated on it; one loss chart, one of
+    # the dev learning curves
+    assert len(links) == (2 + 4) + (2 + 2) + 1 + 1
     for link in links:
         assert link.startswith("results/"), link  # relative, into the folder next to the markdown
         path = out.parent / link
@@ -219,3 +221,12 @@ def test_p_values_keep_4_significant_digits_and_floor_at_one_over_1_plus_permuta
     assert fmt_p(2 / 201, 200) == "0.00995"  # one flip as extreme: 2 / 201 = 0.0099502...
     assert fmt_p(0.123456, 10_000) == "0.1235" and fmt_p(1.0, 10_000) == "1"
     assert fmt_p(None, 10_000) == "–"
+
+
+def test_the_learning_curves_are_those_of_the_dev_metrics(reported):
+    _, db, out, markdown = reported
+    section = _section(markdown, "## Learning curves (dev split)")
+    assert "![dev mAP by step per arm](results/dev_curves.png)" in section
+    # every trained run measured its dev split after steps 2 and 4 (eval_every 2 of the smoke profile's 4 steps)
+    steps = db_rows(db, "SELECT run_id, list(DISTINCT step ORDER BY step) FROM dev_metrics GROUP BY run_id")
+    assert len(steps) == 5 and all(measured == [2, 4] for _, measured in steps)
