@@ -45,6 +45,23 @@ class Group(click.Group):
             raise UserError(error) from None
 
 
+class MergeWeight(click.ParamType):
+    """A merge weight: a number from 0 to 1, or ``auto``."""
+
+    name = "WEIGHT|auto"
+
+    def convert(self, value, param, ctx):
+        if value == "auto":
+            return value
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not 0.0 <= weight <= 1.0:
+            self.fail(f"{value!r}: expected a number from 0 (the base model) to 1 (the fine-tuned one), or auto")
+        return weight
+
+
 class NoTracebackForUserErrors(logging.Filter):
     """Log a bad-input error (HbirError) as its message only: it is the user's to fix, not a crash."""
 
@@ -305,10 +322,13 @@ def evaluate(config: Config, run_id: str | None, model_run: str | None) -> None:
 @config_options
 @click.option("--run", "parent_run", required=True, help="The training run whose model to merge with its base model.")
 @click.option(
-    "--weight", type=click.FloatRange(0.0, 1.0), required=True, help="Weight of the fine-tuned model (0: the base)."
+    "--weight",
+    type=MergeWeight(),
+    required=True,
+    help="Weight of the fine-tuned model, from 0 (the base) to 1, or auto (the best dev score of the run's dev split).",
 )
 @click.option("--run-id", help="Name the run (default: merge-<time>-<random>).")
-def merge(config: Config, parent_run: str, weight: float, run_id: str | None) -> None:
+def merge(config: Config, parent_run: str, weight: float | str, run_id: str | None) -> None:
     """Merge a trained run's model with the model it was trained from, (1 - weight) * base + weight * fine-tuned
     (WiSE-FT), and evaluate the merged model on data.eval, as `hbir eval` does."""
     from transformers.utils import logging as transformers_logging

@@ -72,16 +72,16 @@ def eval_run(
 
 
 def merge_run(
-    config: Config, parent_run: str, weight: float, run_id: str | None = None, log: Log = print
+    config: Config, parent_run: str, weight: float | str, run_id: str | None = None, log: Log = print
 ) -> tuple[str, dict[str, pd.DataFrame]]:
-    """Merge the model run ``parent_run`` trained with its base model (``weight`` on the fine-tuned one, WiSE-FT),
-    then evaluate the merged model on ``data.eval`` as ``eval_run`` does; recorded as a ``merge`` run whose parent is
-    ``parent_run``. Returns the run id and the rows written."""
-    run_id, _ = records.start(config, run_id, kind="merge", model_run=parent_run, resume=False, merge_weight=weight)
+    """Merge the model run ``parent_run`` trained with its base model (``weight`` on the fine-tuned one, WiSE-FT;
+    ``auto``: chosen on that run's dev split), then evaluate the merged model on ``data.eval`` as ``eval_run`` does;
+    recorded as a ``merge`` run whose parent is ``parent_run``. Returns the run id and the rows written."""
+    run_id, _ = records.start(config, run_id, kind="merge", model_run=parent_run, resume=False, parent=True)
     tables = stages.ingest(config, run_id, log)
     stages.validate(config, run_id, tables)
-    model_dir = stages.merge(config, run_id, parent_run, weight)
-    log(f"merged the model of run {parent_run} with its base model, weight {weight:g}: {model_dir}")
+    model_dir = stages.merge(config, run_id, parent_run, weight, log)
+    log(f"merged the model of run {parent_run} with its base model: {model_dir}")
     return run_id, evaluate_model(config, run_id, tables, model_dir, log)
 
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import pandas as pd
 
 from hbir.app.records import keep_rows, kept_rows, records_failure, source_fingerprint
-from hbir.core.config import MERGE_GRID, Config
-from hbir.core.errors import ContractError
+from hbir.core.config import MERGE_GRID, Config, EvalConfig, ModelConfig
+from hbir.core.errors import ContractError, HbirError
 from hbir.core.files import file_sha256, replace_dir
 from hbir.core.names import POOL
 from hbir.core.paths import embeddings_cache_dir, run_dir, tables_cache_dir
@@ -130,32 +130,50 @@ def train(config: Config, run_id: str, pairs_path: str | None, log: Log = print)
     out_dir = run_dir(config.output.dir, run_id)
     dev_eval = dev_evaluation(config, out_dir / "dev")
     result = fine_tune(model_dir, pairs, config.train, config.model, out_dir, step_log, log, dev_eval)
-    merged = config.train.merge is not None
-    merge_weight = merge_with_base(config, model_dir, result.model_dir, out_dir / "dev", log) if merged else None
+    merge_weight = None
+    if config.train.merge is not None:
+        dev_dirs = [out_dir / "dev" / name for name in config.data.train]
+        merge_weight = merge_with_base(
+            model_dir, result.model_dir, result.model_dir, config.train.merge, config.model, config.eval, dev_dirs, log
+        )
     runs.record_model_choice(db, run_id, result.selected_step, merge_weight, timeout)
     artifact = {"kind": "model", "path": str(result.model_dir), "sha256": model_sha256(result.model_dir)}
     keep_rows(config, run_id, artifacts_model=pd.DataFrame([artifact]))
     return result
 
 
-def merge_with_base(config: Config, base_dir: Path, model_dir: Path, dev_dir: Path, log: Log = print) -> float:
-    """Replace the fine-tuned model in ``model_dir`` by its merge with ``base_dir`` (``train.merge``: a weight, or
-    ``auto``: the best dev score on the dev tables in ``dev_dir`` over ``MERGE_GRID``); returns the weight."""
+def merge_with_base(
+    base_dir: Path,
+    tuned_dir: Path,
+    out_dir: Path,
+    weight: float | str,
+    model_cfg: ModelConfig,
+    eval_cfg: EvalConfig,
+    dev_dirs: list[Path],
+    log: Log = print,
+) -> float:
+    """Write to ``out_dir`` (which may be ``tuned_dir``) the merge of the fine-tuned model with its base: at
+    ``weight``, or for ``auto`` at the weight of ``MERGE_GRID`` with the best dev score on the dev tables in
+    ``dev_dirs``. Returns the weight."""
     from models.encoder import BiEncoder
     from models.merge import base_state, merge_models
     from tasks.dev import choose_merge_weight
 
-    if config.train.merge != "auto":
-        merge_models(base_dir, model_dir, config.train.merge, model_dir, config.model)
-        log(f"merged with {config.model.source}: weight {config.train.merge:g} on the fine-tuned model")
-        return float(config.train.merge)
-    encoder = BiEncoder.from_config(model_dir, config.model)
-    dev = {name: load_tables(dev_dir / name) for name in config.data.train}
-    weight, scores = choose_merge_weight(encoder, base_state(base_dir), dev, config.eval, MERGE_GRID)
-    replace_dir(model_dir, encoder.save)
+    if weight != "auto":
+        merge_models(base_dir, tuned_dir, float(weight), out_dir, model_cfg)
+        log(f"merged with {model_cfg.source}: weight {weight:g} on the fine-tuned model")
+        return float(weight)
+    missing = [str(folder) for folder in dev_dirs if not (folder / "meta.json").exists()]
+    if missing or not dev_dirs:
+        raise HbirError(f"merge weight auto is chosen on the dev split, and there is none ({', '.join(missing)}): "
+                        "give a weight, e.g. 0.5")  # fmt: skip
+    encoder = BiEncoder.from_config(tuned_dir, model_cfg)
+    dev = {folder.name: load_tables(folder) for folder in dev_dirs}
+    chosen, scores = choose_merge_weight(encoder, base_state(base_dir), dev, eval_cfg, MERGE_GRID)
+    replace_dir(out_dir, encoder.save)
     by_weight = ", ".join(f"{w:g}: {score:.4f}" for w, score in scores.items())
-    log(f"merge=auto: dev score by weight {by_weight}; merged with {config.model.source} at weight {weight:g}")
-    return weight
+    log(f"merge=auto: dev score by weight {by_weight}; merged with {model_cfg.source} at weight {chosen:g}")
+    return chosen
 
 
 def dev_evaluation(config: Config, dev_dir: Path):
@@ -183,20 +201,23 @@ def model_to_evaluate(config: Config, run_id: str, model_run: str | None = None)
 
 
 @records_failure
-def merge(config: Config, run_id: str, parent_run: str, weight: float) -> str:
+def merge(config: Config, run_id: str, parent_run: str, weight: float | str, log: Log = print) -> str:
     """Merge the model run ``parent_run`` trained with the base model it was trained from (its ``model.source``),
-    at ``weight`` on the fine-tuned model; returns the merged model's folder, ``<output.dir>/<run_id>/model``."""
-    from hbir.core.config import ModelConfig
-    from models.merge import merge_models
+    at ``weight`` on the fine-tuned model (``auto``: chosen on that run's dev split); returns the merged model's
+    folder, ``<output.dir>/<run_id>/model``, and records the weight."""
     from models.sources import resolve_model_source
 
     db, timeout = config.db.path, config.db.lock_timeout_s
     tuned_dir = runs.trained_model(db, parent_run, timeout)
-    model_cfg = ModelConfig.model_validate(json.loads(runs.run_info(db, parent_run, timeout)["config"])["model"])
+    parent = json.loads(runs.run_info(db, parent_run, timeout)["config"])
+    model_cfg = ModelConfig.model_validate(parent["model"])
+    dev_dirs = [tuned_dir.parent / "dev" / name for name in parent["data"]["train"]]
     out_dir = run_dir(config.output.dir, run_id) / "model"
-    merge_models(resolve_model_source(model_cfg.source), tuned_dir, weight, out_dir, model_cfg)
-    keep_rows(config, run_id, artifacts_model=pd.DataFrame([{"kind": "model", "path": str(out_dir),
-                                                            "sha256": model_sha256(out_dir)}]))  # fmt: skip
+    base_dir = resolve_model_source(model_cfg.source)
+    chosen = merge_with_base(base_dir, tuned_dir, out_dir, weight, model_cfg, config.eval, dev_dirs, log)
+    runs.record_model_choice(db, run_id, None, chosen, timeout)
+    artifact = {"kind": "model", "path": str(out_dir), "sha256": model_sha256(out_dir)}
+    keep_rows(config, run_id, artifacts_model=pd.DataFrame([artifact]))
     return str(out_dir)
 
 

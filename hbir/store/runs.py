@@ -36,7 +36,6 @@ class RunRecord:
     note: str | None = None
     study_id: str | None = None
     parent_run_id: str | None = None  # hbir merge: the run whose model was merged
-    merge_weight: float | None = None
 
 
 def start_run(db: str, run: RunRecord, lock_timeout_s: float = 60.0, resume: bool = False) -> bool:
@@ -70,8 +69,8 @@ def _insert_run(connection: duckdb.DuckDBPyConnection, run: RunRecord, status: s
     at = now()
     connection.execute(
         "INSERT INTO runs (run_id, kind, status, strategy, alpha, model_source, seed, config, git_revision,"
-        " device, started_at, finished_at, inputs_fingerprint, note, study_id, parent_run_id, merge_weight)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " device, started_at, finished_at, inputs_fingerprint, note, study_id, parent_run_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             run.run_id,
             run.kind,
@@ -89,7 +88,6 @@ def _insert_run(connection: duckdb.DuckDBPyConnection, run: RunRecord, status: s
             run.note,
             run.study_id,
             run.parent_run_id,
-            run.merge_weight,
         ],
     )
 

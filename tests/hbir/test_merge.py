@@ -63,3 +63,21 @@ def test_hbir_merge_at_weight_0_evaluates_as_the_base_model(run_hbir, smoke, db_
 def test_hbir_merge_of_an_unknown_run_says_so(run_hbir, smoke):
     result = run_hbir("merge", *smoke, "--run", "nowhere", "--weight", "0.5")
     assert result.exit_code == 1 and "no run 'nowhere'" in result.output and "Traceback" not in result.output
+
+
+def test_hbir_merge_auto_chooses_on_the_parent_runs_dev_split(run_hbir, smoke, db_path):
+    assert run_hbir("train", *smoke, "--run-id", "trained").exit_code == 0  # data.dev_fraction 0.1: a dev split
+    merged = run_hbir("merge", *smoke, "--run", "trained", "--weight", "auto", "--run-id", "auto")
+    assert merged.exit_code == 0, merged.output
+    assert "merge=auto: dev score by weight 0: " in merged.output
+    ((weight, parent),) = db_rows(db_path, "SELECT merge_weight, parent_run_id FROM runs WHERE run_id = 'auto'")
+    assert weight in MERGE_GRID and parent == "trained"
+
+
+def test_hbir_merge_auto_without_a_dev_split_or_a_bad_weight_says_what_to_give(run_hbir, smoke, db_path):
+    assert run_hbir("train", *smoke, "--set", "data.dev_fraction=0", "--run-id", "all").exit_code == 0
+    result = run_hbir("merge", *smoke, "--run", "all", "--weight", "auto", "--run-id", "auto")
+    assert result.exit_code == 1 and "there is none" in result.output and "give a weight" in result.output
+    assert db_rows(db_path, "SELECT status FROM runs WHERE run_id = 'auto'") == [("failed",)]
+    bad = run_hbir("merge", *smoke, "--run", "all", "--weight", "2")
+    assert bad.exit_code == 2 and "expected a number from 0" in bad.output
