@@ -65,17 +65,24 @@ def ingest_tables(config: Config, log: Log = print) -> dict[str, str]:
 def validate(config: Config, run_id: str, tables: dict[str, str]) -> None:
     """Check the data contracts; keep their outcomes and the dataset versions as the run's rows. Raises
     ContractError (the run recorded as failed, with the outcomes) when a contract fails."""
-    from data_contracts.validate import check_contracts, contract_failure_message
+    from data_contracts.validate import check_contracts
     from tasks.ingest import dataset_versions
 
     datasets = [load_tables(folder) for folder in tables.values()]
-    results = check_contracts(config.data, datasets)
-    keep_rows(config, run_id, validations=pd.DataFrame([asdict(result) for result in results]))
+    keep_contract_outcomes(config, run_id, "validations", check_contracts(config.data, datasets))
+    versions = [dataset_versions(d) for d in datasets]
+    keep_rows(config, run_id, dataset_versions=pd.concat(versions, ignore_index=True) if versions else pd.DataFrame())
+
+
+def keep_contract_outcomes(config: Config, run_id: str, part: str, results: list) -> None:
+    """Keep contract outcomes as the run's ``validations`` rows (``part``: their file); raise ContractError naming
+    the failed ones."""
+    from data_contracts.validate import contract_failure_message
+
+    keep_rows(config, run_id, **{part: pd.DataFrame([asdict(result) for result in results])})
     failed = [result for result in results if not result.success]
     if failed:
         raise ContractError(contract_failure_message(failed))
-    versions = [dataset_versions(d) for d in datasets]
-    keep_rows(config, run_id, dataset_versions=pd.concat(versions, ignore_index=True) if versions else pd.DataFrame())
 
 
 @records_failure
@@ -84,7 +91,7 @@ def build_batches(config: Config, run_id: str, tables: dict[str, str]) -> str | 
     translations, checked to be disjoint from training and kept as tables under ``<run>/dev/<dataset>/``), checked
     against the batch rules (enough groups and distinct passages for ``train.batch_size``); returns the pairs'
     parquet file (None when ``train.steps`` is 0: nothing to train)."""
-    from data_contracts.validate import check_split, contract_failure_message
+    from data_contracts.validate import check_split
     from tasks.batching import check_batch_rules, training_pairs
     from tasks.dev import dev_tables, split_pairs
 
@@ -95,11 +102,7 @@ def build_batches(config: Config, run_id: str, tables: dict[str, str]) -> str | 
     pairs = pd.concat([training_pairs(d) for d in datasets], ignore_index=True)
     pairs, dev_qids = split_pairs(pairs, config.data.dev_fraction, config.data.split_seed)
     if config.data.dev_fraction:
-        results = check_split(datasets, pairs, dev_qids)
-        keep_rows(config, run_id, validations_split=pd.DataFrame([asdict(result) for result in results]))
-        failed = [result for result in results if not result.success]
-        if failed:
-            raise ContractError(contract_failure_message(failed))
+        keep_contract_outcomes(config, run_id, "validations_split", check_split(datasets, pairs, dev_qids))
         for d in datasets:
             save_tables(dev_tables(d, dev_qids[d.name]), run_dir(config.output.dir, run_id) / "dev" / d.name)
     check_batch_rules(
