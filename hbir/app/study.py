@@ -129,7 +129,10 @@ def plan(
 
 def _run_id(study_id: str, point: dict[str, Any]) -> str:
     """``<study_id>-hybrid-a0.25-s0``: the point's values, short and readable."""
-    short = {"train.strategy": "", "train.alpha": "a", "train.seed": "s", "data.train": "train-", "data.eval": "eval-"}
+    short = {
+        "train.strategy": "", "train.alpha": "a", "train.seed": "s", "data.train": "train-", "data.eval": "eval-",
+        "train.merge": "merged-",
+    }  # fmt: skip
     parts = []
     for key, value in point.items():
         value = "+".join(map(str, value)) if isinstance(value, list) else value

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tasks.comparison import sign_flip_p_value
-from tests.helpers import THREE_LANGUAGES, db_rows, run_study
+from tests.helpers import PROJECT_ROOT, THREE_LANGUAGES, db_rows, run_study
 
 STUDY = f"""
 study_id: tiny-study
@@ -117,3 +117,15 @@ def test_the_sign_flip_p_value_matches_exact_enumeration():
     exact = float(np.mean(np.abs(flips @ contributions) >= observed - 1e-12))
     estimated = sign_flip_p_value(contributions, 200_000, np.random.default_rng(0))
     assert estimated == pytest.approx(exact, abs=0.005)
+
+
+@pytest.mark.parametrize("name", ["hybrid-vs-pure", "hybrid-vs-pure-converged"])
+def test_the_built_in_studies_plan(name, tmp_path):
+    """Each study file shipped in hbir/studies is valid: every run of it configures, none ran yet."""
+    from hbir.app.study import plan
+
+    study = plan(PROJECT_ROOT / "hbir" / "studies" / f"{name}.yaml", overrides={"db.path": str(tmp_path / "r.duckdb")})
+    assert study.study_id == name and study.points and not any(point.done for point in study.points)
+    assert {point.config.train.strategy for point in study.points if point.config.train.steps} == {
+        "mono", "cross", "hybrid"
+    }  # fmt: skip
