@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 from hbir.core.config import Config
-from hbir.core.names import METRICS, SETTINGS
 from hbir.store.query import read
 from tasks.report.markdown import markdown_table
+from tasks.report.run import setting_summary
 
 
 def artifact_key(run_id: str) -> str:
@@ -28,8 +28,7 @@ def summary_markdown(config: Config, run_id: str) -> str:
     )
     lines = [f"# hbir run {run_id}", "", "Mean over language pairs.", ""]
     for dataset, rows in summary.groupby("dataset"):
-        table = rows.pivot_table(index="setting", columns="metric", values="value").reindex(list(SETTINGS))
-        lines += [f"## {dataset}", "", *markdown_table(table[[m for m in METRICS if m in table]], "setting"), ""]
+        lines += [f"## {dataset}", "", *markdown_table(setting_summary(rows), "setting"), ""]
     return "\n".join(lines)
 
 

@@ -108,7 +108,6 @@ def embed_texts(
             return np.load(path)
     vectors = encoder.embed(texts, kind, batch_size, contexts, show_progress=None, label=label).numpy()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_file(path, lambda tmp: _save_npy(tmp, vectors))
     return vectors
 

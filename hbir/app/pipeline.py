@@ -77,7 +77,7 @@ def merge_run(
     """Merge the model run ``parent_run`` trained with its base model (``weight`` on the fine-tuned one, WiSE-FT;
     ``auto``: chosen on that run's dev split), then evaluate the merged model on ``data.eval`` as ``eval_run`` does;
     recorded as a ``merge`` run whose parent is ``parent_run``. Returns the run id and the rows written."""
-    run_id, _ = records.start(config, run_id, kind="merge", model_run=parent_run, resume=False, parent=True)
+    run_id, _ = records.start(config, run_id, kind="merge", model_run=parent_run, resume=False)
     tables = stages.ingest(config, run_id, log)
     stages.validate(config, run_id, tables)
     model_dir = stages.merge(config, run_id, parent_run, weight, log)

@@ -100,19 +100,18 @@ def start(
     study_id: str | None = None,
     model_run: str | None = None,
     resume: bool | None = None,
-    parent: bool = False,
 ) -> tuple[str, bool]:
     """Record a new run as running; returns its id and whether it was resumed. A given ``run_id`` of a run that
     failed or was killed, with the same settings, is started again (training continues from its last checkpoint)
-    unless ``resume`` is False. ``model_run``: an eval of the model that run trained inherits its strategy, alpha
-    and seed; with ``parent`` (``hbir merge``) that run is also recorded as the parent whose model is merged."""
+    unless ``resume`` is False. ``model_run``: a run of the model that run trained (``hbir eval --model-run``,
+    ``hbir merge``) inherits its strategy, alpha and seed, and records it as its parent."""
     db, timeout = config.db.path, config.db.lock_timeout_s
     run = replace(run_record(config, kind, run_id), study_id=study_id)
     if model_run:
         trained = runs.run_info(db, model_run, timeout)
         run = replace(
             run, model_source=f"run:{model_run}", strategy=trained["strategy"], alpha=trained["alpha"],
-            seed=trained["seed"], parent_run_id=model_run if parent else None,
+            seed=trained["seed"], parent_run_id=model_run,
         )  # fmt: skip
     resumed = runs.start_run(db, run, lock_timeout_s=timeout, resume=run_id is not None if resume is None else resume)
     return run.run_id, resumed

@@ -140,8 +140,7 @@ def train(config: Config, run_id: str, pairs_path: str | None, log: Log = print)
             model_dir, result.model_dir, result.model_dir, config.train.merge, config.model, config.eval, dev_dirs, log
         )
     runs.record_model_choice(db, run_id, result.selected_step, merge_weight, timeout)
-    artifact = {"kind": "model", "path": str(result.model_dir), "sha256": model_sha256(result.model_dir)}
-    keep_rows(config, run_id, artifacts_model=pd.DataFrame([artifact]))
+    keep_model(config, run_id, result.model_dir)
     return result
 
 
@@ -189,6 +188,12 @@ def dev_evaluation(config: Config, dev_dir: Path):
     return lambda encoder: evaluate_dev(encoder, dev, config.eval)
 
 
+def keep_model(config: Config, run_id: str, model_dir: Path) -> None:
+    """Keep the run's model as its ``model`` artifact row."""
+    artifact = {"kind": "model", "path": str(model_dir), "sha256": model_sha256(model_dir)}
+    keep_rows(config, run_id, artifacts_model=pd.DataFrame([artifact]))
+
+
 def model_sha256(model_dir: str | Path) -> str:
     """The SHA-256 a model directory is recorded with: that of its weights file."""
     return file_sha256(Path(model_dir) / "model.safetensors")
@@ -219,8 +224,7 @@ def merge(config: Config, run_id: str, parent_run: str, weight: float | str, log
     base_dir = resolve_model_source(model_cfg.source)
     chosen = merge_with_base(base_dir, tuned_dir, out_dir, weight, model_cfg, config.eval, dev_dirs, log)
     runs.record_model_choice(db, run_id, None, chosen, timeout)
-    artifact = {"kind": "model", "path": str(out_dir), "sha256": model_sha256(out_dir)}
-    keep_rows(config, run_id, artifacts_model=pd.DataFrame([artifact]))
+    keep_model(config, run_id, out_dir)
     return str(out_dir)
 
 

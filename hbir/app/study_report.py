@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from hbir.store.database import connect, upgrade
+from hbir.store.query import read
 from tasks.comparison import Comparison
 from tasks.report.study_data import LAST_STEPS, StudyData, run_table
 
@@ -14,29 +14,27 @@ def load_study(db: str, comparison: Comparison, study_id: str, lock_timeout_s: f
     """The rows of the compared runs that the document needs, read-only from ``db``."""
     ids = comparison.runs["run_id"].tolist()
     arms = comparison.runs[["run_id", "arm"]]
-    upgrade(db, lock_timeout_s)  # a database of an older hbir has no dev_metrics table yet
-    with connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
 
-        def read(sql: str, *params) -> pd.DataFrame:
-            return connection.execute(sql, [ids, *params]).df()
+    def read_rows(sql: str, *params) -> pd.DataFrame:
+        return read(db, sql, [ids, *params], lock_timeout_s)
 
-        runs = read("SELECT run_id, config, device, git_revision, started_at, finished_at FROM runs WHERE run_id IN ?")
-        losses = read(
-            "SELECT run_id, avg(loss) AS final_loss FROM (SELECT run_id, loss, row_number() OVER "
-            "(PARTITION BY run_id ORDER BY step DESC) AS n FROM train_steps WHERE run_id IN ?) "
-            "WHERE n <= ? GROUP BY run_id",
-            LAST_STEPS,
-        )
-        metrics = read(
-            "SELECT run_id, dataset, setting, query_lang, corpus_lang, value FROM metrics "
-            "WHERE run_id IN ? AND metric = 'map'"
-        )
-        versions = read("SELECT run_id, dataset, lang, n_queries FROM dataset_versions WHERE run_id IN ?")
-        steps = read("SELECT run_id, step, loss FROM train_steps WHERE run_id IN ? ORDER BY run_id, step")
-        dev = read(
-            "SELECT run_id, step, dataset, setting, value FROM dev_metrics WHERE run_id IN ? AND metric = 'map' "
-            "ORDER BY run_id, step"
-        )
+    runs = read_rows("SELECT run_id, config, device, git_revision, started_at, finished_at FROM runs WHERE run_id IN ?")
+    losses = read_rows(
+        "SELECT run_id, avg(loss) AS final_loss FROM (SELECT run_id, loss, row_number() OVER "
+        "(PARTITION BY run_id ORDER BY step DESC) AS n FROM train_steps WHERE run_id IN ?) "
+        "WHERE n <= ? GROUP BY run_id",
+        LAST_STEPS,
+    )
+    metrics = read_rows(
+        "SELECT run_id, dataset, setting, query_lang, corpus_lang, value FROM metrics "
+        "WHERE run_id IN ? AND metric = 'map'"
+    )
+    versions = read_rows("SELECT run_id, dataset, lang, n_queries FROM dataset_versions WHERE run_id IN ?")
+    steps = read_rows("SELECT run_id, step, loss FROM train_steps WHERE run_id IN ? ORDER BY run_id, step")
+    dev = read_rows(
+        "SELECT run_id, step, dataset, setting, value FROM dev_metrics WHERE run_id IN ? AND metric = 'map' "
+        "ORDER BY run_id, step"
+    )
     return StudyData(
         study_id,
         db,

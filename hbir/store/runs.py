@@ -35,7 +35,7 @@ class RunRecord:
     inputs_fingerprint: str | None = None
     note: str | None = None
     study_id: str | None = None
-    parent_run_id: str | None = None  # hbir merge: the run whose model was merged
+    parent_run_id: str | None = None  # the run whose trained model this run used (eval --model-run, merge)
 
 
 def start_run(db: str, run: RunRecord, lock_timeout_s: float = 60.0, resume: bool = False) -> bool:

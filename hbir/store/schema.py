@@ -150,8 +150,8 @@ MIGRATIONS: list[str] = [
     );
     -- the step whose weights a training run saved as its model (train.select: the last, or the best dev score)
     ALTER TABLE runs ADD COLUMN selected_step INTEGER;
-    -- a model merged with its base model (train.merge, hbir merge): the weight of the fine-tuned model, and for
-    -- `hbir merge` the run that trained it
+    -- a model merged with its base model (train.merge, hbir merge): the weight of the fine-tuned model; and the run
+    -- whose trained model a run used (hbir eval --model-run, hbir merge)
     ALTER TABLE runs ADD COLUMN merge_weight DOUBLE;
     ALTER TABLE runs ADD COLUMN parent_run_id VARCHAR;
     """,

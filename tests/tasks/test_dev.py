@@ -15,7 +15,7 @@ from tasks.checkpoints import checkpoints
 from tasks.dev import dev_score, dev_tables, evaluate_dev, split_pairs
 from tasks.ingest import ingest_dataset
 from tasks.training import best_dev_step, fine_tune
-from tests.tasks.test_training import TINY_MODEL, pairs, settings
+from tests.helpers import TINY_MODEL, toy_pairs, toy_train_cfg
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +75,9 @@ def scripted(scores: list[float]):
 def test_select_best_keeps_the_best_dev_checkpoint(tiny_model_dir, tmp_path, db_path):
     log = store.TrainStepsLog(str(db_path), "best")
     # evaluated after steps 2, 4, 6 (eval_every 2); step 4 scores best, and its checkpoint outlives keep=1
-    train = settings(eval_every=2, select="best", keep_checkpoints=1)
+    train = toy_train_cfg(eval_every=2, select="best", keep_checkpoints=1)
     result = fine_tune(
-        tiny_model_dir, pairs(), train, TINY_MODEL, tmp_path / "best", log, dev_eval=scripted([0.2, 0.6, 0.4])
+        tiny_model_dir, toy_pairs(), train, TINY_MODEL, tmp_path / "best", log, dev_eval=scripted([0.2, 0.6, 0.4])
     )
     curve = store.dev_curve(str(db_path), "best")
     assert sorted(set(curve["step"])) == [2, 4, 6] and best_dev_step(curve) == 4 and result.selected_step == 4
@@ -92,11 +92,11 @@ def test_select_best_keeps_the_best_dev_checkpoint(tiny_model_dir, tmp_path, db_
 
 def test_measuring_the_dev_split_does_not_change_training(tiny_model_dir, tmp_path, db_path):
     plain = fine_tune(
-        tiny_model_dir, pairs(), settings(), TINY_MODEL, tmp_path / "a", store.TrainStepsLog(str(db_path), "a")
+        tiny_model_dir, toy_pairs(), toy_train_cfg(), TINY_MODEL, tmp_path / "a", store.TrainStepsLog(str(db_path), "a")
     )
-    train = settings(eval_every=3)  # select=last: the last weights
+    train = toy_train_cfg(eval_every=3)  # select=last: the last weights
     measured = fine_tune(
-        tiny_model_dir, pairs(), train, TINY_MODEL, tmp_path / "b", store.TrainStepsLog(str(db_path), "b"),
+        tiny_model_dir, toy_pairs(), train, TINY_MODEL, tmp_path / "b", store.TrainStepsLog(str(db_path), "b"),
         dev_eval=scripted([0.9, 0.1]),
     )  # fmt: skip
     assert measured.selected_step == 6 and sorted(set(store.dev_curve(str(db_path), "b")["step"])) == [3, 6]

@@ -9,29 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hbir.core.config import ModelConfig, TrainConfig
 from hbir.store import runs as store
 from tasks.checkpoints import checkpoints, load_checkpoint
 from tasks.training import build_optimizer, fine_tune, load_encoder
-
-LANGUAGES = ["de", "en", "es"]
-TINY_MODEL = ModelConfig(source="random:tiny", max_length=32)
-
-
-def pairs(groups: int = 12) -> pd.DataFrame:
-    """``groups`` questions in three languages, each with its own sentence: something a model can learn."""
-    rows = [
-        {"dataset": "toy", "qid": f"q{g}", "lang": lang, "query": f"{lang} frage {g}?", "passage": f"{lang} satz {g}."}
-        for g in range(groups)
-        for lang in LANGUAGES
-    ]
-    return pd.DataFrame(rows)
-
-
-def settings(**changes) -> TrainConfig:
-    return TrainConfig(
-        **({"batch_size": 4, "steps": 6, "checkpoint_every": 2, "lr": 1e-3, "warmup_ratio": 0.0} | changes)
-    )
+from tests.helpers import TINY_MODEL, toy_pairs, toy_train_cfg
 
 
 class FailAfter(store.TrainStepsLog):
@@ -47,7 +28,9 @@ class FailAfter(store.TrainStepsLog):
 
 def test_fine_tune_logs_every_step_once_and_saves_a_loadable_model(tiny_model_dir, tmp_path, db_path):
     log = store.TrainStepsLog(str(db_path), "run-a")
-    result = fine_tune(tiny_model_dir, pairs(), settings(strategy="hybrid"), TINY_MODEL, tmp_path / "run-a", log)
+    result = fine_tune(
+        tiny_model_dir, toy_pairs(), toy_train_cfg(strategy="hybrid"), TINY_MODEL, tmp_path / "run-a", log
+    )
 
     curve = store.train_curve(str(db_path), "run-a")
     assert curve["step"].tolist() == [1, 2, 3, 4, 5, 6]
@@ -64,7 +47,7 @@ def test_fine_tune_logs_every_step_once_and_saves_a_loadable_model(tiny_model_di
 def test_mono_and_cross_strategies_make_only_their_batch_kind(tiny_model_dir, tmp_path, db_path):
     for strategy, kind in (("mono", "mono"), ("cross", "cross")):
         log = store.TrainStepsLog(str(db_path), strategy)
-        fine_tune(tiny_model_dir, pairs(), settings(strategy=strategy), TINY_MODEL, tmp_path / strategy, log)
+        fine_tune(tiny_model_dir, toy_pairs(), toy_train_cfg(strategy=strategy), TINY_MODEL, tmp_path / strategy, log)
         curve = store.train_curve(str(db_path), strategy)
         assert set(curve["batch_kind"]) == {kind}
         langs = zip(curve["query_langs"], curve["passage_langs"], strict=True)
@@ -75,21 +58,25 @@ def test_mono_and_cross_strategies_make_only_their_batch_kind(tiny_model_dir, tm
 def test_the_loss_falls_when_there_is_something_to_learn(tiny_model_dir, tmp_path, db_path):
     """Four groups, batch 4, one language: every step sees the same pairs, so the loss must drop well below log 4."""
     log = store.TrainStepsLog(str(db_path), "learn")
-    train = settings(strategy="mono", steps=40, checkpoint_every=40, lr=3e-3)
-    fine_tune(tiny_model_dir, pairs(groups=4), train, TINY_MODEL, tmp_path / "learn", log)
+    train = toy_train_cfg(strategy="mono", steps=40, checkpoint_every=40, lr=3e-3)
+    fine_tune(tiny_model_dir, toy_pairs(groups=4), train, TINY_MODEL, tmp_path / "learn", log)
     loss = store.train_curve(str(db_path), "learn")["loss"]
     assert loss.head(5).mean() > 1.0  # ~log 4 = 1.39 for a random model
     assert loss.tail(5).mean() < 0.5 * loss.head(5).mean()
 
 
 def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tiny_model_dir, tmp_path, db_path):
-    db, train = str(db_path), settings(strategy="hybrid")
-    whole = fine_tune(tiny_model_dir, pairs(), train, TINY_MODEL, tmp_path / "whole", store.TrainStepsLog(db, "whole"))
+    db, train = str(db_path), toy_train_cfg(strategy="hybrid")
+    whole = fine_tune(
+        tiny_model_dir, toy_pairs(), train, TINY_MODEL, tmp_path / "whole", store.TrainStepsLog(db, "whole")
+    )
 
     with pytest.raises(KeyboardInterrupt):  # dies after training steps 5 and 6, before logging them
-        fine_tune(tiny_model_dir, pairs(), train, TINY_MODEL, tmp_path / "cut", FailAfter(db, "cut"))
+        fine_tune(tiny_model_dir, toy_pairs(), train, TINY_MODEL, tmp_path / "cut", FailAfter(db, "cut"))
     assert store.train_curve(db, "cut")["step"].tolist() == [1, 2, 3, 4]
-    resumed = fine_tune(tiny_model_dir, pairs(), train, TINY_MODEL, tmp_path / "cut", store.TrainStepsLog(db, "cut"))
+    resumed = fine_tune(
+        tiny_model_dir, toy_pairs(), train, TINY_MODEL, tmp_path / "cut", store.TrainStepsLog(db, "cut")
+    )
 
     assert resumed.resumed_from == 4
     assert store.train_curve(db, "cut")["step"].tolist() == [1, 2, 3, 4, 5, 6]
@@ -102,14 +89,14 @@ def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tiny_m
 
 def test_steps_logged_after_the_last_checkpoint_are_trained_and_logged_again(tiny_model_dir, tmp_path, db_path):
     """A kill after a flush but before the next checkpoint: the resumed run must not log those steps twice."""
-    db, train = str(db_path), settings(strategy="hybrid", checkpoint_every=3)
+    db, train = str(db_path), toy_train_cfg(strategy="hybrid", checkpoint_every=3)
     log = store.TrainStepsLog(db, "r")
-    fine_tune(tiny_model_dir, pairs(), train, TINY_MODEL, tmp_path / "r", log)
+    fine_tune(tiny_model_dir, toy_pairs(), train, TINY_MODEL, tmp_path / "r", log)
     for later in checkpoints(tmp_path / "r" / "checkpoints")[1:]:  # as if it had died right after step 5's flush
         later.rename(later.with_name(".gone"))
     store.delete_train_steps_after(db, "r", 5)
 
-    resumed = fine_tune(tiny_model_dir, pairs(), train, TINY_MODEL, tmp_path / "r", log)
+    resumed = fine_tune(tiny_model_dir, toy_pairs(), train, TINY_MODEL, tmp_path / "r", log)
     assert resumed.resumed_from == 3
     assert store.train_curve(db, "r")["step"].tolist() == [1, 2, 3, 4, 5, 6]
 
@@ -117,7 +104,7 @@ def test_steps_logged_after_the_last_checkpoint_are_trained_and_logged_again(tin
 def test_frozen_word_embeddings_stay_as_they_were(tiny_model_dir, tmp_path, db_path):
     log = store.TrainStepsLog(str(db_path), "frozen")
     result = fine_tune(
-        tiny_model_dir, pairs(), settings(freeze_word_embeddings=True), TINY_MODEL, tmp_path / "frozen", log
+        tiny_model_dir, toy_pairs(), toy_train_cfg(freeze_word_embeddings=True), TINY_MODEL, tmp_path / "frozen", log
     )
     before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(result.model_dir / "model.safetensors")
     name = next(key for key in before if key.endswith("word_embeddings.weight"))
@@ -133,7 +120,7 @@ class Payload:
 
 def test_loading_a_checkpoint_never_unpickles_objects(tiny_model_dir, tmp_path, db_path):
     log = store.TrainStepsLog(str(db_path), "r")
-    fine_tune(tiny_model_dir, pairs(), settings(steps=2), TINY_MODEL, tmp_path / "r", log)
+    fine_tune(tiny_model_dir, toy_pairs(), toy_train_cfg(steps=2), TINY_MODEL, tmp_path / "r", log)
     checkpoint = checkpoints(tmp_path / "r" / "checkpoints")[-1]
     torch.save({"state": {}, "param_groups": [], "evil": Payload()}, checkpoint / "optimizer.pt")
 
