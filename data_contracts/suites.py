@@ -3,8 +3,8 @@
 Each function returns ``(index_columns, expectations)``: the columns that identify an offending row in a
 failure message, and the Great Expectations expectations the table must meet. Cross-table rules (qrels point
 at existing rows, every query has a relevant candidate in its own language, parallelism, train/eval leakage, the
-dev split's sides)
-are checked on boolean or count columns that ``data_contracts.validate`` derives before validation.
+dev split's sides) and visible text are checked on boolean or count columns that ``data_contracts.validate``
+derives before validation.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ def queries_suite(languages: list[str], max_chars: int) -> tuple[list[str], list
     return ["qid", "lang"], [
         *_not_null(["qid", "lang", "text"]),
         _length("text", "question text", max_chars),
+        _holds("text_visible", "question text has a visible character (not only spaces, zero-width or controls)"),
         _known_language(languages),
         E.ExpectCompoundColumnsToBeUnique(
             column_list=["dataset", "qid", "lang"], description="(dataset, qid, lang) is unique"
@@ -30,6 +31,7 @@ def candidates_suite(languages: list[str], max_chars: int, max_context_chars: in
     return ["cid", "lang"], [
         *_not_null(["cid", "lang", "doc_id", "text", "context"]),
         _length("text", "candidate text", max_chars),
+        _holds("text_visible", "candidate text has a visible character (not only spaces, zero-width or controls)"),
         _length("context", "context", max_context_chars),
         _known_language(languages),
         E.ExpectColumnValuesToBeUnique(column="cid", description="cid is unique within the dataset"),
@@ -51,9 +53,17 @@ def parallel_suite(n_languages: int) -> tuple[list[str], list]:
 
 
 def leakage_suite() -> tuple[list[str], list]:
-    """For evaluation datasets: no question text also appears in the training data."""
+    """For evaluation datasets: no question text also appears in the training data (as a question or a
+    candidate; compared normalised: Unicode NFKC, case, whitespace and invisible characters ignored)."""
     return ["qid", "lang"], [
         _holds("text_in_training_data", "no evaluation question text appears in the training data", value=False)
+    ]
+
+
+def candidate_leakage_suite() -> tuple[list[str], list]:
+    """For evaluation datasets: no relevant candidate's text also appears in the training data (idem)."""
+    return ["cid", "lang"], [
+        _holds("text_in_training_data", "no relevant evaluation candidate text appears in the training data", False)
     ]
 
 

@@ -7,6 +7,7 @@ raise ContractError(contract_failure_message(failed))    # names the dataset, ta
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import pandas as pd
@@ -64,7 +65,13 @@ def validate_datasets(
     max_context_chars: int,
 ) -> list[ContractResult]:
     """Check every table of every dataset, plus parallelism and train/eval leakage; return all outcomes."""
-    training_texts = {_normalise(text) for d in datasets if d.name in train for text in d.queries["text"].dropna()}
+    training_texts = {
+        _normalise(text)
+        for d in datasets
+        if d.name in train
+        for column in (d.queries["text"], d.candidates["text"])
+        for text in column.dropna()
+    }
     runner = _Runner()
     results: list[ContractResult] = []
     for tables in datasets:
@@ -72,7 +79,7 @@ def validate_datasets(
             ("queries", _queries_checked(tables), suites.queries_suite(languages, max_query_chars)),
             (
                 "candidates",
-                tables.candidates,
+                _with_visibility(tables.candidates, tables),
                 suites.candidates_suite(languages, max_candidate_chars, max_context_chars),
             ),
             ("qrels", _qrels_checked(tables), suites.qrels_suite()),
@@ -80,7 +87,10 @@ def validate_datasets(
         if tables.name in fully_parallel:
             checks.append(("queries", _languages_per_qid(tables), suites.parallel_suite(len(tables.languages))))
         if tables.name not in train and training_texts:
-            checks.append(("queries", _leakage_checked(tables, training_texts), suites.leakage_suite()))
+            checks.append(("queries", _leakage_checked(tables.queries, tables, training_texts), suites.leakage_suite()))
+            relevant = tables.candidates[tables.candidates["cid"].isin(set(tables.qrels["cid"]))]
+            leaked = _leakage_checked(relevant, tables, training_texts)
+            checks.append(("candidates", leaked, suites.candidate_leakage_suite()))
         for table_name, df, (index_columns, expectations) in checks:
             results += runner.run(tables, table_name, df, index_columns, expectations)
     return results
@@ -169,7 +179,14 @@ def _queries_checked(tables: DatasetTables) -> pd.DataFrame:
             (qid, lang) in relevant for qid, lang in zip(tables.queries["qid"], tables.queries["lang"], strict=True)
         ]
     )
-    return _tag(df, tables)
+    return _with_visibility(df, tables)
+
+
+def _with_visibility(df: pd.DataFrame, tables: DatasetTables) -> pd.DataFrame:
+    """``df`` with ``text_visible``: whether its text has a character that is not whitespace, zero-width or a
+    control (a missing or empty text is the not-null or length rule's to report)."""
+    visible = [not isinstance(text, str) or not text or bool(_visible(text)) for text in df["text"]]
+    return _tag(df.assign(text_visible=visible), tables)
 
 
 def _qrels_checked(tables: DatasetTables) -> pd.DataFrame:
@@ -190,10 +207,10 @@ def _languages_per_qid(tables: DatasetTables) -> pd.DataFrame:
     return _tag(pd.DataFrame({"present": grid.isin(present)}, index=grid).reset_index(), tables)
 
 
-def _leakage_checked(tables: DatasetTables, training_texts: set[str]) -> pd.DataFrame:
-    df = tables.queries.assign(
+def _leakage_checked(df: pd.DataFrame, tables: DatasetTables, training_texts: set[str]) -> pd.DataFrame:
+    df = df.assign(
         text_in_training_data=[
-            _normalise(text) in training_texts if isinstance(text, str) else False for text in tables.queries["text"]
+            _normalise(text) in training_texts if isinstance(text, str) else False for text in df["text"]
         ]
     )
     return _tag(df, tables)
@@ -204,5 +221,17 @@ def _tag(df: pd.DataFrame, tables: DatasetTables) -> pd.DataFrame:
     return df
 
 
+INVISIBLE = ("Zs", "Zl", "Zp", "Cc", "Cf")  # spaces, line and paragraph separators, controls, zero-width / bidi
+
+
+def _visible(text: str) -> str:
+    """``text`` without the characters a reader cannot see (``INVISIBLE`` categories)."""
+    return "".join(char for char in text if unicodedata.category(char) not in INVISIBLE)
+
+
 def _normalise(text: str) -> str:
-    return " ".join(text.casefold().split())
+    """How texts are compared for leakage: NFKC, case-folded, invisible characters dropped, runs of whitespace as
+    one space."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    kept = "".join(char for char in text if char.isspace() or unicodedata.category(char) not in ("Cc", "Cf"))
+    return " ".join(kept.split())

@@ -10,6 +10,8 @@ hbir study --profile smoke
 hbir compare --study hybrid-vs-pure
 hbir runs
 hbir query "SELECT dataset, lang, n_queries FROM dataset_versions" --format csv
+hbir migrate
+hbir gc --dry-run
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import logging
 import os
 import sys
+import unicodedata
 
 import click
 import pandas as pd
@@ -71,6 +74,25 @@ class NoTracebackForUserErrors(logging.Filter):
         return True
 
 
+def _check_run_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A ``--run-id`` is checked before anything starts (it names a folder under output.dir)."""
+    from hbir.core.run_ids import check_run_id
+
+    if value is None:
+        return None
+    try:
+        return check_run_id(value, "")
+    except HbirError as error:
+        raise click.BadParameter(str(error).strip(), ctx, param) from None
+
+
+RUN_ID_HELP = "letters, digits, '.', '_', '-'"
+
+
+def run_id_option(help: str):
+    return click.option("--run-id", callback=_check_run_id, help=f"{help} ({RUN_ID_HELP}).")
+
+
 def config_options(command):
     """--profile, --config and --set, turned into one validated ``Config`` passed as ``config``."""
 
@@ -104,7 +126,7 @@ def cli() -> None:
 
 @cli.command()
 @config_options
-@click.option("--run-id", help="Name the run (default: validate-<time>-<random>).")
+@run_id_option("Name the run (default: validate-<time>-<random>)")
 def validate(config: Config, run_id: str | None) -> None:
     """Ingest and validate every dataset in data.train and data.eval; exit 0 only if all pass."""
     from hbir.app.pipeline import validate_run
@@ -119,7 +141,7 @@ def validate(config: Config, run_id: str | None) -> None:
 
 @cli.command()
 @config_options
-@click.option("--run-id", help="Name the run; the id of a killed or failed train run continues it from its checkpoint.")
+@run_id_option("Name the run; the id of a killed or failed train run continues it from its checkpoint")
 def train(config: Config, run_id: str | None) -> None:
     """Ingest, validate, then fine-tune model.source on data.train with train.strategy batches; save the model."""
     from transformers.utils import logging as transformers_logging
@@ -168,7 +190,7 @@ def _prepare_prefect() -> None:
 
 @cli.command()
 @flow_options
-@click.option("--run-id", help="Name the run (default: train-eval-<time>-<random>).")
+@run_id_option("Name the run (default: train-eval-<time>-<random>)")
 def run(config: Config, flow_args: dict, run_id: str | None) -> None:
     """Run the train-eval flow here, without a Prefect server: validate, train, evaluate, report, store."""
     from flows.train_eval import train_eval
@@ -304,7 +326,7 @@ def report(config: Config, study_id: str, out: str, permutations: int) -> None:
 
 @cli.command(name="eval")
 @config_options
-@click.option("--run-id", help="Name the run (default: eval-<time>-<random>).")
+@run_id_option("Name the run (default: eval-<time>-<random>)")
 @click.option("--model-run", help="Evaluate the model trained by this run instead of model.source.")
 def evaluate(config: Config, run_id: str | None, model_run: str | None) -> None:
     """Evaluate model.source (zero-shot) or a trained run's model on data.eval: mono, cross and multi settings."""
@@ -327,7 +349,7 @@ def evaluate(config: Config, run_id: str | None, model_run: str | None) -> None:
     required=True,
     help="Weight of the fine-tuned model, from 0 (the base) to 1, or auto (the best dev score of the run's dev split).",
 )
-@click.option("--run-id", help="Name the run (default: merge-<time>-<random>).")
+@run_id_option("Name the run (default: merge-<time>-<random>)")
 def merge(config: Config, parent_run: str, weight: float | str, run_id: str | None) -> None:
     """Merge a trained run's model with the model it was trained from, (1 - weight) * base + weight * fine-tuned
     (WiSE-FT), and evaluate the merged model on data.eval, as `hbir eval` does."""
@@ -345,29 +367,65 @@ def merge(config: Config, parent_run: str, weight: float | str, run_id: str | No
 @config_options
 @click.option("--limit", default=20, show_default=True, help="How many of the latest runs to show.")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
-def runs(config: Config, limit: int, fmt: str) -> None:
-    """List the latest runs, newest first."""
-    from hbir.store.query import read
+@click.option("--fail-stale", is_flag=True, help="Mark failed every running run whose process is gone (status stale).")
+def runs(config: Config, limit: int, fmt: str, fail_stale: bool) -> None:
+    """List the latest runs, newest first. A run shown as stale was left running by a process that is gone (killed,
+    machine restarted): --fail-stale marks it failed; starting its id again does so too."""
+    from hbir.store.runs import fail_stale_runs, list_runs
 
-    sql = (
-        "SELECT r.run_id, kind, status, strategy, alpha, model_source, started_at, finished_at, "
-        "CASE WHEN m.champion THEN 'champion' WHEN m.promoted_at IS NOT NULL THEN 'former champion' "
-        "WHEN m.run_id IS NOT NULL THEN 'not promoted' END AS model, "
-        "left(coalesce(error, note), 100) AS note "
-        "FROM runs r LEFT JOIN models m USING (run_id) ORDER BY started_at DESC LIMIT ?"
-    )
-    _print(read(config.db.path, sql, [limit], config.db.lock_timeout_s), fmt)
+    if fail_stale:
+        failed = fail_stale_runs(config.db.path, config.db.lock_timeout_s)
+        click.echo(f"marked failed: {', '.join(failed)}" if failed else "no stale runs", err=True)
+    _print(list_runs(config.db.path, limit, config.db.lock_timeout_s), fmt)
 
 
 @cli.command()
 @config_options
 @click.argument("sql")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
-def query(config: Config, sql: str, fmt: str) -> None:
-    """Answer SQL over the results database, read-only (statements that would write are refused)."""
+@click.option("--timeout", "timeout_s", default=60.0, show_default=True, help="Seconds before the query is stopped.")
+@click.option("--memory-limit", default="4GB", show_default=True, help="Memory the query may use (DuckDB's).")
+def query(config: Config, sql: str, fmt: str, timeout_s: float, memory_limit: str) -> None:
+    """Answer SQL over the results database, read-only (statements that would write are refused), on a snapshot of
+    the file: a query never holds up a run that is writing. Ctrl-C stops it."""
     from hbir.store.query import read_only_query
 
-    _print(read_only_query(config.db.path, sql, config.db.lock_timeout_s), fmt)
+    _print(read_only_query(config.db.path, sql, config.db.lock_timeout_s, timeout_s, memory_limit), fmt)
+
+
+@cli.command()
+@config_options
+def migrate(config: Config) -> None:
+    """Bring a results database written by an older hbir to this hbir's schema (adds tables and columns, keeps every
+    row). Commands that write do this themselves; commands that only read ask for it."""
+    from hbir.store.database import upgrade
+    from hbir.store.schema import SCHEMA_VERSION
+
+    found = upgrade(config.db.path, config.db.lock_timeout_s)
+    if found == SCHEMA_VERSION:
+        click.echo(f"{config.db.path} is at schema version {SCHEMA_VERSION} already: nothing to do")
+    else:
+        click.echo(f"{config.db.path}: migrated from schema version {found} to {SCHEMA_VERSION}")
+
+
+@cli.command()
+@config_options
+@click.option("--keep", multiple=True, metavar="RUN", help="Keep this run's model and checkpoints (repeat).")
+@click.option("--dry-run", is_flag=True, help="List what would be removed, and its size; remove nothing.")
+def gc(config: Config, keep: tuple[str, ...], dry_run: bool) -> None:
+    """Free disk: remove the model and checkpoint folders of completed runs, except the champion's, those of --keep
+    runs and a model another run is using now. Failed and running runs keep theirs; the database keeps every row."""
+    from hbir.app import disk
+
+    garbage = disk.collectable(config, keep)
+    for item in garbage:
+        click.echo(f"{item.bytes / 2**20:10.1f} MiB  {item.run_id:40}  {item.path}")
+    total = sum(item.bytes for item in garbage) / 2**30
+    if dry_run:
+        click.echo(f"would free {total:.2f} GiB in {len(garbage)} folders (--dry-run: nothing removed)")
+    else:
+        disk.remove(garbage)
+        click.echo(f"freed {total:.2f} GiB in {len(garbage)} folders")
 
 
 def _stderr(line: str) -> None:
@@ -375,7 +433,17 @@ def _stderr(line: str) -> None:
     click.echo(line, err=True)
 
 
+def _printable(value: object) -> object:
+    """Text with control and format characters (newlines, bidi overrides) shown as escapes, so that a value cannot
+    rearrange or forge the lines of a listing."""
+    if not isinstance(value, str):
+        return value
+    return "".join(f"\\u{ord(char):04x}" if unicodedata.category(char) in ("Cc", "Cf") else char for char in value)
+
+
 def _print(df: pd.DataFrame, fmt: str) -> None:
+    text = [name for name, column in df.items() if column.dtype == object or pd.api.types.is_string_dtype(column)]
+    df = df.assign(**{name: df[name].map(_printable) for name in text})
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
     elif fmt == "json":

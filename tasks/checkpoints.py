@@ -14,13 +14,17 @@ leaves only complete checkpoints behind. Nothing is unpickled on load: safetenso
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from hbir.core.errors import HbirError, shorten
 from hbir.core.files import replace_dir
 from models.encoder import BiEncoder
 
@@ -81,11 +85,23 @@ def load_checkpoint(
 ) -> TrainerState:
     """Restore weights, optimiser, schedule and random generators from ``path``; returns the trainer state."""
     device = encoder.device
-    load_model(encoder.model, str(path / "model.safetensors"), device=str(device))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    _set_rng_states(load_file(path / "rng.safetensors"))
-    saved = json.loads((path / "trainer_state.json").read_text())
+    try:
+        warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)  # it is refused either way
+        load_model(encoder.model, str(path / "model.safetensors"), device=str(device))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        _set_rng_states(load_file(path / "rng.safetensors"))
+        saved = json.loads((path / "trainer_state.json").read_text())
+    except pickle.UnpicklingError:  # weights_only refused it: nothing of it ran
+        raise HbirError(
+            f"checkpoint {path} holds objects hbir does not load (it was not written by hbir); nothing of it was run."
+            " Delete that folder to continue from the checkpoint before it, or start a new run"
+        ) from None
+    except (SafetensorError, OSError, ValueError, KeyError) as error:
+        raise HbirError(
+            f"checkpoint {path} is damaged ({type(error).__name__}: {shorten(str(error), 200)}): delete that folder "
+            "to continue from the checkpoint before it, or start a new run"
+        ) from None
     return TrainerState(step=saved["step"], sampler=saved["sampler"])
 
 

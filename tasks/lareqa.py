@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hbir.core.errors import DataError, shorten
+from hbir.core.files import read_file_bytes
 from tasks.tables import CANDIDATE_COLUMNS, QREL_COLUMNS, QUERY_COLUMNS, DatasetTables, frame
 
 # How far (in characters) a sentence may sit from its recorded break: XQuAD-R tr.json has two breaks off by 1-2.
@@ -105,7 +106,7 @@ def read_lareqa(dataset_dir: Path, name: str, languages: Iterable[str]) -> Datas
 
 def parse_squad_file(path: Path) -> SquadFile:
     """Decode and schema-check one file; every failure names the file and the JSON path of the field."""
-    raw = path.read_bytes()
+    raw = read_file_bytes(path)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:

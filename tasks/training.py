@@ -28,11 +28,13 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from hbir.core.config import ModelConfig, TrainConfig
+from hbir.core.errors import HbirError
 from hbir.core.files import replace_dir
 from models.encoder import BiEncoder
 from models.losses import InfoNCELoss
 from tasks.batching import Batch, BatchSampler
 from tasks.checkpoints import (
+    PREFIX,
     TrainerState,
     checkpoint_path,
     checkpoints,
@@ -115,7 +117,11 @@ def fine_tune(
     for batch in sampler:
         if batch.step > train_cfg.steps:
             break
-        buffer.append(train_step(loss_fn, batch, optimizer, scheduler, train_cfg.max_grad_norm))
+        row = train_step(loss_fn, batch, optimizer, scheduler, train_cfg.max_grad_norm)
+        if not math.isfinite(row["loss"]):
+            step_log.write(pd.DataFrame(buffer))  # the steps before it were fine
+            raise diverged(row, run_dir / "checkpoints")
+        buffer.append(row)
         bar.update()
         bar.set_postfix(loss=f"{buffer[-1]['loss']:.3f}", kind=batch.kind)
         last = batch.step == train_cfg.steps
@@ -141,6 +147,16 @@ def fine_tune(
         log(f"select=best: the model is the checkpoint of step {best}, the best dev score")
     model_out = save_model(encoder, run_dir / "model")
     return TrainResult(model_out, train_cfg.steps, start, time.perf_counter() - began, selected)
+
+
+def diverged(row: dict, checkpoint_dir: Path) -> HbirError:
+    """The error of a run whose loss stopped being a number: at which step and lr, and what is kept."""
+    kept = checkpoints(checkpoint_dir)
+    resume = f"the checkpoint of step {int(kept[-1].name.removeprefix(PREFIX))} is kept" if kept else "no checkpoint"
+    return HbirError(
+        f"the loss became {row['loss']} at step {row['step']} (lr {row['lr']:.3g}): training stopped, {resume}; "
+        "lower train.lr (or raise train.temperature) and start a new run"
+    )
 
 
 def evaluate_dev_now(dev_eval: DevEvaluation, encoder: BiEncoder, step: int, step_log: StepLog, log) -> int | None:

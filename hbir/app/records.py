@@ -24,7 +24,9 @@ import pandas as pd
 
 from hbir.core.config import Config
 from hbir.core.errors import HbirError
+from hbir.core.files import read_file_bytes
 from hbir.core.paths import rows_dir, run_dir
+from hbir.core.run_ids import check_run_id
 from hbir.store import runs
 from hbir.store.schema import RESULT_TABLES
 
@@ -61,9 +63,9 @@ def source_fingerprint(config: Config, name: str) -> str:
     folder = Path(config.data.dir) / name
     if name.startswith("hf:") or not folder.is_dir():
         return digest.hexdigest() + "-uncached"
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
         digest.update(f"{path.relative_to(folder)}\0".encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update(hashlib.sha256(read_file_bytes(path)).digest())
     return digest.hexdigest()
 
 
@@ -106,7 +108,7 @@ def start(
     unless ``resume`` is False. ``model_run``: a run of the model that run trained (``hbir eval --model-run``,
     ``hbir merge``) inherits its strategy, alpha and seed, and records it as its parent."""
     db, timeout = config.db.path, config.db.lock_timeout_s
-    run = replace(run_record(config, kind, run_id), study_id=study_id)
+    run = replace(run_record(config, kind, run_id and check_run_id(run_id)), study_id=study_id)
     if model_run:
         trained = runs.run_info(db, model_run, timeout)
         run = replace(
@@ -153,9 +155,20 @@ def kept_rows(config: Config, run_id: str) -> dict[str, pd.DataFrame]:
     return {table: pd.concat(frames, ignore_index=True) for table, frames in parts.items()}
 
 
-@records_failure
 def store_results(config: Config, run_id: str) -> dict[str, int]:
-    """Write every kept row of the run and mark it completed, in one transaction; returns rows per table."""
+    """Write every kept row of the run and mark it completed, in one transaction; then delete what only a stopped
+    run would need (its checkpoints, unless ``train.keep_checkpoints_after_run``, and its training pairs). Returns
+    rows per table."""
+    stored = _store_rows(config, run_id)
+    folder = run_dir(config.output.dir, run_id)
+    if not config.train.keep_checkpoints_after_run:
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    (folder / "pairs.parquet").unlink(missing_ok=True)
+    return stored
+
+
+@records_failure
+def _store_rows(config: Config, run_id: str) -> dict[str, int]:
     rows = kept_rows(config, run_id)
     runs.finish_run(config.db.path, run_id, "completed", rows, lock_timeout_s=config.db.lock_timeout_s)
     return {table: len(frame) for table, frame in rows.items()}

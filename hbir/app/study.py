@@ -29,8 +29,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hbir.core.config import PROFILES, Config, load_config
+from hbir.core.config import PROFILES, Config, load_config, read_settings_file
 from hbir.core.errors import ConfigError, HbirError
+from hbir.core.run_ids import check_run_id
 from hbir.store import database
 from hbir.store.query import read
 from hbir.store.runs import changed_keys
@@ -88,10 +89,7 @@ def read_study(path: str | Path | None) -> tuple[StudySpec, str]:
     if path is None:
         text, name = resources.files("hbir.studies").joinpath(f"{DEFAULT_STUDY}.yaml").read_text("utf-8"), DEFAULT_STUDY
     else:
-        try:
-            text, name = Path(path).read_text(encoding="utf-8"), Path(path).stem
-        except FileNotFoundError:
-            raise ConfigError(f"study file {path} does not exist") from None
+        text, name = read_settings_file(Path(path), "study file"), Path(path).stem
     try:
         spec = StudySpec.model_validate(yaml.safe_load(text) or {})
     except (yaml.YAMLError, ValidationError) as error:
@@ -135,16 +133,18 @@ def _run_id(study_id: str, point: dict[str, Any]) -> str:
     }  # fmt: skip
     parts = []
     for key, value in point.items():
-        value = "+".join(map(str, value)) if isinstance(value, list) else value
+        value = "_".join(map(str, value)) if isinstance(value, list) else value
         parts.append("zero-shot" if key == "zero-shot" else f"{short.get(key, key.rsplit('.', 1)[-1])}{value}")
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", f"{study_id}-{'-'.join(parts)}")
+    run_id = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{study_id}-{'-'.join(parts)}")
+    return check_run_id(run_id, f"study {study_id}: run id")
 
 
 def _recorded(config: Config) -> dict[str, dict[str, Any]]:
     """{run_id: {status, config}} of the runs in the results database."""
     if not database.exists(config.db.path):
         return {}
-    found = read(config.db.path, "SELECT run_id, status, config FROM runs", [], config.db.lock_timeout_s)
+    sql = "SELECT run_id, status, config FROM runs"
+    found = read(config.db.path, sql, [], config.db.lock_timeout_s, upgrade_old=True)  # the study then writes
     return {row.run_id: {"status": row.status, "config": json.loads(row.config)} for row in found.itertuples()}
 
 

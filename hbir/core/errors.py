@@ -33,6 +33,12 @@ class QueryError(HbirError):
     """A SQL query was refused (it would write) or failed."""
 
 
+class QueryInterrupted(QueryError):
+    """The user stopped a query (Ctrl-C): the shell's exit code for SIGINT."""
+
+    exit_code = 130
+
+
 def shorten(value: object, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters: an offending value in a message may be 100k characters long."""
     if hasattr(value, "item"):  # numpy scalars from pandas / Great Expectations

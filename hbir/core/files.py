@@ -17,7 +17,18 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from hbir.core.errors import DataError
+
 CHUNK = 1 << 20
+
+
+def read_file_bytes(path: str | Path) -> bytes:
+    """A data file's bytes; one that cannot be read (missing, a symbolic link loop, no permission, a folder) is a
+    DataError naming it."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise DataError(path, f"cannot be read: {error.strerror or error} (errno {error.errno})") from None
 
 
 def file_sha256(path: str | Path) -> str:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hbir.core.errors import ConfigError
+from hbir.core.run_ids import check_run_id
+
 
 def cache_root() -> Path:
     """``$HBIR_CACHE_DIR``, else ``~/.cache/hbir``."""
@@ -27,8 +30,12 @@ def tables_cache_dir() -> Path:
 
 
 def run_dir(output_dir: str | Path, run_id: str) -> Path:
-    """A run's folder: ``<output.dir>/<run_id>`` (model, checkpoints, indexes, report, rows)."""
-    return Path(output_dir) / run_id
+    """A run's folder: ``<output.dir>/<run_id>`` (model, checkpoints, indexes, report, rows); a run id that is not
+    one (``check_run_id``), or a folder that would not be inside ``output.dir``, is a ConfigError."""
+    folder = Path(output_dir) / check_run_id(run_id)
+    if folder.resolve().parent != Path(output_dir).resolve():  # a symbolic link named like the run, say
+        raise ConfigError(f"run {run_id}: its folder {folder} leads out of output.dir {output_dir}")
+    return folder
 
 
 def rows_dir(output_dir: str | Path, run_id: str) -> Path:

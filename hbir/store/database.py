@@ -13,8 +13,8 @@ from pathlib import Path
 
 import duckdb
 
-from hbir.core.errors import HbirError
-from hbir.store.schema import SCHEMA_VERSION, migrate
+from hbir.core.errors import HbirError, QueryError
+from hbir.store.schema import SCHEMA_VERSION, migrate, schema_version
 
 
 def exists(db: str) -> bool:
@@ -43,17 +43,37 @@ def connect(db: str, read_only: bool = False, lock_timeout_s: float = 60.0) -> I
         connection.close()
 
 
-def upgrade(db: str, lock_timeout_s: float = 60.0) -> None:
-    """Migrate an existing database written by an older hbir, so that reads see today's tables."""
+def upgrade(db: str, lock_timeout_s: float = 60.0) -> int:
+    """Migrate an existing hbir database written by an older hbir to today's schema (``hbir migrate``); returns
+    the version it had. HbirError for a missing or foreign database (nothing is created or changed)."""
+    if not exists(db):
+        raise HbirError(f"results database {db} does not exist: there is nothing to migrate")
     with connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
-        found = connection.execute(
-            "SELECT max(version) FROM schema_version"
-            if connection.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = 'schema_version'").fetchall()
-            else "SELECT 0"
-        ).fetchone()[0]
-    if (found or 0) < SCHEMA_VERSION:
+        found = schema_version(connection)
+    if found < SCHEMA_VERSION:
         with connect(db, lock_timeout_s=lock_timeout_s) as connection:
             migrate(connection)
+    return found
+
+
+def require_current(db: str, lock_timeout_s: float = 60.0, upgrade_old: bool = False) -> None:
+    """Check that ``db`` is an hbir database of today's schema before reading it; reads never create or change
+    anything. An older schema is migrated with ``upgrade_old`` (commands that write anyway), else refused with the
+    command that migrates it."""
+    if not exists(db):
+        raise QueryError(f"results database {db} does not exist yet: run `hbir validate` first, or set HBIR_DB")
+    with connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
+        found = schema_version(connection)
+    if found == SCHEMA_VERSION:
+        return
+    if found == 0:
+        raise QueryError(f"results database {db} is empty: no run has been recorded in it yet")
+    if not upgrade_old:
+        raise QueryError(
+            f"results database {db} has schema version {found}, from an older hbir (this one writes "
+            f"{SCHEMA_VERSION}): run `hbir migrate` once (it adds tables and columns and keeps every row), then read"
+        )
+    upgrade(db, lock_timeout_s)
 
 
 def now() -> datetime:

@@ -17,7 +17,8 @@ import duckdb
 import pandas as pd
 
 from hbir.core.errors import HbirError
-from hbir.store.database import connect, exists, now
+from hbir.store.database import connect, exists, now, require_current
+from hbir.store.ownership import describe_owner, owner_gone, this_process
 from hbir.store.schema import migrate
 
 
@@ -42,20 +43,80 @@ def start_run(db: str, run: RunRecord, lock_timeout_s: float = 60.0, resume: boo
     """Record ``run`` as running (its own short transaction, so ``hbir runs`` shows it meanwhile).
 
     With ``resume``, a run of the same id that did not complete (killed or failed) and has the same kind and config
-    is marked running again. Returns whether it was resumed; HbirError if the id is taken otherwise.
+    is marked running again. A ``running`` run of the id whose process is gone (``ownership``) is marked failed
+    first; one whose process is alive is refused, naming it. Returns whether it was resumed; HbirError if the id is
+    taken otherwise.
     """
+    host, pid = this_process()
     with connect(db, lock_timeout_s=lock_timeout_s) as connection:
         migrate(connection)
-        found = connection.execute("SELECT status, kind, config FROM runs WHERE run_id = ?", [run.run_id]).fetchall()
+        found = connection.execute(
+            "SELECT status, kind, config, host, pid, heartbeat_at, started_at FROM runs WHERE run_id = ?", [run.run_id]
+        ).fetchall()
         if not found:
             _insert_run(connection, run)
             return False
-        _check_resumable(run, *found[0], resume=resume)
+        status, kind, config, owner_host, owner_pid, heartbeat_at, started_at = found[0]
+        if status == "running" and (owner_host, owner_pid) != (host, pid):
+            if not owner_gone(owner_host, owner_pid, heartbeat_at or started_at, now()):
+                raise HbirError(
+                    f"run id {run.run_id!r} is being run by {describe_owner(owner_host, owner_pid)} (a {kind} run "
+                    f"started {started_at:%Y-%m-%d %H:%M:%S} UTC): wait for it, or choose another --run-id"
+                )
+            status = _fail_stale(connection, run.run_id, owner_host, owner_pid)
+        _check_resumable(run, status, kind, config, resume=resume)
         connection.execute(
-            "UPDATE runs SET status = 'running', error = NULL, finished_at = NULL, device = ? WHERE run_id = ?",
-            [run.device, run.run_id],
+            "UPDATE runs SET status = 'running', error = NULL, finished_at = NULL, device = ?, host = ?, pid = ?, "
+            "heartbeat_at = ? WHERE run_id = ?",
+            [run.device, host, pid, now(), run.run_id],
         )
         return True
+
+
+def _fail_stale(connection: duckdb.DuckDBPyConnection, run_id: str, host: str | None, pid: int | None) -> str:
+    """Mark a stale run failed, saying why; returns its new status."""
+    connection.execute(
+        "UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE run_id = ?",
+        [now(), f"stale: its {describe_owner(host, pid)} was gone; marked failed by hbir", run_id],
+    )
+    return "failed"
+
+
+def list_runs(db: str, limit: int, lock_timeout_s: float = 60.0) -> pd.DataFrame:
+    """The latest ``limit`` runs, newest first, for ``hbir runs``: a running run whose process is gone shows
+    status ``stale``."""
+    require_current(db, lock_timeout_s)
+    with connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
+        found = connection.execute(
+            "SELECT r.run_id, kind, status, strategy, alpha, model_source, started_at, finished_at, "
+            "CASE WHEN m.champion THEN 'champion' WHEN m.promoted_at IS NOT NULL THEN 'former champion' "
+            "WHEN m.run_id IS NOT NULL THEN 'not promoted' END AS model, "
+            "left(coalesce(error, note), 100) AS note, host, pid, coalesce(heartbeat_at, started_at) AS heartbeat_at "
+            "FROM runs r LEFT JOIN models m USING (run_id) ORDER BY started_at DESC LIMIT ?",
+            [limit],
+        ).df()
+    at = now()
+    stale = [
+        row.status == "running" and owner_gone(row.host, None if pd.isna(row.pid) else row.pid, row.heartbeat_at, at)
+        for row in found.itertuples()
+    ]
+    found.loc[stale, "status"] = "stale"
+    return found.drop(columns=["host", "pid", "heartbeat_at"])
+
+
+def fail_stale_runs(db: str, lock_timeout_s: float = 60.0) -> list[str]:
+    """Mark every stale run failed (``hbir runs --fail-stale``); returns their ids."""
+    require_current(db, lock_timeout_s)
+    with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+        running = connection.execute(
+            "SELECT run_id, host, pid, coalesce(heartbeat_at, started_at) FROM runs WHERE status = 'running'"
+        ).fetchall()
+        at, failed = now(), []
+        for run_id, host, pid, heartbeat_at in running:
+            if owner_gone(host, pid, heartbeat_at, at):
+                _fail_stale(connection, run_id, host, pid)
+                failed.append(run_id)
+        return failed
 
 
 def record_skipped_run(db: str, run: RunRecord, lock_timeout_s: float = 60.0) -> None:
@@ -67,10 +128,11 @@ def record_skipped_run(db: str, run: RunRecord, lock_timeout_s: float = 60.0) ->
 
 def _insert_run(connection: duckdb.DuckDBPyConnection, run: RunRecord, status: str = "running") -> None:
     at = now()
+    host, pid = this_process()
     connection.execute(
         "INSERT INTO runs (run_id, kind, status, strategy, alpha, model_source, seed, config, git_revision,"
-        " device, started_at, finished_at, inputs_fingerprint, note, study_id, parent_run_id)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " device, started_at, finished_at, inputs_fingerprint, note, study_id, parent_run_id, host, pid, heartbeat_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             run.run_id,
             run.kind,
@@ -88,6 +150,9 @@ def _insert_run(connection: duckdb.DuckDBPyConnection, run: RunRecord, status: s
             run.note,
             run.study_id,
             run.parent_run_id,
+            host,
+            pid,
+            at,
         ],
     )
 
@@ -148,13 +213,15 @@ def finish_run(
 
 
 def write_train_steps(db: str, run_id: str, steps: pd.DataFrame, lock_timeout_s: float = 60.0) -> None:
-    """Append training-step rows (columns as the ``train_steps`` table, without run_id)."""
-    if len(steps):
-        with connect(db, lock_timeout_s=lock_timeout_s) as connection:
-            migrate(connection)
+    """Append training-step rows (columns as the ``train_steps`` table, without run_id), and note that the run's
+    process is alive (its heartbeat)."""
+    with connect(db, lock_timeout_s=lock_timeout_s) as connection:
+        migrate(connection)
+        if len(steps):
             connection.register("incoming", steps.assign(run_id=run_id))
             columns = ", ".join(steps.columns.tolist() + ["run_id"])
             connection.execute(f"INSERT INTO train_steps ({columns}) SELECT {columns} FROM incoming")
+        connection.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [now(), run_id])
 
 
 def delete_train_steps_after(db: str, run_id: str, step: int, lock_timeout_s: float = 60.0) -> int:

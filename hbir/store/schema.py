@@ -155,21 +155,55 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN merge_weight DOUBLE;
     ALTER TABLE runs ADD COLUMN parent_run_id VARCHAR;
     """,
+    """
+    -- who is running a run: its process (host, pid) and when it last wrote (start, every flush of its training
+    -- steps); a 'running' run whose process is gone is stale (hbir runs shows it, --fail-stale marks it failed)
+    ALTER TABLE runs ADD COLUMN host VARCHAR;
+    ALTER TABLE runs ADD COLUMN pid INTEGER;
+    ALTER TABLE runs ADD COLUMN heartbeat_at TIMESTAMP;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # The tables a run's outcome fills, written together by ``runs.finish_run`` (train_steps are written during training).
 RESULT_TABLES = ("dataset_versions", "validations", "metrics", "per_query", "language_bias", "artifacts")
 
 
-def migrate(connection: duckdb.DuckDBPyConnection) -> int:
-    """Bring the schema up to ``SCHEMA_VERSION``; return the version found before."""
-    connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    (row,) = connection.execute("SELECT max(version) FROM schema_version").fetchall()
-    found = row[0] or 0
+def schema_version(connection: duckdb.DuckDBPyConnection) -> int:
+    """The schema version of an hbir database (0: an empty one); HbirError for a database that is not hbir's (it has
+    tables and no ``schema_version``) or was written by a newer hbir."""
+    tables = sorted(
+        name
+        for (name,) in connection.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+            "UNION SELECT view_name FROM duckdb_views() WHERE database_name = current_database() AND NOT internal"
+        ).fetchall()
+    )
+    if "schema_version" not in tables:
+        if tables:
+            raise HbirError(
+                f"results database {_file(connection)} is not hbir's: it holds {', '.join(tables[:5])}"
+                f"{' ...' if len(tables) > 5 else ''} and no schema_version table; nothing was changed. Set db.path "
+                "(HBIR_DB) to a new file or to an hbir results database"
+            )
+        return 0
+    found = connection.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
     if found > SCHEMA_VERSION:
         raise HbirError(
-            f"results database has schema version {found}, newer than this hbir ({SCHEMA_VERSION}): upgrade hbir"
+            f"results database {_file(connection)} was written by a newer hbir (schema version {found}; this hbir "
+            f"knows up to {SCHEMA_VERSION}): upgrade hbir to read it"
         )
+    return found
+
+
+def _file(connection: duckdb.DuckDBPyConnection) -> str:
+    sql = "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+    return connection.execute(sql).fetchone()[0]
+
+
+def migrate(connection: duckdb.DuckDBPyConnection) -> int:
+    """Bring the schema of an hbir (or empty) database up to ``SCHEMA_VERSION``; return the version found before."""
+    found = schema_version(connection)
+    connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     for version in range(found, SCHEMA_VERSION):
         connection.execute("BEGIN TRANSACTION")
         connection.execute(MIGRATIONS[version])

@@ -82,11 +82,40 @@ def test_evaluation_question_seen_in_training_is_leakage():
     evaluation = _tables(
         "eval",
         queries=[("e1", "en", "  where IS paris? "), ("e1", "de", "Wo ist Rom?")],
-        qrels=[("e1", "c1"), ("e1", "c2")],
+        candidates=[("e1c", "en", "d1", "Paris is the capital."), ("e2c", "de", "d1", "Rom liegt in Italien.")],
+        qrels=[("e1", "e1c"), ("e1", "e2c")],
     )
     failures = _failures(_validate([train, evaluation], train=["train"]))
-    assert [(f[0], f[2]) for f in failures] == [("eval", "expect_column_values_to_be_in_set(text_in_training_data)")]
+    assert [(f[0], f[1], f[2]) for f in failures] == [
+        ("eval", "queries", "expect_column_values_to_be_in_set(text_in_training_data)")
+    ]
     assert "qid='e1', lang='en'" in failures[0][3]  # case and spacing do not hide a copy
+
+
+def test_evaluation_text_seen_as_any_training_text_is_leakage():
+    """A training candidate equal to an evaluation question, and a relevant evaluation sentence equal to a training
+    one, both behind width, case and zero-width differences."""
+    train = _tables("train", candidates=[("c1", "en", "d1", "Wo ist\u200b ROM?"), ("c2", "de", "d1", "Ｒom liegt.")])
+    evaluation = _tables(
+        "eval",
+        queries=[("e1", "en", "Where is Paris now?"), ("e1", "de", "Wo ist Rom?")],
+        candidates=[("e1c", "en", "d1", "Paris is the capital."), ("e2c", "de", "d1", "rom  liegt.")],
+        qrels=[("e1", "e1c"), ("e1", "e2c")],
+    )
+    failures = _failures(_validate([train, evaluation], train=["train"]))
+    assert [(f[1], f[2]) for f in failures] == [
+        ("queries", "expect_column_values_to_be_in_set(text_in_training_data)"),
+        ("candidates", "expect_column_values_to_be_in_set(text_in_training_data)"),
+    ]
+    assert "qid='e1', lang='de'" in failures[0][3] and "cid='e2c', lang='de'" in failures[1][3]
+
+
+@pytest.mark.parametrize("text", [" ", "\u200b", "\u00a0\u2060", "\t\n", "\u202e"])
+def test_text_of_only_invisible_characters_is_empty(text):
+    tables = _tables(queries=[("q1", "en", "Where is Paris?"), ("q1", "de", text)])
+    failures = _failures(_validate([tables]))
+    assert [f[2] for f in failures] == ["expect_column_values_to_be_in_set(text_visible)"]
+    assert "qid='q1', lang='de'" in failures[0][3]
 
 
 def test_real_lareqa_data_meets_every_contract(lareqa_dir):

@@ -59,6 +59,11 @@ KINDS = {
     "null field": (_set_question(None), "de.json", ["data[0].paragraphs[0].qas[0].question", "None"], False),
     "wrong-typed field": (_set_question(42), "de.json", ["data[0].paragraphs[0].qas[0].question", "42"], False),
     "empty text": (_set_question(""), "de.json", ["expect_column_value_lengths_to_be_between(text)", "text=''"], True),
+    "invisible text": (_set_question(" \u200b\u00a0\u2060\t"), "de.json",
+                       ["expect_column_values_to_be_in_set(text_visible)", "question text has a visible character",
+                        "lang='de'"], True),
+    "unreadable file": (lambda folder: (folder / "de.json").unlink() or (folder / "de.json").symlink_to("de.json"),
+                        "de.json", ["cannot be read", "symbolic links"], False),
     "absurdly long text": (_set_question("x" * 100_000), "de.json",
                            ["expect_column_value_lengths_to_be_between(text)", "text='xxxx"], True),
     "answer outside its paragraph": (

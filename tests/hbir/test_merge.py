@@ -26,7 +26,8 @@ def smoke(three_language_data, db_path, tmp_path):
 def test_train_merge_saves_the_average_of_base_and_fine_tuned_weights(
     run_hbir, smoke, db_path, tmp_path, tiny_model_dir
 ):
-    result = run_hbir("train", *smoke, "--set", "train.merge=0.5", "--run-id", "half")
+    keep = ["--set", "train.keep_checkpoints_after_run=true"]  # the last checkpoint holds the weights as trained
+    result = run_hbir("train", *smoke, "--set", "train.merge=0.5", *keep, "--run-id", "half")
     assert result.exit_code == 0, result.output
     assert db_rows(db_path, "SELECT merge_weight, selected_step FROM runs") == [(0.5, 4)]
     run = tmp_path / "runs" / "half"
