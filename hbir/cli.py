@@ -420,12 +420,11 @@ def gc(config: Config, keep: tuple[str, ...], dry_run: bool) -> None:
     garbage = disk.collectable(config, keep)
     for item in garbage:
         click.echo(f"{item.bytes / 2**20:10.1f} MiB  {item.run_id:40}  {item.path}")
-    total = sum(item.bytes for item in garbage) / 2**30
     if dry_run:
+        total = sum(item.bytes for item in garbage) / 2**30
         click.echo(f"would free {total:.2f} GiB in {len(garbage)} folders (--dry-run: nothing removed)")
     else:
-        disk.remove(garbage)
-        click.echo(f"freed {total:.2f} GiB in {len(garbage)} folders")
+        click.echo(f"freed {disk.remove(garbage) / 2**30:.2f} GiB in {len(garbage)} folders")
 
 
 def _stderr(line: str) -> None:

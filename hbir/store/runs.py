@@ -19,6 +19,7 @@ import pandas as pd
 from hbir.core.errors import HbirError
 from hbir.store.database import connect, exists, now, require_current
 from hbir.store.ownership import describe_owner, owner_gone, this_process
+from hbir.store.query import read
 from hbir.store.schema import migrate
 
 
@@ -85,16 +86,16 @@ def _fail_stale(connection: duckdb.DuckDBPyConnection, run_id: str, host: str | 
 def list_runs(db: str, limit: int, lock_timeout_s: float = 60.0) -> pd.DataFrame:
     """The latest ``limit`` runs, newest first, for ``hbir runs``: a running run whose process is gone shows
     status ``stale``."""
-    require_current(db, lock_timeout_s)
-    with connect(db, read_only=True, lock_timeout_s=lock_timeout_s) as connection:
-        found = connection.execute(
-            "SELECT r.run_id, kind, status, strategy, alpha, model_source, started_at, finished_at, "
-            "CASE WHEN m.champion THEN 'champion' WHEN m.promoted_at IS NOT NULL THEN 'former champion' "
-            "WHEN m.run_id IS NOT NULL THEN 'not promoted' END AS model, "
-            "left(coalesce(error, note), 100) AS note, host, pid, coalesce(heartbeat_at, started_at) AS heartbeat_at "
-            "FROM runs r LEFT JOIN models m USING (run_id) ORDER BY started_at DESC LIMIT ?",
-            [limit],
-        ).df()
+    found = read(
+        db,
+        "SELECT r.run_id, kind, status, strategy, alpha, model_source, started_at, finished_at, "
+        "CASE WHEN m.champion THEN 'champion' WHEN m.promoted_at IS NOT NULL THEN 'former champion' "
+        "WHEN m.run_id IS NOT NULL THEN 'not promoted' END AS model, "
+        "left(coalesce(error, note), 100) AS note, host, pid, coalesce(heartbeat_at, started_at) AS heartbeat_at "
+        "FROM runs r LEFT JOIN models m USING (run_id) ORDER BY started_at DESC LIMIT ?",
+        [limit],
+        lock_timeout_s,
+    )
     at = now()
     stale = [
         row.status == "running" and owner_gone(row.host, None if pd.isna(row.pid) else row.pid, row.heartbeat_at, at)
