@@ -1,4 +1,4 @@
-"""What a run shows in Prefect's UI: its setting summaries as a markdown table, and its report with the plots
+"""What a run shows in Prefect's UI: its setting summaries as a table artifact, and its report with the plots
 inlined (the UI cannot read files on the worker's disk)."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from pathlib import Path
 
 from hbir.core.config import Config
 from hbir.store.query import read
-from tasks.report.markdown import markdown_table
 from tasks.report.run import setting_summary
 
 
@@ -18,18 +17,19 @@ def artifact_key(run_id: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-") or "run"
 
 
-def summary_markdown(config: Config, run_id: str) -> str:
-    """The run's ``run_summary`` rows (mean over language pairs) as a markdown table, one row per setting."""
+def summary_rows(config: Config, run_id: str) -> list[dict]:
+    """The run's ``run_summary`` (mean over language pairs): one row per dataset and setting, a column per metric."""
     summary = read(
         config.db.path,
         "SELECT dataset, setting, metric, value FROM run_summary WHERE run_id = ?",
         [run_id],
         config.db.lock_timeout_s,
     )
-    lines = [f"# hbir run {run_id}", "", "Mean over language pairs.", ""]
-    for dataset, rows in summary.groupby("dataset"):
-        lines += [f"## {dataset}", "", *markdown_table(setting_summary(rows), "setting"), ""]
-    return "\n".join(lines)
+    rows = []
+    for dataset, of_dataset in summary.groupby("dataset"):
+        table = setting_summary(of_dataset).round(4).reset_index()
+        rows += [{"dataset": dataset, **row} for row in table.to_dict(orient="records")]
+    return rows
 
 
 def report_markdown(report: Path) -> str:

@@ -1,15 +1,15 @@
 """The pipeline's stages (``hbir/app/stages.py``) and the application's steps as Prefect tasks: thin wrappers that
-add caching, retries, names and log lines.
+add retries, names and log lines.
 
-Ingestion is cached on the fingerprint of the source files, embeddings on the model's and the texts' fingerprints
-(paths in, paths out: never a model object in a cache key). Only the steps that can fail for a passing reason (a
-locked database, a busy file system) are retried; a failed contract is never retried.
+No task result is cached by Prefect: hbir keeps its own caches (ingested tables by the source files' fingerprint,
+embeddings by the model's and the texts'), which check that their files are there, while a Prefect cache would hand
+back paths to files that were moved or deleted. Only the steps that can fail for a passing reason (a locked
+database, a busy file system, a killed training process) are retried; a user's mistake (a failed contract, a
+diverged loss) is never retried.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +18,12 @@ from prefect.cache_policies import NO_CACHE
 
 from hbir.app import records, stages
 from hbir.core.config import Config, load_config
+from hbir.core.errors import HbirError
 
 
-def _ingest_key(context, parameters: dict[str, Any]) -> str:
-    config: Config = parameters["config"]
-    datasets = dict.fromkeys(config.data.train + config.data.eval)
-    sources = [records.source_fingerprint(config, name) for name in datasets]
-    return "ingest-" + hashlib.sha256(json.dumps(sources).encode()).hexdigest()
-
-
-def _embed_key(context, parameters: dict[str, Any]) -> str:
-    from tasks.embedding import model_fingerprint
-
-    model_fp = model_fingerprint(Path(parameters["model_dir"]))
-    return "embed-" + stages.embed_key(model_fp, parameters["tables_dir"], parameters["config"])
+def _not_a_user_error(task, task_run, state) -> bool:
+    """Retry only what may pass on a second try: not a HbirError (bad input, a diverged loss)."""
+    return not isinstance(state.result(raise_on_failure=False), HbirError)
 
 
 @task(name="configure", cache_policy=NO_CACHE)
@@ -44,7 +36,7 @@ def start(config: Config, run_id: str | None, study_id: str | None = None) -> st
     return records.start(config, run_id, study_id=study_id)[0]
 
 
-@task(name="ingest", cache_key_fn=_ingest_key, persist_result=True)
+@task(name="ingest", cache_policy=NO_CACHE)
 def ingest(config: Config, run_id: str) -> dict[str, str]:
     return stages.ingest(config, run_id, log=_log)
 
@@ -59,14 +51,14 @@ def build_batches(config: Config, run_id: str, tables: dict[str, str]) -> str | 
     return stages.build_batches(config, run_id, tables)
 
 
-@task(name="train", cache_policy=NO_CACHE)
+@task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=_not_a_user_error)
 def train(config: Config, run_id: str, pairs_path: str | None) -> str:
     return str(stages.train(config, run_id, pairs_path, log=_log).model_dir)
 
 
-@task(name="embed", cache_key_fn=_embed_key, persist_result=True)
+@task(name="embed", cache_policy=NO_CACHE)
 def embed(config: Config, run_id: str, model_dir: str, tables_dir: str) -> str:
-    """Cached on the model and texts, not the run: another run with the same model reuses the file."""
+    """hbir's embedding cache is on the model and texts, not the run: another run with the same model reuses it."""
     return stages.embed(config, run_id, model_dir, tables_dir, log=_log)
 
 
@@ -95,14 +87,15 @@ def store(config: Config, run_id: str) -> dict[str, int]:
 @task(name="publish", cache_policy=NO_CACHE)
 def publish(config: Config, run_id: str, report_path: str) -> None:
     """Prefect artifacts of the run: the setting summaries as a table, and the report with its plots inlined."""
-    from prefect.artifacts import create_markdown_artifact
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from flows.artifacts import artifact_key, report_markdown, summary_markdown
+    from flows.artifacts import artifact_key, report_markdown, summary_rows
 
     key = artifact_key(run_id)
-    create_markdown_artifact(
-        markdown=summary_markdown(config, run_id), key=f"{key}-summary", description=f"hbir run {run_id}: summary"
-    )
+    create_table_artifact(
+        table=summary_rows(config, run_id), key=f"{key}-summary",
+        description=f"hbir run {run_id}: mean over language pairs, per dataset and setting",
+    )  # fmt: skip
     create_markdown_artifact(
         markdown=report_markdown(Path(report_path)), key=f"{key}-report", description=f"hbir run {run_id}: report"
     )

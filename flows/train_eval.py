@@ -10,11 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from flows import steps
+from hbir.app.records import new_run_id
 
 
-@flow(name="train-eval", log_prints=True)
+def run_name() -> str:
+    """The flow run is named after the hbir run: the given run id, else a new one the flow then records."""
+    return flow_run.parameters.get("run_id") or new_run_id("train-eval")
+
+
+@flow(name="train-eval", flow_run_name=run_name, log_prints=True)
 def train_eval(
     profile: str = "cpu",
     config_path: str | None = None,
@@ -26,7 +33,7 @@ def train_eval(
     the run id. ``overrides``: dotted keys, e.g. {"train.steps": 50, "data.train": ["mlqa-r"]}; ``train.steps`` 0
     evaluates ``model.source`` as it is. The id of a failed or killed run continues it."""
     config = steps.configure(profile, config_path, overrides)
-    run_id = steps.start(config, run_id, study_id)
+    run_id = steps.start(config, run_id or flow_run.name, study_id)
     tables = steps.ingest(config, run_id)
     steps.validate(config, run_id, tables)
     pairs = steps.build_batches(config, run_id, tables)

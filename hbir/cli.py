@@ -12,6 +12,8 @@ hbir runs
 hbir query "SELECT dataset, lang, n_queries FROM dataset_versions" --format csv
 hbir migrate
 hbir gc --dry-run
+hbir export --run my-run --dataset xquad-r --setting multi --format trec
+hbir search --model-run my-run "Where is the Eiffel tower?" --k 10
 """
 
 from __future__ import annotations
@@ -306,7 +308,8 @@ def compare(
     help="The markdown document; its plots go in the folder of the same name (docs/results/).",
 )
 @click.option("--permutations", default=10_000, show_default=True, help="Random sign flips per paired test.")
-def report(config: Config, study_id: str, out: str, permutations: int) -> None:
+@click.option("--latex", is_flag=True, help="Also write the tables as LaTeX (booktabs) next to the document (.tex).")
+def report(config: Config, study_id: str, out: str, permutations: int, latex: bool) -> None:
     """Write a study's results document (markdown and PNG plots) from the results database alone: setup, mAP per
     arm and setting, differences with p-values, language bias, loss curves and a verdict on each claim of the paper."""
     from pathlib import Path
@@ -318,10 +321,11 @@ def report(config: Config, study_id: str, out: str, permutations: int) -> None:
     db, timeout = config.db.path, config.db.lock_timeout_s
     metrics = ("map", "rank_distance")  # the claims test mAP differences and the language bias
     comparison = compare_runs(db, study_id=study_id, metrics=metrics, permutations=permutations, lock_timeout_s=timeout)
-    files = write_study_report(Path(out), load_study(db, comparison, study_id, timeout))
+    files = write_study_report(Path(out), load_study(db, comparison, study_id, timeout), latex=latex)
     for file in files[1:]:
-        click.echo(f"plot   {file.path}")
-    click.echo(f"report {files[0].path} ({len(files) - 1} plots)")
+        click.echo(f"{file.kind:6} {file.path}")
+    plots = sum(file.kind == "plot" for file in files)
+    click.echo(f"report {files[0].path} ({plots} plots{', LaTeX tables' if latex else ''})")
 
 
 @cli.command(name="eval")
@@ -406,6 +410,66 @@ def migrate(config: Config) -> None:
         click.echo(f"{config.db.path} is at schema version {SCHEMA_VERSION} already: nothing to do")
     else:
         click.echo(f"{config.db.path}: migrated from schema version {found} to {SCHEMA_VERSION}")
+
+
+@cli.command()
+@config_options
+@click.option("--run", "run_id", required=True, help="The run whose model ranks (trained, merged, or zero-shot).")
+@click.option("--dataset", help="An evaluation dataset (default: the run's first).")
+@click.option("--setting", type=click.Choice(["mono", "cross", "multi"]), required=True)
+@click.option("--depth", default=1000, show_default=True, type=click.IntRange(min=1), help="Candidates per query.")
+@click.option("--format", "fmt", type=click.Choice(["trec", "ranx", "parquet"]), default="trec", show_default=True)
+@click.option(
+    "--out", type=click.Path(file_okay=False), help="Folder for the files (default <output.dir>/<run>/export)."
+)
+def export(config: Config, run_id: str, dataset: str | None, setting: str, depth: int, fmt: str, out: str | None):
+    """Write a run's rankings of one setting to --depth, with their qrels, for trec_eval, ir_measures or ranx:
+    query ids <qid>-<lang> (cross: <qid>-<query lang>-<corpus lang>), candidate ids as stored."""
+    from pathlib import Path
+
+    from hbir.app.rankings import export_rankings
+
+    files = export_rankings(config, run_id, dataset, setting, depth, fmt, Path(out) if out else None, log=_stderr)
+    for file in files:
+        click.echo(str(file))
+
+
+@cli.command()
+@config_options
+@click.argument("question")
+@click.option("--model-run", "run_id", required=True, help="The run whose model answers (and whose index, if saved).")
+@click.option("--k", default=10, show_default=True, type=click.IntRange(min=1), help="How many hits.")
+@click.option("--lang", help="Search only the candidates of this language (default: the pool of all).")
+@click.option("--dataset", help="The candidates of this dataset (default: the run's first evaluation dataset).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def search(config: Config, question: str, run_id: str, k: int, lang: str | None, dataset: str | None, fmt: str):
+    """Type a question, see the candidates a run's model ranks first, their languages and scores."""
+    from hbir.app.rankings import search as search_run
+
+    hits = search_run(config, run_id, question, k, lang, dataset, log=_stderr)
+    mix = hits["lang"].value_counts()
+    languages = ", ".join(f"{name} {count}" for name, count in mix.items())
+    if fmt == "json":
+        payload = {"question": question, "hits": hits.to_dict(orient="records"), "languages": mix.to_dict()}
+        click.echo(json.dumps(payload, ensure_ascii=False, default=float))
+        return
+    shown = hits.assign(
+        score=hits["score"].round(4), text=hits["text"].map(lambda t: t if len(t) <= 90 else t[:87] + "...")
+    )
+    _print(shown, "table")
+    click.echo(f"languages of the {len(hits)} hits: {languages}")
+
+
+@cli.command()
+@config_options
+@click.option("--model-run", "run_id", required=True, help="The run whose model MTEB evaluates.")
+@click.option("--tasks", required=True, help="MTEB task names, comma-separated, e.g. SciFact,MIRACLRetrieval.")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def mteb(config: Config, run_id: str, tasks: str, fmt: str) -> None:
+    """Run MTEB tasks on a run's model (needs `pip install mteb` and the tasks' data: the Hub or its cache)."""
+    from hbir.app.mteb_eval import evaluate_on_mteb
+
+    _print(evaluate_on_mteb(config, run_id, [name.strip() for name in tasks.split(",") if name.strip()]), fmt)
 
 
 @cli.command()

@@ -165,7 +165,13 @@ class BiEncoder(nn.Module):
         pooling = {"word_embedding_dimension": self.model.config.hidden_size, "pooling_mode_mean_tokens": True}
         _write_json(out_dir / "1_Pooling" / "config.json", pooling)
         (out_dir / "2_Normalize").mkdir(exist_ok=True)
-        prompts = {"prompts": self.prefixes, "default_prompt_name": None, "similarity_fn_name": "cosine"}
+        # sentence-transformers' encode_document and MTEB ask for "document"; "passage" is what hbir calls it
+        named = {
+            "query": self.prefixes["query"],
+            "document": self.prefixes["passage"],
+            "passage": self.prefixes["passage"],
+        }
+        prompts = {"prompts": named, "default_prompt_name": None, "similarity_fn_name": "cosine"}
         _write_json(out_dir / "config_sentence_transformers.json", prompts)
         return out_dir
 

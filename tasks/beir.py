@@ -1,10 +1,12 @@
-"""Readers for BEIR-style retrieval data with a language field, from local files or the Hugging Face Hub.
+"""Readers for BEIR-style retrieval data, from local files or the Hugging Face Hub.
 
 Local layout (``<data.dir>/<dataset>/``): ``corpus.jsonl`` rows ``{"_id", "text", "lang"}`` (optional ``title``,
 ``doc_id`` shared by translations, ``context``), ``queries.jsonl`` rows ``{"_id", "text", "lang"}`` where ``_id``
 is shared by the translations of a query, and ``qrels/test.tsv`` (or the only ``qrels/*.tsv``) with columns
-``query-id corpus-id score``. A Hub dataset (``hf:<name>``) has the same three tables as configs ``corpus``,
-``queries`` and ``qrels``. Both go through ``datasets.load_dataset`` and one conversion.
+``query-id corpus-id score``. Standard (monolingual) BEIR data has no ``lang``: the dataset's ``data.default_lang``
+fills it. A non-empty ``title`` is joined to the text as BEIR does (``title + " " + text``). A Hub dataset
+(``hf:<name>``) has the same three tables as configs ``corpus``, ``queries`` and ``qrels``. Both go through
+``datasets.load_dataset`` and one conversion.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ REQUIRED = {
     "queries": ["_id", "text", "lang"],
     "qrels": ["query-id", "corpus-id"],
 }
+DEFAULT_LANG_HINT = "or give the dataset a language, e.g. --set 'data.default_lang={%s: en}'"
 EXAMPLES = {
     "corpus": '{"_id": "d1", "text": "Paris is the capital of France.", "lang": "en"}',
     "queries": '{"_id": "q1", "text": "What is the capital of France?", "lang": "en"}',
@@ -32,7 +35,7 @@ EXAMPLES = {
 TableLoader = Callable[[str], tuple[str, pd.DataFrame]]
 
 
-def read_beir_dir(dataset_dir: Path, name: str) -> DatasetTables:
+def read_beir_dir(dataset_dir: Path, name: str, default_lang: str | None = None) -> DatasetTables:
     """Read a local BEIR folder through ``datasets``' json and csv builders."""
     files = {
         "corpus": dataset_dir / "corpus.jsonl",
@@ -47,23 +50,31 @@ def read_beir_dir(dataset_dir: Path, name: str) -> DatasetTables:
         builder, options = ("csv", {"delimiter": "\t"}) if table == "qrels" else ("json", {})
         return str(path), _load_hf(builder, str(path), data_files=str(path), **options)
 
-    return tables_from_beir(name, load)
+    return tables_from_beir(name, load, default_lang)
 
 
-def read_hf_dataset(name: str, repo_id: str) -> DatasetTables:
+def read_hf_dataset(name: str, repo_id: str, default_lang: str | None = None) -> DatasetTables:
     """Read a Hub dataset with configs ``corpus``, ``queries`` and ``qrels`` (needs network or a local cache)."""
 
     def load(table: str) -> tuple[str, pd.DataFrame]:
         return f"hf:{repo_id} ({table})", _load_hf(repo_id, f"hf:{repo_id}", table)
 
-    return tables_from_beir(name, load)
+    return tables_from_beir(name, load, default_lang)
 
 
-def tables_from_beir(name: str, load: TableLoader) -> DatasetTables:
-    """Convert BEIR corpus / queries / qrels rows (as loaded by ``load``) into the canonical tables."""
-    corpus_file, corpus = _checked(load, "corpus")
-    queries_file, queries = _checked(load, "queries")
-    qrels_file, qrels = _checked(load, "qrels")
+def tables_from_beir(name: str, load: TableLoader, default_lang: str | None = None) -> DatasetTables:
+    """Convert BEIR corpus / queries / qrels rows (as loaded by ``load``) into the canonical tables; rows without a
+    ``lang`` get ``default_lang``."""
+    corpus_file, corpus = _checked(load, "corpus", name, default_lang)
+    queries_file, queries = _checked(load, "queries", name, default_lang)
+    qrels_file, qrels = _checked(load, "qrels", name, default_lang)
+    texts = corpus["text"]
+    if "title" in corpus:  # BEIR's convention: the title before the text
+        titles = corpus["title"].map(lambda title: title.strip() if isinstance(title, str) else "")
+        texts = [
+            f"{title} {text}" if title and isinstance(text, str) else text
+            for title, text in zip(titles, texts, strict=True)
+        ]
     if "score" in qrels.columns:
         qrels = qrels[pd.to_numeric(qrels["score"], errors="coerce").fillna(0) > 0]
     return DatasetTables(
@@ -78,8 +89,8 @@ def tables_from_beir(name: str, load: TableLoader) -> DatasetTables:
                 "cid": corpus["_id"].astype(str),
                 "lang": corpus["lang"],
                 "doc_id": (corpus["doc_id"] if "doc_id" in corpus else corpus["_id"]).astype(str),
-                "text": corpus["text"],
-                "context": corpus["context"] if "context" in corpus else corpus["text"],
+                "text": texts,
+                "context": corpus["context"] if "context" in corpus else texts,
             },
             CANDIDATE_COLUMNS,
         ),
@@ -91,12 +102,15 @@ def tables_from_beir(name: str, load: TableLoader) -> DatasetTables:
     )
 
 
-def _checked(load: TableLoader, table: str) -> tuple[str, pd.DataFrame]:
+def _checked(load: TableLoader, table: str, name: str, default_lang: str | None) -> tuple[str, pd.DataFrame]:
     where, rows = load(table)
+    if default_lang and "lang" in REQUIRED[table]:
+        rows = rows.assign(lang=rows["lang"].fillna(default_lang) if "lang" in rows else default_lang)
     missing = [column for column in REQUIRED[table] if column not in rows.columns]
     if missing:
+        hint = f" ({DEFAULT_LANG_HINT % name})" if missing[0] == "lang" else ""
         raise DataError(
-            where, f"field {missing[0]!r} missing from the {table} rows; expected rows like {EXAMPLES[table]}"
+            where, f"field {missing[0]!r} missing from the {table} rows; expected rows like {EXAMPLES[table]}{hint}"
         )
     for column in ("text", "lang"):
         if column in REQUIRED[table]:

@@ -67,8 +67,10 @@ def embed_dataset(
     dim = encoder.model.config.hidden_size
     query_vectors = np.empty((len(queries), dim), dtype=np.float32)
     candidate_vectors = np.empty((len(cands), dim), dtype=np.float32)
-    for lang in tables.languages:
+    done, total = 0, len(queries) + len(cands)
+    for number, lang in enumerate(tables.languages, start=1):
         rows = np.flatnonzero((queries["lang"] == lang).to_numpy())
+        done += len(rows)
         if len(rows):
             texts = queries["text"].iloc[rows].tolist()
             query_vectors[rows] = embed_texts(encoder, model_fp, texts, "query", None, batch_size, cache_dir, lang)
@@ -76,9 +78,12 @@ def embed_dataset(
         if len(rows):
             texts = cands["text"].iloc[rows].tolist()
             contexts = cands["context"].iloc[rows].tolist() if candidates == "paragraph" else None
+            done += len(rows)
             candidate_vectors[rows] = embed_texts(
                 encoder, model_fp, texts, "passage", contexts, batch_size, cache_dir, lang
             )
+        # a line per language: in a log (a Prefect worker, no terminal) the bars show nothing for minutes
+        log(f"embedded {tables.name} {lang} ({number}/{len(tables.languages)} languages, {done}/{total} texts)")
     return DatasetEmbeddings(query_vectors, candidate_vectors)
 
 

@@ -18,10 +18,13 @@ from tasks.lareqa import read_lareqa
 from tasks.tables import DatasetTables
 
 
-def ingest_dataset(data_dir: Path, name: str, languages: Iterable[str]) -> DatasetTables:
-    """Read dataset ``name`` into the canonical tables; raise ``DataError`` naming the file at fault."""
+def ingest_dataset(
+    data_dir: Path, name: str, languages: Iterable[str], default_lang: str | None = None
+) -> DatasetTables:
+    """Read dataset ``name`` into the canonical tables; raise ``DataError`` naming the file at fault.
+    ``default_lang``: the language of BEIR rows without one (a standard BEIR folder has no ``lang``)."""
     if name.startswith("hf:"):
-        return read_hf_dataset(name, name.removeprefix("hf:"))
+        return read_hf_dataset(name, name.removeprefix("hf:"), default_lang)
     folder = Path(data_dir) / name
     if not folder.is_dir():
         available = sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir()) if Path(data_dir).is_dir() else []
@@ -32,7 +35,7 @@ def ingest_dataset(data_dir: Path, name: str, languages: Iterable[str]) -> Datas
         )
         raise DataError(folder, f"dataset {name!r} not found: no such folder ({hint})")
     if (folder / "corpus.jsonl").exists():
-        return read_beir_dir(folder, name)
+        return read_beir_dir(folder, name, default_lang)
     if any(folder.glob("*.json")):
         return read_lareqa(folder, name, languages)
     raise DataError(folder, "no data: expected LAReQA files <lang>.json (e.g. en.json) or a BEIR corpus.jsonl")

@@ -59,7 +59,10 @@ def describe_device(setting: str) -> str:
 def source_fingerprint(config: Config, name: str) -> str:
     """SHA-256 of a dataset's files (names and bytes) and of the settings ingestion reads: changes when the data do.
     A Hub dataset, whose files are not at hand, ends in ``-uncached``."""
-    digest = hashlib.sha256(json.dumps([name, config.data.languages]).encode())
+    default_lang = config.data.default_lang.get(name)  # only when set: fingerprints of other datasets stay as they were
+    digest = hashlib.sha256(
+        json.dumps([name, config.data.languages, *([default_lang] if default_lang else [])]).encode()
+    )
     folder = Path(config.data.dir) / name
     if name.startswith("hf:") or not folder.is_dir():
         return digest.hexdigest() + "-uncached"

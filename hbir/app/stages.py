@@ -30,7 +30,7 @@ import pandas as pd
 from hbir.app.records import keep_rows, kept_rows, records_failure, source_fingerprint
 from hbir.core.config import MERGE_GRID, Config, EvalConfig, ModelConfig
 from hbir.core.errors import ContractError, HbirError
-from hbir.core.files import file_sha256, replace_dir
+from hbir.core.files import file_sha256, replace_dir, write_file
 from hbir.core.names import POOL
 from hbir.core.paths import embeddings_cache_dir, run_dir, tables_cache_dir
 from hbir.store import runs
@@ -56,7 +56,8 @@ def ingest_tables(config: Config, log: Log = print) -> dict[str, str]:
         folder = tables_cache_dir() / fingerprint
         if fingerprint.endswith("-uncached") or not (folder / "qrels.parquet").exists():
             log(f"ingesting {name} from {config.data.dir}")
-            save_tables(ingest_dataset(config.data.dir, name, config.data.languages), folder)
+            tables = ingest_dataset(config.data.dir, name, config.data.languages, config.data.default_lang.get(name))
+            save_tables(tables, folder)
         folders[name] = str(folder)
     return folders
 
@@ -141,6 +142,7 @@ def train(config: Config, run_id: str, pairs_path: str | None, log: Log = print)
         )
     runs.record_model_choice(db, run_id, result.selected_step, merge_weight, timeout)
     keep_model(config, run_id, result.model_dir)
+    describe_model(config, run_id, result.model_dir)
     return result
 
 
@@ -188,6 +190,17 @@ def dev_evaluation(config: Config, dev_dir: Path):
     return lambda encoder: evaluate_dev(encoder, dev, config.eval)
 
 
+def describe_model(config: Config, run_id: str, model_dir: Path, metrics: pd.DataFrame | None = None) -> None:
+    """Write the model card of the model run ``run_id`` made (``README.md`` in its folder), with the mono / cross /
+    multi table of each evaluated dataset in ``metrics``."""
+    from tasks.report.model_card import write_model_card
+    from tasks.report.run import setting_summary
+
+    info = runs.run_info(config.db.path, run_id, config.db.lock_timeout_s)
+    of_dataset = {} if metrics is None else {name: setting_summary(rows) for name, rows in metrics.groupby("dataset")}
+    write_model_card(Path(model_dir), info, json.loads(info["config"]), of_dataset)
+
+
 def keep_model(config: Config, run_id: str, model_dir: Path) -> None:
     """Keep the run's model as its ``model`` artifact row."""
     artifact = {"kind": "model", "path": str(model_dir), "sha256": model_sha256(model_dir)}
@@ -225,6 +238,7 @@ def merge(config: Config, run_id: str, parent_run: str, weight: float | str, log
     chosen = merge_with_base(base_dir, tuned_dir, out_dir, weight, model_cfg, config.eval, dev_dirs, log)
     runs.record_model_choice(db, run_id, None, chosen, timeout)
     keep_model(config, run_id, out_dir)
+    describe_model(config, run_id, out_dir)
     return str(out_dir)
 
 
@@ -272,11 +286,19 @@ def index(config: Config, run_id: str, dataset: str, tables_dir: str, vectors_pa
     corpus = order_corpus(tables)
     indexes = build_indexes(vectors.candidates[corpus.order], corpus, config.eval)
     artifacts = []
+    candidates = tables.candidates.iloc[corpus.order].reset_index(drop=True)
     for lang, built in indexes.items():
         path = run_dir(config.output.dir, run_id) / "indexes" / dataset / f"{config.eval.index}-{lang}.faiss"
         artifacts.append({"kind": "index", "path": str(path), "sha256": save_index(built, path)})
+        ids = candidates.iloc[corpus.block(lang)][["cid", "lang", "doc_id", "text"]]  # row i: the index's id i
+        write_file(index_ids_path(path), lambda tmp, ids=ids: ids.to_parquet(tmp, index=False))
     keep_rows(config, run_id, **{f"artifacts_index_{dataset}": pd.DataFrame(artifacts)})
     return [row["path"] for row in artifacts]
+
+
+def index_ids_path(index_path: str | Path) -> Path:
+    """The candidates of a saved index, row i for its id i: ``<index>.ids.parquet`` beside it."""
+    return Path(index_path).with_suffix(".ids.parquet")
 
 
 @records_failure
@@ -321,4 +343,6 @@ def report(config: Config, run_id: str, model_dir: str) -> str:
     files = write_report(out_dir, info, rows["metrics"], rows["language_bias"], curve, dev_curve)
     artifacts = pd.DataFrame([{"kind": f.kind, "path": str(f.path), "sha256": f.sha256} for f in files])
     keep_rows(config, run_id, artifacts_report=artifacts)
+    if Path(model_dir).parent == run_dir(config.output.dir, run_id):  # the run's own model: its card gets the table
+        describe_model(config, run_id, Path(model_dir), rows["metrics"])
     return str(files[0].path)

@@ -69,6 +69,9 @@ class DataConfig(Section):
     # trained on; train.eval_every measures it (learning curves, train.select=best). 0: no dev split.
     dev_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     split_seed: int = 0  # which questions the dev split holds
+    # The language of a BEIR dataset's rows that have none (standard BEIR data is monolingual and has no lang
+    # field), by dataset, e.g. {scifact: en}.
+    default_lang: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _train_and_eval_differ(self) -> DataConfig:

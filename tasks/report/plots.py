@@ -1,4 +1,6 @@
-"""The reports' plots (matplotlib, no global state): heatmaps, grouped bars and loss curves, saved as PNG."""
+"""The reports' plots (matplotlib, no global state): heatmaps, grouped bars and loss curves, each saved as a PNG at
+300 dpi (what the markdown shows) and an SVG beside it (for papers: vector, any size). Legends sit outside the axes,
+so they never cover data; heatmap colours span the data, not 0..1; a difference view diverges around 0."""
 
 from __future__ import annotations
 
@@ -6,45 +8,69 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from hbir.core.names import SETTINGS
 
-DPI = 120
+DPI = 300
 SMOOTHING = 5  # study loss curves: rolling mean over this many steps
+STD_LABEL = "error bars: ±1 std over seeds"
 
 
-def plot_heatmap(matrix: pd.DataFrame, title: str, path: Path, vmax: float = 1.0) -> None:
-    """The X->Y mAP matrix as an annotated heatmap: query language on y, corpus language on x; colours 0..vmax."""
+def save(fig: Figure, path: Path) -> None:
+    """``path`` (PNG, DPI) and the same figure as SVG beside it."""
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    fig.savefig(Path(path).with_suffix(".svg"), bbox_inches="tight")
+
+
+def plot_heatmap(
+    matrix: pd.DataFrame, title: str, path: Path, limits: tuple[float, float] | None = None, difference: bool = False
+) -> None:
+    """The X->Y matrix as an annotated heatmap: query language on y, corpus language on x. Colours span ``limits``
+    (default: the matrix's own range); with ``difference``, a diverging map centred on 0 (a change, e.g. to
+    zero-shot: blue better, red worse)."""
     n, values = len(matrix), matrix.to_numpy(dtype=float)
     decimals = 3 if n <= 8 else 2  # 11 languages leave no room for a third
+    low, high = limits or (float(np.nanmin(values)), float(np.nanmax(values)))
+    if difference:
+        bound = max(abs(low), abs(high), 1e-9)
+        norm, cmap, label = TwoSlopeNorm(0.0, -bound, bound), "RdBu", "difference in mAP"
+    else:
+        norm, cmap, label = None, "viridis", "mAP"
     fig = Figure(figsize=(2 + 0.6 * n, 1.5 + 0.6 * n))
     ax = fig.add_subplot()
-    image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=vmax)
+    image = ax.imshow(values, cmap=cmap, norm=norm, **({} if difference else {"vmin": low, "vmax": high}))
     for (row, col), value in np.ndenumerate(values):
-        if not np.isnan(value):  # dark cells get white text, bright ones black
-            color = "white" if value < 0.6 * vmax else "black"
-            ax.text(col, row, f"{value:.{decimals}f}", ha="center", va="center", fontsize=8, color=color)
+        if not np.isnan(value):  # text that stays readable on the cell's colour
+            shade = abs(value) / bound if difference else (value - low) / max(high - low, 1e-9)
+            color = ("white" if shade > 0.6 else "black") if difference else ("white" if shade < 0.6 else "black")
+            text = f"{value:+.{decimals}f}" if difference else f"{value:.{decimals}f}"
+            ax.text(col, row, text, ha="center", va="center", fontsize=8, color=color)
     ax.set_xticks(range(n), matrix.columns)
     ax.set_yticks(range(n), matrix.index)
     ax.set(xlabel="corpus language", ylabel="query language", title=title)
-    fig.colorbar(image, ax=ax, label="mAP")
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    fig.colorbar(image, ax=ax, label=label)
+    save(fig, path)
 
 
 def plot_settings(summary: pd.DataFrame, title: str, path: Path) -> None:
-    """Grouped bars: per metric, one bar each for the mono, cross and multi means."""
-    fig = Figure(figsize=(9, 4))
-    ax = fig.add_subplot()
-    x = np.arange(len(summary.columns))
-    width = 0.8 / len(summary.index)
-    offsets = (np.arange(len(summary.index)) - (len(summary.index) - 1) / 2) * width  # centred on each metric
-    for offset, (setting, means) in zip(offsets, summary.iterrows(), strict=True):
-        ax.bar(x + offset, means.to_numpy(dtype=float), width, label=setting)
-    ax.set_xticks(x, summary.columns)
-    ax.set(ylabel="mean over language pairs", ylim=(0, 1), title=title)
-    ax.legend(title="setting")
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    """One panel per metric (each on its own scale), bars for the mono, cross and multi means."""
+    metrics = list(summary.columns)
+    fig = Figure(figsize=(2.2 * len(metrics), 3.2))
+    axes = np.atleast_1d(fig.subplots(1, len(metrics)))
+    colors = [f"C{i}" for i in range(len(summary.index))]
+    for ax, metric in zip(axes, metrics, strict=True):
+        values = summary[metric].to_numpy(dtype=float)
+        ax.bar(range(len(values)), values, color=colors)
+        ax.set_xticks(range(len(values)), summary.index)
+        finite = values[np.isfinite(values)]
+        if len(finite):
+            ax.set_ylim(max(0.0, finite.min() - 0.1), min(1.0, finite.max() + 0.05))
+        ax.set_title(metric, fontsize=10)
+    axes[0].set_ylabel("mean over language pairs")
+    fig.suptitle(title)
+    save(fig, path)
 
 
 def plot_loss_curve(curve: pd.DataFrame, path: Path) -> None:
@@ -65,7 +91,7 @@ def plot_loss_curve(curve: pd.DataFrame, path: Path) -> None:
     handles = ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
     # above the axes: inside, it hides the first steps, where the loss is highest
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=4, frameon=False)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    save(fig, path)
 
 
 def bars(ax, groups: list[str], series: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> None:
@@ -76,7 +102,8 @@ def bars(ax, groups: list[str], series: dict[str, tuple[np.ndarray, np.ndarray |
         offset = (i - (len(series) - 1) / 2) * width
         ax.bar(x + offset, values, width, yerr=errors, capsize=3 if errors is not None else 0, label=label)
     ax.set_xticks(x, groups)
-    ax.legend(title="arm", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    title = "arm" + (f"\n({STD_LABEL})" if any(errors is not None for _, errors in series.values()) else "")
+    ax.legend(title=title, fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 def plot_map_bars(arms: pd.DataFrame, order: list[str], title: str, path: Path) -> None:
@@ -90,7 +117,10 @@ def plot_map_bars(arms: pd.DataFrame, order: list[str], title: str, path: Path) 
     ax = fig.add_subplot()
     bars(ax, SETTINGS, series)
     ax.set(ylabel="mAP (mean over seeds)", title=title)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    finite = np.concatenate([values[np.isfinite(values)] for values, _ in series.values()] or [np.zeros(0)])
+    if len(finite):  # the differences between arms are a few points: start the axis near them, not at 0
+        ax.set_ylim(max(0.0, finite.min() - 0.1), min(1.0, finite.max() + 0.05))
+    save(fig, path)
 
 
 def plot_bias(bias: pd.DataFrame, order: list[str], title: str, path: Path) -> None:
@@ -105,7 +135,7 @@ def plot_bias(bias: pd.DataFrame, order: list[str], title: str, path: Path) -> N
     ax = fig.add_subplot()
     bars(ax, langs, series)
     ax.set(xlabel="query language", ylabel="rank distance (lower is better)", title=title)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    save(fig, path)
 
 
 def plot_arm_losses(steps: pd.DataFrame, order: list[str], path: Path) -> None:
@@ -118,7 +148,7 @@ def plot_arm_losses(steps: pd.DataFrame, order: list[str], path: Path) -> None:
     ax.set(xlabel="step", ylabel=f"loss (mean over seeds, rolling mean of {SMOOTHING})", title="training loss")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(title="arm", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    save(fig, path)
 
 
 def plot_dev_curves(dev_curve: pd.DataFrame, selected_step: object, path: Path) -> None:
@@ -134,7 +164,7 @@ def plot_dev_curves(dev_curve: pd.DataFrame, selected_step: object, path: Path) 
     ax.set(xlabel="step", ylabel="dev mAP (mean over language pairs)", title="learning curves on the dev split")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    save(fig, path)
 
 
 def plot_arm_dev_curves(dev: pd.DataFrame, order: list[str], path: Path) -> None:
@@ -150,4 +180,4 @@ def plot_arm_dev_curves(dev: pd.DataFrame, order: list[str], path: Path) -> None
         ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0].set_ylabel("dev mAP (mean over seeds)")
     axes[-1].legend(title="arm", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    save(fig, path)

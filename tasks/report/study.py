@@ -204,6 +204,8 @@ def _bias_lines(data: StudyData, dataset: str, out: Path, folder: Path) -> tuple
 
 
 def _heatmap_lines(data: StudyData, dataset: str, out: Path, folder: Path) -> tuple[list[str], list[Path]]:
+    """Each arm's X->Y mAP matrix on one shared, data-driven colour scale; and each trained arm's difference to
+    zero-shot (when the study has it), on a diverging scale centred on 0 and shared by the arms."""
     rows = data.metrics[data.metrics["dataset"] == dataset].assign(metric="map")
     matrices = {
         arm: map_matrix(rows[rows["arm"] == arm]).drop(columns="pool")
@@ -214,13 +216,26 @@ def _heatmap_lines(data: StudyData, dataset: str, out: Path, folder: Path) -> tu
     lines = ["### mAP, query language (rows) -> corpus language (columns), mean over the arm's runs", ""]
     if not matrices:
         return lines + ["No mono or cross mAP rows.", ""], []
-    vmax = max(float(np.nanmax(matrix.to_numpy(float))) for matrix in matrices.values()) or 1.0
+    every = np.concatenate([matrix.to_numpy(float).ravel() for matrix in matrices.values()])
+    limits = (float(np.nanmin(every)), float(np.nanmax(every)))
     paths = []
     for arm, matrix in matrices.items():
         path = folder / f"heatmap_{safe_name(dataset)}_{safe_name(arm)}.png"
-        plot_heatmap(matrix, f"{dataset}, {arm}: mAP X->Y", path, vmax)
+        plot_heatmap(matrix, f"{dataset}, {arm}: mAP X->Y", path, limits)
         lines += [f"{arm}:", "", _link(path, out, f"mAP X->Y, {dataset}, {arm}"), ""]
         paths.append(path)
+    zero_shot = next(iter(data.runs.loc[data.runs["strategy"] == "zero-shot", "arm"]), None)
+    base = matrices.get(zero_shot)
+    changes = {arm: matrix - base for arm, matrix in matrices.items() if base is not None and arm != zero_shot}
+    if changes:
+        lines += ["### Change to zero-shot, query language (rows) -> corpus language (columns)", ""]
+        lines += ["mAP of the arm minus mAP of zero-shot, per language pair: blue is better, red worse.", ""]
+        bound = max(float(np.nanmax(np.abs(change.to_numpy(float)))) for change in changes.values())
+        for arm, change in changes.items():
+            path = folder / f"change_{safe_name(dataset)}_{safe_name(arm)}.png"
+            plot_heatmap(change, f"{dataset}, {arm} − zero-shot: mAP X->Y", path, (-bound, bound), difference=True)
+            lines += [f"{arm}:", "", _link(path, out, f"change to zero-shot, {dataset}, {arm}"), ""]
+            paths.append(path)
     return lines, paths
 
 
@@ -267,9 +282,28 @@ def claims_lines(data: StudyData) -> list[str]:
     return lines
 
 
-def write_study_report(out: Path, data: StudyData, now: datetime | None = None) -> list[ReportFile]:
-    """Write the results document ``out`` and its plots (in ``plots_folder(out)``); returns them, the markdown
-    first. The plots are written first and the markdown last, atomically."""
+def latex_tables(data: StudyData) -> str:
+    """The document's tables for a paper: per evaluation dataset, mAP per arm and setting (mean ± std over seeds),
+    every metric, and the mAP differences with their intervals and p-values (pandas' LaTeX writer, booktabs)."""
+    parts = [f"% hbir report --study {data.study_id} --latex: tables of the study's results; do not edit by hand"]
+    for dataset in data.datasets:
+        tables = [
+            ("map", f"{dataset}: mAP by setting and arm (mean $\\pm$ std over seeds)", arms_table(data, dataset)),
+            ("metrics", f"{dataset}: every metric (mean over seeds)", metrics_table(data, dataset)),
+            ("differences", f"{dataset}: differences in mAP (arm $-$ other)", differences_table(data, dataset)),
+        ]
+        for kind, caption, table in tables:
+            if len(table):
+                label = f"tab:{safe_name(data.study_id)}-{safe_name(dataset)}-{kind}"
+                parts.append(table.to_latex(caption=caption, label=label, escape=True, float_format="%.3f"))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_study_report(
+    out: Path, data: StudyData, now: datetime | None = None, latex: bool = False
+) -> list[ReportFile]:
+    """Write the results document ``out`` and its plots (in ``plots_folder(out)``), and with ``latex`` its tables as
+    ``<out>.tex``; returns them, the markdown first. The plots are written first and the markdown last, atomically."""
     out = Path(out)
     folder = plots_folder(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -282,5 +316,10 @@ def write_study_report(out: Path, data: StudyData, now: datetime | None = None) 
     lines, plots = lines + section, plots + written
     section, written = dev_lines(data, out, folder)
     lines, plots = lines + section + claims_lines(data), plots + written
+    tables = [write_text(out.with_suffix(".tex"), latex_tables(data))] if latex else []
     write_text(out, "\n".join(lines).rstrip("\n") + "\n")  # the plots it links to are on disk already
-    return [report_file("report", out)] + [report_file("plot", path) for path in plots]
+    return (
+        [report_file("report", out)]
+        + [report_file("plot", path) for path in plots]
+        + [report_file("latex", path) for path in tables]
+    )

@@ -21,9 +21,13 @@ HBIR = [sys.executable, "-m", "hbir.cli"]
 rows = db_rows
 
 
-def hbir_run(data_dir: Path, db_path: Path, out: Path, *extra: str, prefect_home: Path | None = None, wait=True):
-    """`hbir run --profile smoke` on three languages, in its own process (and Prefect home, when given)."""
+def hbir_run(
+    data_dir: Path, db_path: Path, out: Path, *extra: str, prefect_home: Path | None = None, wait=True, cache=None
+):
+    """`hbir run --profile smoke` on three languages, in its own process (and Prefect home, and cache, when given)."""
     env = {**os.environ, "HBIR_DATA_DIR": str(data_dir), "HBIR_DB": str(db_path), "HBIR_OUTPUT_DIR": str(out)}
+    if cache:
+        env["HBIR_CACHE_DIR"] = str(cache)
     if prefect_home:
         env |= {"PREFECT_HOME": str(prefect_home), "PREFECT_LOCAL_STORAGE_PATH": str(prefect_home / "storage")}
     languages = f"data.languages=[{','.join(THREE_LANGUAGES)}]"
@@ -39,6 +43,7 @@ def test_hbir_run_smoke_trains_evaluates_and_stores_one_run(three_language_data,
     assert code == 0, stderr[-3000:]
     assert "trained 4 steps" in stdout and "xquad-r (3 mono, 6 cross, 3 multi)" in stdout
     assert "Finished in state Completed" in stderr  # Prefect ran it: its task logs go to stderr
+    assert "Beginning flow run 'smoke' for flow 'train-eval'" in stderr  # the flow run is named after the run
     assert rows(db_path, "SELECT kind, status, strategy FROM runs") == [("train-eval", "completed", "hybrid")]
     assert rows(db_path, "SELECT count(*) FROM train_steps") == [(4,)]
     assert rows(db_path, "SELECT count(*), count(DISTINCT metric) FROM metrics") == [(12 * 6, 6)]
@@ -50,6 +55,23 @@ def test_hbir_run_smoke_trains_evaluates_and_stores_one_run(three_language_data,
     assert kinds["model"] == 1 and kinds["index"] == 4 and kinds["report"] == 1 and kinds["plot"] == 3  # + loss
     assert (tmp_path / "runs" / "smoke" / "report" / "loss.png").exists()
     print(f"hbir run --profile smoke: {seconds:.0f} s")  # reported in the issue; not a timed assertion
+
+
+def test_a_cache_moved_away_is_rebuilt_not_trusted(three_language_data, db_path, tmp_path):
+    """Run, move the cache folder away, run again: the second run ingests and embeds again instead of being handed
+    paths into the folder that is gone."""
+    cache = tmp_path / "cache"
+    _, stderr, code = hbir_run(three_language_data, db_path, tmp_path / "runs", "--run-id", "first", cache=cache)
+    assert code == 0, stderr[-3000:]
+    cache.rename(tmp_path / "moved")
+    _, stderr, code = hbir_run(three_language_data, db_path, tmp_path / "runs", "--run-id", "second", cache=cache)
+    assert code == 0, stderr[-3000:]
+    assert "ingesting xquad-r" in stderr and "embedding xquad-r" in stderr
+    assert rows(db_path, "SELECT run_id, status FROM runs ORDER BY run_id") == [
+        ("first", "completed"),
+        ("second", "completed"),
+    ]
+    assert (cache / "tables").is_dir()
 
 
 def test_a_failed_contract_fails_the_flow_and_records_a_failed_run(three_language_data, db_path, tmp_path):
@@ -131,6 +153,27 @@ def stop(process: subprocess.Popen) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def _concurrency_limit(deployment: dict) -> int | None:
+    """The deployment's concurrency limit, as `prefect deployment inspect` shows it (a number, or an object)."""
+    limit = deployment.get("concurrency_limit") or deployment.get("global_concurrency_limit")
+    return limit.get("limit") if isinstance(limit, dict) else limit
+
+
+def _flow_run_names(api: str) -> dict[str, set[str]]:
+    """{flow name: names of its flow runs}, from the server's REST API."""
+
+    def post(path: str) -> list[dict]:
+        request = urllib.request.Request(f"{api}{path}", data=b"{}", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    flows = {flow["id"]: flow["name"] for flow in post("/flows/filter")}
+    names: dict[str, set[str]] = {}
+    for run in post("/flow_runs/filter"):
+        names.setdefault(flows[run["flow_id"]], set()).add(run["name"])
+    return names
+
+
 def test_a_real_server_and_worker_run_the_deployment(lareqa_dir, db_path, tmp_path):
     home = tmp_path / "prefect-home"
     api = f"http://127.0.0.1:{free_port()}/api"
@@ -167,9 +210,9 @@ def test_a_real_server_and_worker_run_the_deployment(lareqa_dir, db_path, tmp_pa
         prefect_cli("work-pool", "create", "hbir-local", "--type", "process", "--overwrite")
         deployed = prefect_cli("deploy", "--all", "--no-prompt")
         assert "train-eval/train-eval" in deployed.stdout + deployed.stderr
-        worker = subprocess.Popen(
+        worker = subprocess.Popen(  # the paths come from the deployments' job variables, not the worker
             [*prefect, "worker", "start", "--pool", "hbir-local"],
-            env=env,
+            env={key: value for key, value in env.items() if not key.startswith("HBIR_")},
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -180,20 +223,26 @@ def test_a_real_server_and_worker_run_the_deployment(lareqa_dir, db_path, tmp_pa
             timeout=600,
         )  # fmt: skip
         assert "Completed" in run.stdout + run.stderr
-        inspected = prefect_cli("deployment", "inspect", "scheduled-retrain/scheduled-retrain", "-o", "json").stdout
-        ((schedule),) = json.loads(inspected)["schedules"]
+        inspected = json.loads(
+            prefect_cli("deployment", "inspect", "scheduled-retrain/scheduled-retrain", "-o", "json").stdout
+        )
+        ((schedule),) = inspected["schedules"]
         assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["active"]
+        assert _concurrency_limit(inspected) == 1  # two nightly retrains never overlap
+        assert inspected["job_variables"]["env"]["HBIR_DB"] == str(db_path)
         retrained = prefect_cli(
             "deployment", "run", "scheduled-retrain/scheduled-retrain", "-p", "profile=smoke", "--watch",
             "--watch-timeout", "540", timeout=600,
         )  # fmt: skip
         assert "Completed" in retrained.stdout + retrained.stderr
+        names = _flow_run_names(api)
     finally:
         for process in (worker, server):
             if process is not None:
                 stop(process)
     # the on-demand run, then the scheduled one: the same settings, but nothing had been retrained yet
     assert rows(db_path, "SELECT kind, status FROM runs") == [("train-eval", "completed")] * 2
+    assert {run_id for (run_id,) in rows(db_path, "SELECT run_id FROM runs")} <= names["train-eval"]
     assert rows(db_path, "SELECT count(*) FROM metrics") == [(2 * 132 * 6,)]  # XQuAD-R: 11 + 110 + 11 settings
     assert rows(db_path, "SELECT count(*) FROM train_steps") == [(2 * 4,)]
     ((champion, rival),) = rows(db_path, "SELECT champion, rival_run_id FROM models")

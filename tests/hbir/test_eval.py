@@ -99,3 +99,35 @@ def test_eval_of_an_unknown_run_says_so_and_records_nothing(run_hbir, smoke, db_
     assert result.exit_code == 1
     assert "no run 'nope'" in result.output and "hbir runs" in result.output
     assert rows(db_path, "SELECT run_id FROM runs") == [("v",)]
+
+
+def test_a_standard_beir_folder_without_lang_validates_and_evaluates(run_hbir, db_path, tmp_path):
+    """SciFact's layout (title + text, no lang), its language given by data.default_lang."""
+    import json
+
+    folder = tmp_path / "data" / "scifact"
+    (folder / "qrels").mkdir(parents=True)
+    docs = [
+        ("d1", "Bone growth", "Osteoblasts build bone."),
+        ("d2", "", "Myelin insulates axons."),
+        ("d3", "Vitamin D", "Vitamin D helps calcium uptake."),
+        ("d4", "Sleep", "Sleep consolidates memory."),
+    ]
+    corpus = [{"_id": cid, "title": title, "text": text} for cid, title, text in docs]
+    queries = [{"_id": "q1", "text": "What builds bone?"}, {"_id": "q2", "text": "What does sleep do?"}]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in corpus))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(row) + "\n" for row in queries))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td4\t1\n")
+    options = [
+        "--profile", "smoke", "--set", f"data.dir={tmp_path / 'data'}", "--set", f"db.path={db_path}",
+        "--set", f"output.dir={tmp_path / 'runs'}", "--set", "data.train=[]", "--set", "data.eval=[scifact]",
+        "--set", "data.default_lang={scifact: en}",
+    ]  # fmt: skip
+    assert run_hbir("validate", *options).exit_code == 0
+    result = run_hbir("eval", *options, "--run-id", "scifact")
+    assert result.exit_code == 0, result.output
+    assert "scifact (1 mono, 0 cross, 1 multi)" in result.output
+    assert rows(db_path, "SELECT setting, n_queries FROM metrics WHERE metric = 'map' ORDER BY setting") == [
+        ("mono", 2),
+        ("multi", 2),
+    ]

@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from hbir.core.config import DEFAULT_LANGUAGES
+from hbir.core.errors import DataError
 from tasks.ingest import dataset_versions, ingest_dataset
 
 # LAReQA's table (github.com/google-research-datasets/lareqa): candidates per language in XQuAD-R.
@@ -113,6 +114,28 @@ def test_beir_folder_with_language_field(tmp_path):
     assert tables.candidates["context"].tolist() == tables.candidates["text"].tolist()
     # score 0 is "not relevant" in BEIR, so only two judgements remain
     assert tables.qrels[["qid", "cid"]].values.tolist() == [["q1", "d1-en"], ["q1", "d1-de"]]
+
+
+def test_a_standard_beir_folder_takes_its_language_from_the_config_and_joins_titles(tmp_path):
+    """SciFact's layout: no lang field, a title on each document, qrels with a header."""
+    folder = tmp_path / "scifact"
+    (folder / "qrels").mkdir(parents=True)
+    corpus = [{"_id": "4983", "title": "Microstructural development", "text": "Alterations of the architecture."},
+              {"_id": "5836", "title": "", "text": "Induction of myelodysplasia."}]  # fmt: skip
+    _write_jsonl(folder / "corpus.jsonl", corpus)
+    _write_jsonl(
+        folder / "queries.jsonl", [{"_id": "1", "text": "0-dimensional biomaterials show inductive properties."}]
+    )
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n1\t4983\t1\n")
+    with pytest.raises(DataError, match=r"field 'lang' missing .*data.default_lang=\{scifact: en\}"):
+        ingest_dataset(tmp_path, "scifact", DEFAULT_LANGUAGES)
+
+    tables = ingest_dataset(tmp_path, "scifact", DEFAULT_LANGUAGES, default_lang="en")
+    assert set(tables.queries["lang"]) == set(tables.candidates["lang"]) == {"en"}
+    assert tables.candidates["text"].tolist() == [
+        "Microstructural development Alterations of the architecture.",
+        "Induction of myelodysplasia.",
+    ]
 
 
 def test_hub_dataset_path_on_a_local_dataset_repo(tmp_path):

@@ -92,11 +92,16 @@ def test_writes_the_markdown_first_then_valid_pngs(written):
         ("plot", "map_heatmap_mlqa-r.png"),
         ("plot", "loss.png"),
     ]
+    from PIL import Image
+
     for plot in files[1:]:
         assert plot.path.read_bytes()[:8] == PNG_SIGNATURE
         height, width, channels = matplotlib.image.imread(plot.path).shape
-        assert height > 200 and width > 200 and channels in (3, 4)
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted(f.path.name for f in files)  # no leftover temp file
+        assert height > 600 and width > 600 and channels in (3, 4)
+        assert Image.open(plot.path).info["dpi"] == pytest.approx((300, 300), abs=0.5)  # print resolution
+        assert plot.path.with_suffix(".svg").read_text().lstrip().startswith("<?xml")  # and a vector copy
+    svgs = [f.path.with_suffix(".svg").name for f in files[1:]]
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([f.path.name for f in files] + svgs)  # no temp file
 
 
 def test_sha256_is_of_the_file_bytes(written):
