@@ -105,12 +105,10 @@ def _run_interruptibly(connection: duckdb.DuckDBPyConnection, statements: list, 
     try:
         finished = done.wait(timeout_s)
     except KeyboardInterrupt:
-        connection.interrupt()
-        done.wait()
+        _interrupt(connection, done)
         raise QueryInterrupted("query interrupted (Ctrl-C); nothing was changed") from None
     if not finished:
-        connection.interrupt()
-        done.wait()
+        _interrupt(connection, done)
         raise QueryError(f"query stopped after {timeout_s:g} s: give more time with --timeout SECONDS, or narrow it")
     if "error" in outcome:
         error = outcome["error"]
@@ -120,3 +118,11 @@ def _run_interruptibly(connection: duckdb.DuckDBPyConnection, statements: list, 
             raise QueryError(f"query failed: {error}") from None
         raise error
     return outcome["rows"]
+
+
+def _interrupt(connection: duckdb.DuckDBPyConnection, done: threading.Event) -> None:
+    """Interrupt DuckDB until the worker thread is done: an interrupt that comes before the statement has started
+    (a loaded machine, a Ctrl-C right after the thread began) is lost, so it is repeated."""
+    connection.interrupt()
+    while not done.wait(0.2):
+        connection.interrupt()

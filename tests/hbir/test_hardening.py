@@ -115,11 +115,17 @@ def test_ctrl_c_interrupts_a_query(recorded_db):
     process = subprocess.Popen(
         [sys.executable, "-m", "hbir.cli", "query", "--set", f"db.path={recorded_db}", "--timeout", "600", ENDLESS],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a suite started in the background (`pytest &`) ignores SIGINT, and so would the child: Ctrl-C is a
+        # terminal's, so give the child a terminal's SIGINT
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
-    time.sleep(8)  # imports, the snapshot, and the query under way
-    assert process.poll() is None
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=30)
+    try:
+        time.sleep(8)  # imports, the snapshot, and the query under way
+        assert process.poll() is None
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
     assert process.returncode == 130 and "query interrupted" in stderr and "Traceback" not in stderr
 
 
@@ -128,6 +134,7 @@ def test_a_long_query_never_makes_a_writer_wait(recorded_db):
     process = subprocess.Popen(
         [sys.executable, "-m", "hbir.cli", "query", "--set", f"db.path={recorded_db}", "--timeout", "60", ENDLESS],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as above
     )  # fmt: skip
     try:
         time.sleep(8)
@@ -137,7 +144,10 @@ def test_a_long_query_never_makes_a_writer_wait(recorded_db):
         assert time.monotonic() - started < 2
     finally:
         process.send_signal(signal.SIGINT)  # its snapshot is removed on the way out
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        finally:
+            process.kill()
     assert db_rows(recorded_db, "SELECT run_id FROM runs ORDER BY run_id") == [("first",), ("second",)]
 
 
