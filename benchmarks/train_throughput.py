@@ -93,16 +93,15 @@ def run_variant(args: argparse.Namespace) -> dict:
 def hbir_step(model_dir: Path, args, device, frozen: bool, total_steps: int):
     from transformers import get_linear_schedule_with_warmup
 
-    from hbir.core.config import ModelConfig
-    from models.losses import InfoNCELoss
+    from hbir.core.config import ModelConfig, TrainConfig
     from tasks.training import build_optimizer, load_encoder, train_step
 
     model = ModelConfig(source="path:x", max_length=args.max_length)
     encoder = load_encoder(model_dir, model, freeze_word_embeddings=frozen).to(device)
     optimizer = build_optimizer(encoder, lr=2e-5, weight_decay=0.01, fused=device.type == "cuda")
     scheduler = get_linear_schedule_with_warmup(optimizer, 1, total_steps)
-    loss_fn = InfoNCELoss(encoder, temperature=0.05)
-    return lambda batch: train_step(loss_fn, batch, optimizer, scheduler, max_grad_norm=1.0)
+    train = TrainConfig(batch_size=args.batch_size, temperature=0.05, max_grad_norm=1.0)
+    return lambda batch: train_step(encoder, batch, optimizer, scheduler, train)
 
 
 def sentence_transformers_step(model_dir: Path, args, device, frozen: bool, total_steps: int):

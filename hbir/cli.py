@@ -30,6 +30,7 @@ import pandas as pd
 
 from hbir.core.config import PROFILES, Config, load_config
 from hbir.core.errors import HbirError
+from hbir.core.torchrun import under_torchrun
 
 FORMATS = click.Choice(["table", "csv", "json"])
 
@@ -516,7 +517,15 @@ def _print(df: pd.DataFrame, fmt: str) -> None:
 
 
 def main() -> None:
-    cli(prog_name="hbir")
+    from hbir.app import train_ranks
+
+    if under_torchrun() and os.environ["RANK"] != "0":  # started by an outside torchrun: rank 0 runs the command
+        sys.exit(train_ranks.follow_rank_zero())
+    try:
+        cli(prog_name="hbir")
+    finally:
+        if under_torchrun():
+            train_ranks.release_followers()
 
 
 if __name__ == "__main__":

@@ -11,10 +11,17 @@ With a dev evaluation (``dev_eval``, every ``train.eval_every`` steps and at the
 a checkpoint and its dev metrics go to ``step_log.write_dev``; ``train.select=best`` keeps the checkpoint with the
 best ``dev_score`` from pruning and saves its weights as the model. Evaluating changes nothing in the training
 itself (inference mode, no random numbers drawn), so the last weights are those of a run without it.
+
+On several ranks (``ranks``, under torchrun: tasks/distributed.py) every rank draws the same global batch from
+(seed, step), encodes its slice, and scores the gathered embeddings of all ranks, so the loss is that of the whole
+batch; the gradients are summed over ranks. ``train.micro_batch_size`` encodes a rank's slice in micro-batches with
+gradient caching (models/grad_cache.py). Either way losses and weights are those of one process with the whole
+batch. Rank 0 alone writes: the step log, checkpoints, the dev evaluation and the model.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -31,7 +38,8 @@ from hbir.core.config import ModelConfig, TrainConfig
 from hbir.core.errors import HbirError
 from hbir.core.files import replace_dir
 from models.encoder import BiEncoder
-from models.losses import InfoNCELoss
+from models.grad_cache import backward_through_encoder, embed_without_graph
+from models.losses import info_nce
 from tasks.batching import Batch, BatchSampler
 from tasks.checkpoints import (
     PREFIX,
@@ -43,6 +51,7 @@ from tasks.checkpoints import (
     save_checkpoint,
 )
 from tasks.dev import dev_score
+from tasks.distributed import SINGLE, Ranks, gather, rank_slice, sum_gradients
 
 FLUSH_EVERY_S = 30.0  # how stale the train_steps table (and the log) may get while a run is going
 
@@ -88,8 +97,14 @@ def fine_tune(
     step_log: StepLog,
     log: Callable[[str], None] = lambda line: None,
     dev_eval: DevEvaluation | None = None,
+    ranks: Ranks = SINGLE,
 ) -> TrainResult:
-    """Train ``train_cfg.steps`` steps (or those left after the last checkpoint) and save the model (module doc)."""
+    """Train ``train_cfg.steps`` steps (or those left after the last checkpoint) and save the model (module doc).
+
+    On ranks other than 0 nothing is written and ``step_log``, ``log`` and ``dev_eval`` are not used."""
+    if not ranks.is_main:
+        step_log, log, dev_eval = _NO_STEP_LOG, lambda line: None, None
+    rank_slice(train_cfg.batch_size, ranks)  # a batch that does not divide into the ranks fails before anything
     device = pick_device(train_cfg.device)
     torch.manual_seed(train_cfg.seed)
     encoder = load_encoder(model_dir, model_cfg, train_cfg.freeze_word_embeddings).to(device)
@@ -105,22 +120,27 @@ def fine_tune(
     warmup = math.ceil(train_cfg.warmup_ratio * train_cfg.steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, train_cfg.steps)
     start = resume(run_dir / "checkpoints", encoder, optimizer, scheduler, sampler)
-    step_log.truncate_after(start)
+    if ranks.is_main:
+        step_log.truncate_after(start)
+    rank_log = RankBatchLog(run_dir / "ranks" / f"rank-{ranks.rank}.jsonl", start) if ranks.world_size > 1 else None
     if start:
         log(f"continuing from the checkpoint of step {start}")
 
     began = time.perf_counter()
-    loss_fn = InfoNCELoss(encoder, train_cfg.temperature)
     best = best_dev_step(step_log.dev_curve()) if dev_eval else None  # a resumed run's best so far
     buffer, flushed_at = [], time.monotonic()
-    bar = tqdm(total=train_cfg.steps, initial=start, desc="train", unit="step", disable=None)
+    bar = tqdm(total=train_cfg.steps, initial=start, desc="train", unit="step", disable=None if ranks.is_main else True)
     for batch in sampler:
         if batch.step > train_cfg.steps:
             break
-        row = train_step(loss_fn, batch, optimizer, scheduler, train_cfg.max_grad_norm)
-        if not math.isfinite(row["loss"]):
+        row = train_step(encoder, batch, optimizer, scheduler, train_cfg, ranks)
+        if rank_log is not None:
+            rank_log.write(batch, rank_slice(len(batch.queries), ranks))
+        if not math.isfinite(row["loss"]):  # the same loss on every rank: all stop here
             step_log.write(pd.DataFrame(buffer))  # the steps before it were fine
             raise diverged(row, run_dir / "checkpoints")
+        if not ranks.is_main:
+            continue
         buffer.append(row)
         bar.update()
         bar.set_postfix(loss=f"{buffer[-1]['loss']:.3f}", kind=batch.kind)
@@ -141,6 +161,8 @@ def fine_tune(
             save_checkpoint(run_dir / "checkpoints", state, encoder, optimizer, scheduler, keep, protect)
     bar.close()
     selected = train_cfg.steps
+    if not ranks.is_main:
+        return TrainResult(run_dir / "model", train_cfg.steps, start, time.perf_counter() - began)
     if train_cfg.select == "best" and best is not None and best != train_cfg.steps:
         load_weights(checkpoint_path(run_dir / "checkpoints", best), encoder)
         selected = best
@@ -214,20 +236,23 @@ def resume(checkpoint_dir: Path, encoder, optimizer, scheduler, sampler: BatchSa
 
 
 def train_step(
-    loss_fn: InfoNCELoss,
+    encoder: BiEncoder,
     batch: Batch,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    max_grad_norm: float,
+    train_cfg: TrainConfig,
+    ranks: Ranks = SINGLE,
 ) -> dict:
-    """One optimisation step on ``batch``; returns its ``train_steps`` row."""
+    """One optimisation step on ``batch`` (the global batch; this rank encodes its slice); returns its
+    ``train_steps`` row."""
     began = time.perf_counter()
-    encoder = loss_fn.encoder
-    queries, passages = encoder.tokenize(batch.queries, "query"), encoder.tokenize(batch.passages, "passage")
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=encoder.device.type == "cuda"):
-        loss = loss_fn(queries, passages)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for p in encoder.parameters() if p.requires_grad], max_grad_norm)
+    mine = rank_slice(len(batch.queries), ranks)
+    queries = encoder.tokenize(batch.queries[mine], "query")
+    passages = encoder.tokenize(batch.passages[mine], "passage")
+    loss = contrastive_backward(encoder, queries, passages, train_cfg.temperature, train_cfg.micro_batch_size, ranks)
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    sum_gradients(trainable, ranks)
+    torch.nn.utils.clip_grad_norm_(trainable, train_cfg.max_grad_norm)
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
@@ -243,6 +268,71 @@ def train_step(
         "passage_langs": list(batch.passage_langs),
         "examples_per_s": len(batch.queries) / (time.perf_counter() - began),
     }
+
+
+def contrastive_backward(
+    encoder: BiEncoder,
+    queries: dict[str, torch.Tensor],
+    passages: dict[str, torch.Tensor],
+    temperature: float,
+    micro_batch_size: int | None,
+    ranks: Ranks = SINGLE,
+) -> torch.Tensor:
+    """Back-propagate into the weights the InfoNCE loss of the global batch (every rank's queries against every
+    rank's passages), of which ``queries`` and ``passages`` are this rank's slice; in micro-batches of
+    ``micro_batch_size`` with gradient caching when the slice is larger. Returns the loss, detached."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=encoder.device.type == "cuda"):
+        if micro_batch_size is None or micro_batch_size >= len(queries["input_ids"]):
+            loss = info_nce(gather(encoder(queries), ranks), gather(encoder(passages), ranks), temperature)
+            loss.backward()
+            return loss.detach()
+        query_embeddings, query_states = embed_without_graph(encoder, queries, micro_batch_size)
+        passage_embeddings, passage_states = embed_without_graph(encoder, passages, micro_batch_size)
+        query_embeddings.requires_grad_()
+        passage_embeddings.requires_grad_()
+        loss = info_nce(gather(query_embeddings, ranks), gather(passage_embeddings, ranks), temperature)
+        loss.backward()
+        backward_through_encoder(encoder, queries, micro_batch_size, query_embeddings.grad, query_states)
+        backward_through_encoder(encoder, passages, micro_batch_size, passage_embeddings.grad, passage_states)
+    return loss.detach()
+
+
+class RankBatchLog:
+    """What one rank trained on, a JSON line per step (step, kind, dataset, its slice's query and passage
+    languages), in ``<run_dir>/ranks/rank-<r>.jsonl``: the record that all ranks trained on one batch kind (and for
+    mono one language) at every step. Lines after ``start`` (a resumed run's checkpoint) are dropped."""
+
+    def __init__(self, path: Path, start: int) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start] if (
+            path.exists()) else []  # fmt: skip
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, batch: Batch, mine: slice) -> None:
+        line = {"step": batch.step, "kind": batch.kind, "dataset": batch.dataset,
+                "query_langs": batch.query_langs[mine], "passage_langs": batch.passage_langs[mine]}  # fmt: skip
+        with self.path.open("a") as out:
+            out.write(json.dumps(line) + "\n")
+
+
+class _NoStepLog:
+    """The step log of ranks other than 0: they write nothing."""
+
+    def write(self, rows: pd.DataFrame) -> None:
+        pass
+
+    def write_dev(self, step: int, rows: pd.DataFrame) -> None:
+        pass
+
+    def dev_curve(self) -> pd.DataFrame:
+        return pd.DataFrame()
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+
+_NO_STEP_LOG = _NoStepLog()
 
 
 def save_model(encoder: BiEncoder, out_dir: Path) -> Path:

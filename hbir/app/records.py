@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -22,11 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from hbir.core.config import Config
+from hbir.core.config import PLACEMENT_SETTINGS, Config
 from hbir.core.errors import HbirError
 from hbir.core.files import read_file_bytes
 from hbir.core.paths import rows_dir, run_dir
 from hbir.core.run_ids import check_run_id
+from hbir.core.torchrun import under_torchrun
 from hbir.store import runs
 from hbir.store.schema import RESULT_TABLES
 
@@ -75,7 +77,8 @@ def source_fingerprint(config: Config, name: str) -> str:
 def training_fingerprint(config: Config) -> str:
     """SHA-256 of what a trained model depends on: the training data's files and every setting but where files
     live (data.dir, db, output). Scheduled retraining retrains only when it changes."""
-    settings = config.model_dump(mode="json", exclude={"data": {"dir"}, "db": True, "output": True})
+    placement = {key.removeprefix("train.") for key in PLACEMENT_SETTINGS}
+    settings = config.model_dump(mode="json", exclude={"data": {"dir"}, "db": True, "output": True, "train": placement})
     sources = [source_fingerprint(config, name) for name in config.data.train]
     return hashlib.sha256(json.dumps([sources, settings], sort_keys=True).encode()).hexdigest()
 
@@ -95,6 +98,8 @@ def run_record(config: Config, kind: str, run_id: str | None = None) -> runs.Run
         git_revision=git_revision(),
         device=describe_device(config.train.device),
         inputs_fingerprint=training_fingerprint(config),
+        world_size=(int(os.environ["WORLD_SIZE"]) if under_torchrun() else config.train.world_size) if trains else None,
+        micro_batch_size=config.train.micro_batch_size if trains else None,
     )
 
 

@@ -33,6 +33,7 @@ from hbir.core.errors import ContractError, HbirError
 from hbir.core.files import file_sha256, replace_dir, write_file
 from hbir.core.names import POOL
 from hbir.core.paths import embeddings_cache_dir, run_dir, tables_cache_dir
+from hbir.core.torchrun import under_torchrun
 from hbir.store import runs
 from tasks.tables import load_tables, save_tables
 
@@ -121,6 +122,7 @@ def train(config: Config, run_id: str, pairs_path: str | None, log: Log = print)
     """Fine-tune ``model.source`` on the pairs (resuming from a checkpoint), measuring the dev split every
     ``train.eval_every`` steps; returns the ``TrainResult``, whose ``model_dir`` is that of ``model.source`` itself
     when ``train.steps`` is 0 (a zero-shot run)."""
+    from hbir.app.train_ranks import train_in_this_group, train_on_ranks
     from models.sources import resolve_model_source
     from tasks.training import TrainResult, fine_tune
 
@@ -128,12 +130,16 @@ def train(config: Config, run_id: str, pairs_path: str | None, log: Log = print)
     if config.train.steps == 0:
         return TrainResult(model_dir, steps=0, resumed_from=0, seconds=0.0)
     db, timeout = config.db.path, config.db.lock_timeout_s
-    step_log = runs.TrainStepsLog(db, run_id, timeout)
     pairs = pd.read_parquet(pairs_path)
     log(f"training {config.model.source} on {len(pairs)} pairs from {', '.join(config.data.train)}")
     out_dir = run_dir(config.output.dir, run_id)
-    dev_eval = dev_evaluation(config, out_dir / "dev")
-    result = fine_tune(model_dir, pairs, config.train, config.model, out_dir, step_log, log, dev_eval)
+    if under_torchrun():  # hbir itself was started by torchrun: train on its group (hbir/app/train_ranks.py)
+        result = train_in_this_group(config, run_id, pairs_path, log)
+    elif config.train.world_size > 1:  # the same, on ranks of a torchrun started here
+        result = train_on_ranks(config, run_id, pairs_path, log)
+    else:
+        step_log, dev_eval = runs.TrainStepsLog(db, run_id, timeout), dev_evaluation(config, out_dir / "dev")
+        result = fine_tune(model_dir, pairs, config.train, config.model, out_dir, step_log, log, dev_eval)
     merge_weight = None
     if config.train.merge is not None:
         dev_dirs = [out_dir / "dev" / name for name in config.data.train]

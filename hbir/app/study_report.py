@@ -18,7 +18,10 @@ def load_study(db: str, comparison: Comparison, study_id: str, lock_timeout_s: f
     def read_rows(sql: str, *params) -> pd.DataFrame:
         return read(db, sql, [ids, *params], lock_timeout_s)
 
-    runs = read_rows("SELECT run_id, config, device, git_revision, started_at, finished_at FROM runs WHERE run_id IN ?")
+    runs = read_rows(
+        "SELECT run_id, config, device, git_revision, started_at, finished_at, world_size, micro_batch_size "
+        "FROM runs WHERE run_id IN ?"
+    )
     losses = read_rows(
         "SELECT run_id, avg(loss) AS final_loss FROM (SELECT run_id, loss, row_number() OVER "
         "(PARTITION BY run_id ORDER BY step DESC) AS n FROM train_steps WHERE run_id IN ?) "

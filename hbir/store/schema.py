@@ -162,6 +162,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN pid INTEGER;
     ALTER TABLE runs ADD COLUMN heartbeat_at TIMESTAMP;
     """,
+    """
+    -- how a training run was spread: its number of ranks (train.nproc_per_node x train.nnodes) and the micro-batch
+    -- of gradient caching (train.micro_batch_size; NULL: none), as of its last start
+    ALTER TABLE runs ADD COLUMN world_size INTEGER;
+    ALTER TABLE runs ADD COLUMN micro_batch_size INTEGER;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # The tables a run's outcome fills, written together by ``runs.finish_run`` (train_steps are written during training).

@@ -94,6 +94,11 @@ def _runs(n: int) -> str:
     return f"{n} run" if n == 1 else f"{n} runs"
 
 
+def _count(value) -> str:
+    """A whole number of the runs table, or MISSING (a zero-shot run has no ranks; no micro-batches: none)."""
+    return MISSING if value is None or pd.isna(value) else str(int(value))
+
+
 def _runs_frame(data: StudyData) -> pd.DataFrame:
     order = {arm: i for i, arm in enumerate(arm_order(data.runs))}
     runs = data.runs.assign(_order=data.runs["arm"].map(order)).sort_values(["_order", "seed", "run_id"])
@@ -104,6 +109,8 @@ def _runs_frame(data: StudyData) -> pd.DataFrame:
             "train": runs["train"].where(runs["strategy"] != "zero-shot", MISSING),
             "eval": runs["eval"],
             "device": runs["device"],
+            "ranks": runs["world_size"].map(_count),
+            "micro-batch": runs["micro_batch_size"].map(_count),
             "git revision": runs["git_revision"].map(lambda rev: rev[:10] if isinstance(rev, str) else MISSING),
             "minutes": runs["minutes"].astype(float),
             "loss": runs["final_loss"].astype(float),

@@ -144,6 +144,8 @@ def test_setup_lists_the_runs_and_the_languages_unseen_in_training(reported):
     assert runs["report-study-hybrid-s1"]["arm"] == "hybrid a=0.5 on mlqa-r"
     zero_shot = runs["report-study-zero-shot-train-mlqa-r-eval-xquad-r"]
     assert (zero_shot["arm"], zero_shot["train"], zero_shot["loss"]) == ("zero-shot", "–", "–")
+    assert (zero_shot["ranks"], runs["report-study-hybrid-s1"]["ranks"]) == ("–", "1")  # trained on one process
+    assert runs["report-study-hybrid-s1"]["micro-batch"] == "–"
     languages = _section(setup, "### Languages")
     assert "- xquad-r, trained on mlqa-r: evaluation languages absent from training: zh" in languages
     assert "- mlqa-r, trained on xquad-r: evaluation languages absent from training: none" in languages

@@ -1,0 +1,235 @@
+"""Training on several ranks: the train stage starts ``torchrun`` as a subprocess (the flow stays the DAG; a Prefect
+worker on a GPU node runs it unchanged), and each rank it starts runs this module.
+
+    result = train_on_ranks(config, run_id, pairs_path, log)       # in the train stage, when train.world_size > 1
+    python -m hbir.app.train_ranks --spec <run_dir>/train-spec.json  # one rank (torchrun starts it)
+    python -m hbir.app.train_ranks                                   # a rank of another node: gets the spec from 0
+    torchrun --nproc_per_node 2 -m hbir.cli train ...                # an outside torchrun: rank 0 runs the command,
+                                                                     # the other ranks only train (follow_rank_zero)
+
+The stage writes the run's spec (config, run id, pairs) to ``<run_dir>/train-spec.json``; rank 0 reads it and sends
+it to every rank, so the other nodes of a multi-node run need nothing but the rendezvous (``follower_command``, which
+the stage logs). Rank 0 writes the step log, checkpoints and the model, and ``train-result.json``; a rank that dies
+ends the run as failed with a message naming it, and the same command resumes from the last checkpoint, with any
+number of ranks. The run folder must be on a file system every node sees.
+
+Under an outside torchrun (a Kubernetes PyTorchJob, a Slurm script that starts torchrun) every rank runs the ``hbir``
+command: rank 0 runs it as usual and trains on the group that torchrun made (``train_in_this_group``), the other
+ranks wait for its spec, train, and exit (``follow_rank_zero``); a command of rank 0 that trains nothing tells them
+to stop (``release_followers``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections import deque
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from hbir.core.config import Config, TrainConfig
+from hbir.core.errors import HbirError
+from hbir.core.files import write_text
+from hbir.core.paths import run_dir
+from hbir.core.torchrun import under_torchrun
+
+ERROR_PREFIX = "hbir-rank-error: "  # rank 0's line for an hbir error (a message for the user, not a traceback)
+KEPT_LINES = 200  # of torchrun's output, to find the rank that failed
+DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0  # train.collective_timeout_s's default, for ranks that have no config yet
+_spec_sent = False  # rank 0 of an outside torchrun: whether the other ranks got a spec
+
+
+def train_on_ranks(config: Config, run_id: str, pairs_path: str, log=print):
+    """Train the run on ``train.world_size`` ranks through torchrun; returns rank 0's ``TrainResult``."""
+    from tasks.training import TrainResult
+
+    out_dir = run_dir(config.output.dir, run_id)
+    spec_path, result_path = out_dir / "train-spec.json", out_dir / "train-result.json"
+    spec = {"config": config.model_dump(mode="json"), "run_id": run_id, "pairs_path": pairs_path}
+    write_text(spec_path, json.dumps(spec))
+    result_path.unlink(missing_ok=True)
+    train = config.train
+    log(f"training on {train.world_size} ranks ({train.nproc_per_node} per node x {train.nnodes} nodes)")
+    if train.nnodes > 1:
+        log("on each other node, run: " + shlex.join(follower_command(train, run_id)))
+    command = torchrun_command(train, run_id) + ["--spec", str(spec_path)]
+    returncode, tail = _run_streaming(command, _rank_environment(train), log)
+    if returncode != 0:
+        raise HbirError(failure_message(tail, returncode))
+    found = json.loads(result_path.read_text())
+    found["model_dir"] = Path(found["model_dir"])
+    return TrainResult(**found)
+
+
+def train_in_this_group(config: Config, run_id: str, pairs_path: str, log=print):
+    """This process is rank 0 of a group an outside torchrun started: send the spec to the other ranks (waiting in
+    ``follow_rank_zero``) and train with them; returns the ``TrainResult``."""
+    from tasks import distributed
+    from tasks.training import pick_device
+
+    global _spec_sent
+    ranks = distributed.join(pick_device(config.train.device).type, config.train.collective_timeout_s)
+    log(f"training on the {ranks.world_size} ranks of the torchrun that started hbir")
+    spec = {"config": config.model_dump(mode="json"), "run_id": run_id, "pairs_path": pairs_path}
+    distributed.broadcast_object(spec, ranks)
+    _spec_sent = True
+    return _train(spec, ranks, log)
+
+
+def follow_rank_zero() -> int:
+    """A rank other than 0 of an outside torchrun: wait for rank 0's spec, train, exit (0; 2 after an hbir error)."""
+    from tasks import distributed
+    from tasks.training import pick_device
+
+    ranks = distributed.join(pick_device("auto").type, DEFAULT_COLLECTIVE_TIMEOUT_S)
+    try:
+        spec = distributed.broadcast_object(None, ranks)
+        if spec is not None:
+            _train(spec, ranks, lambda line: None)
+    except HbirError:
+        return 2  # rank 0 says why
+    finally:
+        distributed.leave()
+    return 0
+
+
+def release_followers() -> None:
+    """Rank 0 of an outside torchrun, at the end of a command that did not train: the other ranks may stop."""
+    from tasks import distributed
+    from tasks.training import pick_device
+
+    if _spec_sent or not under_torchrun() or os.environ["RANK"] != "0":
+        return
+    ranks = distributed.join(pick_device("auto").type, DEFAULT_COLLECTIVE_TIMEOUT_S)
+    distributed.broadcast_object(None, ranks)
+    distributed.leave()
+
+
+def torchrun_command(train: TrainConfig, run_id: str) -> list[str]:
+    """``python -m torch.distributed.run`` for this node: one process per rank, no restarts (a failed rank fails the
+    run, which resumes from its checkpoint); one node: a standalone rendezvous on a free port; several: c10d at
+    ``train.rdzv_endpoint`` with the run id as rendezvous id."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={train.nproc_per_node}",
+               "--max_restarts=0"]  # fmt: skip
+    if train.nnodes == 1:
+        command.append("--standalone")
+    else:
+        command += [f"--nnodes={train.nnodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={train.rdzv_endpoint}",
+                    f"--rdzv_id={run_id}"]  # fmt: skip
+    return command + ["-m", "hbir.app.train_ranks", "--device", train.device,
+                      "--collective-timeout", f"{train.collective_timeout_s:g}"]  # fmt: skip
+
+
+def follower_command(train: TrainConfig, run_id: str) -> list[str]:
+    """What the other nodes of a multi-node run start: the same torchrun, without the spec (rank 0 sends it)."""
+    return ["python"] + torchrun_command(train, run_id)[1:]
+
+
+def failure_message(tail: list[str], returncode: int) -> str:
+    """What a failed torchrun means for the user: rank 0's hbir error as it is, else the rank torchrun names as the
+    root cause, with its exit code and how to continue."""
+    errors = [line.removeprefix(ERROR_PREFIX) for line in tail if line.startswith(ERROR_PREFIX)]
+    if errors:
+        return errors[-1]
+    text = "\n".join(tail)
+    cause = text.split("Root Cause", 1)[-1]
+    rank = re.search(r"rank\s*:\s*(\d+)", cause)
+    host = re.search(r"host\s*:\s*(\S+)", cause)
+    code = re.search(r"exitcode\s*:\s*(-?\d+)[^\n]*?(\(SIG\w+\))?\s*$", cause, re.MULTILINE)
+    where = f"rank {rank.group(1)}" + (f" on {host.group(1)}" if host else "") if rank else "a rank"
+    how = f"exit code {code.group(1)}{' ' + code.group(2) if code and code.group(2) else ''}" if code else (
+        f"torchrun exit code {returncode}")  # fmt: skip
+    return (
+        f"training failed: {where} stopped ({how}); the other ranks were stopped; run the same command again to "
+        "continue from the last checkpoint (any number of ranks)"
+    )
+
+
+def _rank_environment(train: TrainConfig) -> dict[str, str]:
+    """The ranks' environment: this one, with the CPU threads shared between the ranks of this node."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // train.nproc_per_node)))
+    return env
+
+
+def _run_streaming(command: list[str], env: dict[str, str], log) -> tuple[int, list[str]]:
+    """Run ``command``, passing its output lines to ``log``; returns its exit code and its last lines."""
+    tail: deque[str] = deque(maxlen=KEPT_LINES)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          errors="replace") as process:  # fmt: skip
+        try:
+            for line in process.stdout:
+                line = line.rstrip("\n").split("\r")[-1]
+                tail.append(line)
+                if line and not line.startswith(ERROR_PREFIX):
+                    log(line)
+        except BaseException:  # Ctrl-C, a cancelled flow: the ranks stop with us
+            process.terminate()
+            raise
+    return process.returncode, list(tail)
+
+
+# -- one rank ------------------------------------------------------------------------------------------------------
+
+
+def rank_main(argv: list[str] | None = None) -> int:
+    """One rank: join the group, get the spec from rank 0, train; rank 0 writes ``train-result.json``."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(_rank)(argv)
+
+
+def _rank(argv: list[str] | None) -> int:
+    from tasks import distributed
+    from tasks.training import pick_device
+
+    parser = argparse.ArgumentParser(prog="python -m hbir.app.train_ranks")
+    parser.add_argument("--spec", help="the run's train-spec.json (rank 0; the others get it from rank 0)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--collective-timeout", type=float, default=1800.0)
+    args = parser.parse_args(argv)
+    ranks = distributed.join(pick_device(args.device).type, args.collective_timeout)
+    try:
+        if ranks.is_main and not args.spec:
+            raise HbirError("rank 0 needs the run's spec: --spec <run_dir>/train-spec.json (hbir writes it)")
+        spec = json.loads(Path(args.spec).read_text()) if ranks.is_main else None
+        spec = distributed.broadcast_object(spec, ranks)
+        result = _train(spec, ranks, lambda line: print(line, flush=True))
+        if ranks.is_main:
+            out_dir = run_dir(Config.model_validate(spec["config"]).output.dir, spec["run_id"])
+            found = asdict(result) | {"model_dir": str(result.model_dir)}
+            write_text(out_dir / "train-result.json", json.dumps(found))
+    except HbirError as error:
+        if ranks.is_main:
+            print(ERROR_PREFIX + " ".join(str(error).split()), flush=True)
+        return 2
+    finally:
+        distributed.leave()
+    return 0
+
+
+def _train(spec: dict, ranks, log):
+    """Train the run of ``spec`` as ``ranks.rank``: rank 0 with the step log, the dev evaluation and ``log``."""
+    from hbir.app.stages import dev_evaluation
+    from hbir.store import runs
+    from models.sources import resolve_model_source
+    from tasks.training import fine_tune
+
+    config, run_id = Config.model_validate(spec["config"]), spec["run_id"]
+    out_dir = run_dir(config.output.dir, run_id)
+    pairs = pd.read_parquet(spec["pairs_path"])
+    step_log = runs.TrainStepsLog(config.db.path, run_id, config.db.lock_timeout_s) if ranks.is_main else None
+    dev_eval = dev_evaluation(config, out_dir / "dev") if ranks.is_main else None
+    model_dir = resolve_model_source(config.model.source)
+    return fine_tune(model_dir, pairs, config.train, config.model, out_dir, step_log, log, dev_eval, ranks)
+
+
+if __name__ == "__main__":
+    sys.exit(rank_main())
