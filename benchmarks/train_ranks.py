@@ -9,7 +9,8 @@ Variants, each in its own processes, on the same hybrid batches (alpha 0.5, batc
                           1/R of the batch, gathers every rank's embeddings, and the gradients are summed
 Reported: steps/s and pairs/s over the timed steps (after warm-up), the ratio to one process, and for the ranks
 the share of a step spent in the collectives (gathering embeddings, summing gradients), measured on rank 0.
-With ``--micro-batch-size`` every variant uses gradient caching with that micro-batch.
+With ``--micro-batch-size`` every variant uses gradient caching with that micro-batch; with
+``--freeze-word-embeddings`` the 96M-weight token table has no gradient to sum.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--micro-batch-size", type=int)
+    parser.add_argument("--freeze-word-embeddings", action="store_true", help="train.freeze_word_embeddings")
     parser.add_argument("--steps", type=int, default=10, help="timed steps, after --warmup untimed ones")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--as-rank", action="store_true", help=argparse.SUPPRESS)  # internal: one process's part
@@ -54,6 +56,7 @@ def main() -> None:
         threads=max(1, cores // args.ranks),
     )  # fmt: skip
     micro = f", micro-batch {args.micro_batch_size}" if args.micro_batch_size else ""
+    micro += ", word embeddings frozen" if args.freeze_word_embeddings else ""
     print(f"model {args.model}, batch {args.batch_size}, max length {args.max_length}{micro}, {args.steps} timed steps")
     for name, result in [(f"1 process x {cores} threads", one), (f"{args.ranks} ranks x {cores // args.ranks} "
                                                                   "threads", ranked)]:  # fmt: skip
@@ -85,7 +88,9 @@ def run_rank(args: argparse.Namespace) -> dict | None:
     ranks = distributed.join(device.type, 600) if distributed.under_torchrun() else distributed.SINGLE
     torch.manual_seed(0)
     encoder = training.load_encoder(
-        model_directory(args.model), ModelConfig(source="path:x", max_length=args.max_length), False
+        model_directory(args.model),
+        ModelConfig(source="path:x", max_length=args.max_length),
+        args.freeze_word_embeddings,
     ).to(device)
     sampler = BatchSampler(training_pairs(args), args.batch_size, mono_share=0.5, seed=0)
     batches = [sampler.batch(step) for step in range(1, args.warmup + args.steps + 1)]

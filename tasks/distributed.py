@@ -85,13 +85,26 @@ def gather(local: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def sum_gradients(parameters: list[torch.nn.Parameter], ranks: Ranks) -> None:
-    """Replace each parameter's gradient by its sum over ranks (a missing gradient counts as zeros)."""
+def sum_gradients(
+    parameters: list[torch.nn.Parameter], ranks: Ranks, rows: tuple[torch.nn.Parameter, torch.Tensor] | None = None
+) -> None:
+    """Replace each parameter's gradient by its sum over ranks (a missing gradient counts as zeros).
+
+    ``rows`` = (a table, row indices): only those rows of that parameter's gradient can be non-zero on any rank, so
+    only they are summed. For the token embedding table (250k x 384 for e5-small, 80% of the weights) these are the
+    tokens of the global batch, a few thousand rows: summing them instead of the table is exact and cuts what the
+    ranks exchange per step by ~80%."""
     if ranks.world_size == 1:
         return
     for parameter in parameters:
         if parameter.grad is None:
             parameter.grad = torch.zeros_like(parameter)
+    if rows is not None:
+        table, indices = rows
+        part = table.grad.index_select(0, indices)
+        dist.all_reduce(part)
+        table.grad.index_copy_(0, indices, part)
+        parameters = [parameter for parameter in parameters if parameter is not table]
     grads = [parameter.grad for parameter in parameters]
     for bucket in _buckets(grads):
         flat = torch.cat([grad.reshape(-1) for grad in bucket])

@@ -251,7 +251,7 @@ def train_step(
     passages = encoder.tokenize(batch.passages[mine], "passage")
     loss = contrastive_backward(encoder, queries, passages, train_cfg.temperature, train_cfg.micro_batch_size, ranks)
     trainable = [p for p in encoder.parameters() if p.requires_grad]
-    sum_gradients(trainable, ranks)
+    sum_gradients(trainable, ranks, batch_token_rows(encoder, batch) if ranks.world_size > 1 else None)
     torch.nn.utils.clip_grad_norm_(trainable, train_cfg.max_grad_norm)
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
@@ -268,6 +268,18 @@ def train_step(
         "passage_langs": list(batch.passage_langs),
         "examples_per_s": len(batch.queries) / (time.perf_counter() - began),
     }
+
+
+def batch_token_rows(encoder: BiEncoder, batch: Batch) -> tuple[torch.nn.Parameter, torch.Tensor] | None:
+    """The token embedding table and the ids of every token of the whole global batch (each rank tokenizes all of
+    it, so all ranks agree without exchanging anything): the only rows of the table with a gradient on any rank.
+    None when the table is frozen."""
+    table = encoder.model.get_input_embeddings().weight
+    if not table.requires_grad:
+        return None
+    ids = [encoder.tokenize(texts, kind)["input_ids"] for texts, kind in ((batch.queries, "query"),
+                                                                         (batch.passages, "passage"))]  # fmt: skip
+    return table, torch.unique(torch.cat([part.reshape(-1) for part in ids])).to(table.device)
 
 
 def contrastive_backward(
