@@ -9,6 +9,12 @@ Each (dataset, language, queries | candidates) block is one cache file named by 
 the model's weights and tokenizer, the texts (and paragraphs in ``paragraph`` mode), the prefix and the maximum
 length. A block is written to a temporary file and renamed (``hbir.core.files``), so a killed run leaves no
 half-written cache.
+
+A block of more than ``shard_size`` texts is embedded in shards, each its own cache file (the block's key, the shard
+number, the shard and batch sizes), so a killed run started again embeds only the shards that are missing; peak
+memory is that of one shard's encoding. The texts are put in the order ``BiEncoder.embed`` batches them in (by token
+count) and cut at multiples of the batch size, so every encoder batch is the one the one-shot path makes and the
+vectors are identical.
 """
 
 from __future__ import annotations
@@ -59,9 +65,11 @@ def embed_dataset(
     batch_size: int = 64,
     cache_dir: Path | None = None,
     log: Callable[[str], None] = print,
+    shard_size: int | None = None,
 ) -> DatasetEmbeddings:
-    """Embed every query and candidate of ``tables`` language by language, reusing blocks cached in ``cache_dir``
-    (``embeddings_cache_dir()``, i.e. ``$HBIR_CACHE_DIR/embeddings``, for the default; None: no cache)."""
+    """Embed every query and candidate of ``tables`` language by language, reusing blocks (and shards of blocks
+    larger than ``shard_size`` texts) cached in ``cache_dir`` (``embeddings_cache_dir()``, i.e.
+    ``$HBIR_CACHE_DIR/embeddings``, for the default; None: no cache)."""
     queries, cands = tables.queries, tables.candidates
     log(f"embedding {tables.name}: {len(queries)} queries, {len(cands)} candidates ({candidates})")
     dim = encoder.model.config.hidden_size
@@ -73,14 +81,16 @@ def embed_dataset(
         done += len(rows)
         if len(rows):
             texts = queries["text"].iloc[rows].tolist()
-            query_vectors[rows] = embed_texts(encoder, model_fp, texts, "query", None, batch_size, cache_dir, lang)
+            query_vectors[rows] = embed_texts(
+                encoder, model_fp, texts, "query", None, batch_size, cache_dir, lang, shard_size
+            )
         rows = np.flatnonzero((cands["lang"] == lang).to_numpy())
         if len(rows):
             texts = cands["text"].iloc[rows].tolist()
             contexts = cands["context"].iloc[rows].tolist() if candidates == "paragraph" else None
             done += len(rows)
             candidate_vectors[rows] = embed_texts(
-                encoder, model_fp, texts, "passage", contexts, batch_size, cache_dir, lang
+                encoder, model_fp, texts, "passage", contexts, batch_size, cache_dir, lang, shard_size
             )
         # a line per language: in a log (a Prefect worker, no terminal) the bars show nothing for minutes
         log(f"embedded {tables.name} {lang} ({number}/{len(tables.languages)} languages, {done}/{total} texts)")
@@ -96,8 +106,10 @@ def embed_texts(
     batch_size: int = 64,
     cache_dir: Path | None = None,
     label: str = "",
+    shard_size: int | None = None,
 ) -> np.ndarray:
-    """Embeddings (N, H) of ``texts``, read from ``cache_dir`` when this exact block was encoded before."""
+    """Embeddings (N, H) of ``texts``, read from ``cache_dir`` when this exact block was encoded before; in shards
+    of about ``shard_size`` texts when there are more (module doc)."""
     key = {
         "model": model_fp,
         "texts": texts_fingerprint(texts, contexts),
@@ -106,14 +118,53 @@ def embed_texts(
         "max_length": encoder.max_length,
         "candidates": "paragraph" if contexts is not None else "sentence",
     }
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()}.npy"
-        if path.exists():
-            return np.load(path)
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    path = None if cache_dir is None else Path(cache_dir) / f"{name}.npy"
+    if path is not None and path.exists():
+        return np.load(path)
+    if shard_size is not None and len(texts) > shard_size:
+        return _embed_in_shards(encoder, texts, kind, contexts, batch_size, cache_dir, label, shard_size, name)
     vectors = encoder.embed(texts, kind, batch_size, contexts, show_progress=None, label=label).numpy()
     if path is not None:
         write_file(path, lambda tmp: _save_npy(tmp, vectors))
+    return vectors
+
+
+def shard_rows(lengths: list[int], batch_size: int, shard_size: int) -> list[np.ndarray]:
+    """The row numbers of each shard: rows in ``BiEncoder.embed``'s order (by token count, stable), cut every
+    ``shard_size`` rounded up to whole batches, so each shard's batches are the one-shot path's."""
+    order = np.array(sorted(range(len(lengths)), key=lengths.__getitem__), dtype=np.int64)
+    step = -(-shard_size // batch_size) * batch_size
+    return [order[start : start + step] for start in range(0, len(order), step)]
+
+
+def _embed_in_shards(
+    encoder: BiEncoder,
+    texts: list[str],
+    kind: TextKind,
+    contexts: list[str] | None,
+    batch_size: int,
+    cache_dir: Path | None,
+    label: str,
+    shard_size: int,
+    name: str,
+) -> np.ndarray:
+    shards = shard_rows(encoder.token_lengths(texts, kind, contexts), batch_size, shard_size)
+    vectors = np.empty((len(texts), encoder.model.config.hidden_size), dtype=np.float32)
+    for number, rows in enumerate(shards):
+        path = None
+        if cache_dir is not None:
+            path = Path(cache_dir) / f"{name}-b{batch_size}-s{len(shards[0])}-{number:05d}of{len(shards):05d}.npy"
+        if path is not None and path.exists():
+            vectors[rows] = np.load(path)
+            continue
+        part = encoder.embed(
+            [texts[i] for i in rows], kind, batch_size, [contexts[i] for i in rows] if contexts is not None else None,
+            show_progress=None, label=f"{label} shard {number + 1}/{len(shards)}".strip(),
+        ).numpy()  # fmt: skip
+        if path is not None:
+            write_file(path, lambda tmp, part=part: _save_npy(tmp, part))
+        vectors[rows] = part
     return vectors
 
 

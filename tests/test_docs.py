@@ -16,9 +16,7 @@ IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 
 def _tracked() -> set[str]:
     try:
-        listed = subprocess.run(
-            ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, text=True
-        ).stdout
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     return {name for name in listed.split("\0") if name}
@@ -46,6 +44,8 @@ def test_every_image_a_committed_document_links_is_committed():
 def test_report_figures_under_docs_are_not_ignored():
     ignored = subprocess.run(
         ["git", "check-ignore", "--no-index", "docs/results/map_heatmap.png", "docs/results/map_heatmap.svg"],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert ignored.returncode == 1, f"ignored by .gitignore: {ignored.stdout}"

@@ -77,8 +77,11 @@ def source_fingerprint(config: Config, name: str) -> str:
 def training_fingerprint(config: Config) -> str:
     """SHA-256 of what a trained model depends on: the training data's files and every setting but where files
     live (data.dir, db, output). Scheduled retraining retrains only when it changes."""
-    placement = {key.removeprefix("train.") for key in PLACEMENT_SETTINGS}
-    settings = config.model_dump(mode="json", exclude={"data": {"dir"}, "db": True, "output": True, "train": placement})
+    exclude = {"data": {"dir"}, "db": True, "output": True}
+    for key in PLACEMENT_SETTINGS:
+        section, name = key.split(".")
+        exclude.setdefault(section, set()).add(name)
+    settings = config.model_dump(mode="json", exclude=exclude)
     sources = [source_fingerprint(config, name) for name in config.data.train]
     return hashlib.sha256(json.dumps([sources, settings], sort_keys=True).encode()).hexdigest()
 

@@ -266,7 +266,9 @@ def embed_tables(config: Config, model_dir: str, tables_dir: str, log: Log = pri
     fingerprint = model_fingerprint(Path(model_dir))
     cache_dir = embeddings_cache_dir() if config.eval.cache_embeddings else None
     eval_cfg = config.eval
-    vectors = embed_dataset(encoder, fingerprint, tables, eval_cfg.candidates, eval_cfg.batch_size, cache_dir, log)
+    vectors = embed_dataset(
+        encoder, fingerprint, tables, eval_cfg.candidates, eval_cfg.batch_size, cache_dir, log, eval_cfg.shard_size
+    )
     key = embed_key(fingerprint, tables_dir, config)
     return str(save_vectors(embeddings_cache_dir() / "datasets" / f"{key}.npz", vectors))
 

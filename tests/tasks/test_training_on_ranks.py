@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hbir.app.records import run_record
+from hbir.app.records import run_record, training_fingerprint
 from hbir.app.train_ranks import train_on_ranks
 from hbir.core.config import Config
 from hbir.core.errors import HbirError
@@ -132,3 +132,14 @@ def test_a_run_resumes_with_other_placement_settings_but_not_other_training_sett
     other = run_record(Config.model_validate({"train": {"lr": 1e-4}}), "train", "r")
     with pytest.raises(HbirError, match="train.lr"):
         start_run(db, other, resume=True)
+
+
+def test_placement_settings_leave_the_training_fingerprint_as_it_was():
+    """Scheduled retraining retrains when the fingerprint changes: ranks, micro-batches and shards change nothing."""
+    base = training_fingerprint(Config())
+    moved = {
+        "train": {"nproc_per_node": 4, "micro_batch_size": 8, "collective_timeout_s": 60},
+        "eval": {"shard_size": 7},
+    }
+    assert training_fingerprint(Config.model_validate(moved)) == base
+    assert training_fingerprint(Config.model_validate({"train": {"lr": 1e-4}})) != base

@@ -1,0 +1,75 @@
+"""Embedding in shards: the vectors of the one-shot path, bit for bit, and a run stopped mid-embedding embeds only the
+shards that are missing when started again."""
+
+import numpy as np
+import pytest
+
+from hbir.core.config import DEFAULT_LANGUAGES
+from models.encoder import BiEncoder
+from tasks.embedding import embed_dataset, embed_texts, shard_rows
+from tasks.ingest import ingest_dataset
+from tasks.tables import DatasetTables
+
+BATCH = 16
+
+
+@pytest.fixture(scope="module")
+def german(lareqa_dir):
+    """XQuAD-R's German sentences (1,189 real texts of many lengths)."""
+    tables = ingest_dataset(lareqa_dir, "xquad-r", DEFAULT_LANGUAGES)
+    return tables.candidates[tables.candidates["lang"] == "de"]["text"].tolist()
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir):
+    return BiEncoder.from_dir(tiny_model_dir, passage_prefix="passage: ", max_length=32)
+
+
+def test_shards_cover_every_row_once_in_whole_batches():
+    lengths = [5, 3, 9, 1, 3, 7, 2, 8, 6, 4, 1]
+    shards = shard_rows(lengths, batch_size=2, shard_size=3)  # 3 rounds up to 4: two whole batches
+    assert [len(rows) for rows in shards] == [4, 4, 3]
+    flat = np.concatenate(shards)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths)
+
+
+def test_sharded_vectors_are_identical_to_the_one_shot_path(encoder, german, tmp_path):
+    one_shot = embed_texts(encoder, "tiny", german, "passage", None, BATCH, cache_dir=None)
+    sharded = embed_texts(encoder, "tiny", german, "passage", None, BATCH, cache_dir=tmp_path, shard_size=100)
+    assert np.array_equal(sharded, one_shot)
+    assert len(list(tmp_path.glob("*of*.npy"))) == len(shard_rows([0] * len(german), BATCH, 100)) == 12
+
+
+def test_a_stopped_embedding_started_again_embeds_only_the_missing_shards(encoder, german, tmp_path, monkeypatch):
+    whole = embed_texts(encoder, "tiny", german, "passage", None, BATCH, cache_dir=None)
+    real_embed, calls, dying = BiEncoder.embed, [], [True]
+
+    def dies_at_the_fifth_shard(self, texts, *args, **kwargs):
+        calls.append(len(texts))
+        if dying[0] and len(calls) == 5:
+            raise RuntimeError("stopped")  # as a kill would, mid-way
+        return real_embed(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(BiEncoder, "embed", dies_at_the_fifth_shard)
+    with pytest.raises(RuntimeError, match="stopped"):
+        embed_texts(encoder, "tiny", german, "passage", None, BATCH, cache_dir=tmp_path, shard_size=100)
+    assert len(list(tmp_path.glob("*of*.npy"))) == 4
+    dying[0] = False
+    calls.clear()
+    again = embed_texts(encoder, "tiny", german, "passage", None, BATCH, cache_dir=tmp_path, shard_size=100)
+    assert len(calls) == 12 - 4 and np.array_equal(again, whole)
+    calls.clear()
+    embed_texts(encoder, "tiny", german, "passage", None, BATCH, cache_dir=tmp_path, shard_size=100)
+    assert calls == []  # all cached
+
+
+def test_a_dataset_embedded_in_shards_equals_one_embedded_at_once(encoder, lareqa_dir, tmp_path):
+    full = ingest_dataset(lareqa_dir, "xquad-r", DEFAULT_LANGUAGES)
+    two = lambda frame: frame[frame["lang"].isin(["de", "th"])].reset_index(drop=True)  # noqa: E731
+    tables = DatasetTables(full.name, two(full.queries), two(full.candidates), full.qrels)
+    quiet = lambda line: None  # noqa: E731
+    at_once = embed_dataset(encoder, "tiny", tables, "sentence", BATCH, None, quiet)
+    sharded = embed_dataset(encoder, "tiny", tables, "sentence", BATCH, tmp_path, quiet, shard_size=250)
+    assert np.array_equal(at_once.queries, sharded.queries)
+    assert np.array_equal(at_once.candidates, sharded.candidates)
