@@ -15,9 +15,11 @@ import faiss
 import numpy as np
 
 from hbir.core.config import EvalConfig
+from hbir.core.errors import ConfigError
 from hbir.core.files import file_sha256, write_file
 
 IVF_MIN_POINTS_PER_CLUSTER = 39  # below this faiss's k-means warns and clusters badly
+ADD_CHUNK = 65_536  # vectors added to a factory index at a time
 
 
 def build_index(vectors: np.ndarray, eval_cfg: EvalConfig, seed: int = 0) -> faiss.Index:
@@ -30,6 +32,8 @@ def build_index(vectors: np.ndarray, eval_cfg: EvalConfig, seed: int = 0) -> fai
         index = faiss.IndexHNSWFlat(dim, eval_cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = eval_cfg.hnsw_ef_construction
         index.hnsw.efSearch = eval_cfg.hnsw_ef_search
+    elif eval_cfg.index != "ivf":
+        return factory_index(vectors, eval_cfg, seed)
     else:
         nlist = ivf_nlist(n, eval_cfg.ivf_nlist)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -37,6 +41,39 @@ def build_index(vectors: np.ndarray, eval_cfg: EvalConfig, seed: int = 0) -> fai
         index.train(vectors)
         index.nprobe = min(eval_cfg.ivf_nprobe, nlist)
     index.add(vectors)
+    return index
+
+
+def factory_index(vectors: np.ndarray, eval_cfg: EvalConfig, seed: int = 0) -> faiss.Index:
+    """An index of the faiss ``index_factory`` string ``eval.index``, trained on at most ``eval.index_train_sample``
+    of ``vectors`` (drawn with ``seed``), holding all of them, with nprobe / efSearch from the config."""
+    n, dim = vectors.shape
+    try:
+        index = faiss.index_factory(dim, eval_cfg.index, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.try_extract_index_ivf(index)
+        ivf = faiss.downcast_index(ivf) if ivf is not None else None
+        if hasattr(ivf, "do_polysemous_training"):  # IVF-PQ: polysemous codes (faiss's default) take 5x longer
+            ivf.do_polysemous_training = False  # to train, and hbir never searches with them
+        if not index.is_trained:
+            sample = vectors
+            if n > eval_cfg.index_train_sample:
+                rows = np.random.default_rng(seed).choice(n, eval_cfg.index_train_sample, replace=False)
+                sample = vectors[np.sort(rows)]
+            index.train(sample)
+    except RuntimeError as error:
+        reason = str(error).strip().split("Error: ")[-1][:200]
+        raise ConfigError(
+            f"eval.index {eval_cfg.index!r} cannot be built over {n} vectors of dimension {dim} (each language's "
+            f"candidates and the pool get an index): {reason}; choose one that fits, e.g. IVF{ivf_nlist(n, 1024)},PQ"
+            f"{next(m for m in (48, 32, 16, 8, 4, 2, 1) if dim % m == 0)}, or eval.index=flat"
+        ) from None
+    space = faiss.ParameterSpace()
+    if faiss.try_extract_index_ivf(index) is not None:
+        space.set_index_parameter(index, "nprobe", eval_cfg.ivf_nprobe)
+    if "HNSW" in eval_cfg.index:
+        space.set_index_parameter(index, "efSearch", eval_cfg.hnsw_ef_search)
+    for start in range(0, n, ADD_CHUNK):  # added in chunks: no second copy of the pool in faiss's format at once
+        index.add(vectors[start : start + ADD_CHUNK])
     return index
 
 

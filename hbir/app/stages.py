@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -296,12 +297,19 @@ def index(config: Config, run_id: str, dataset: str, tables_dir: str, vectors_pa
     artifacts = []
     candidates = tables.candidates.iloc[corpus.order].reset_index(drop=True)
     for lang, built in indexes.items():
-        path = run_dir(config.output.dir, run_id) / "indexes" / dataset / f"{config.eval.index}-{lang}.faiss"
+        folder = run_dir(config.output.dir, run_id) / "indexes" / dataset
+        path = folder / f"{index_file_stem(config.eval.index)}-{lang}.faiss"
         artifacts.append({"kind": "index", "path": str(path), "sha256": save_index(built, path)})
         ids = candidates.iloc[corpus.block(lang)][["cid", "lang", "doc_id", "text"]]  # row i: the index's id i
         write_file(index_ids_path(path), lambda tmp, ids=ids: ids.to_parquet(tmp, index=False))
     keep_rows(config, run_id, **{f"artifacts_index_{dataset}": pd.DataFrame(artifacts)})
     return [row["path"] for row in artifacts]
+
+
+def index_file_stem(index: str) -> str:
+    """The part of an index file's name that says its kind: ``flat``, or a factory string made file-safe
+    (``IVF4096,PQ48`` -> ``IVF4096_PQ48``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", index)
 
 
 def index_ids_path(index_path: str | Path) -> Path:

@@ -211,11 +211,31 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
+    @field_validator("index")
+    @classmethod
+    def _known_index(cls, value: str) -> str:
+        if value in ("flat", "ivf", "hnsw"):
+            return value
+        import faiss  # only for a factory string
+
+        try:
+            faiss.index_factory(64 * 3 * 4, value, faiss.METRIC_INNER_PRODUCT)  # 768 divides by common PQ sizes
+        except RuntimeError as error:
+            reason = str(error).strip().split("Error: ")[-1][:200]
+            raise ValueError(
+                f"expected flat, ivf, hnsw or a faiss index_factory string such as IVF4096,PQ48; faiss: {reason}"
+            ) from None
+        return value
+
     # sentence: encode the candidate sentence; paragraph: the sentence with its paragraph as a text pair (LAReQA)
     candidates: Literal["sentence", "paragraph"] = "sentence"
     # flat: exact inner product, every relevant candidate's rank over the whole corpus (exact mAP);
     # ivf / hnsw: approximate faiss indexes for large corpora, searched to `depth` (relevant ones below: not found)
-    index: Literal["flat", "ivf", "hnsw"] = "flat"
+    # or any faiss index_factory string (https://github.com/facebookresearch/faiss/wiki/The-index-factory), e.g.
+    # IVF4096,PQ48 or OPQ48,IVF16384,PQ48 for pools that do not fit in memory as floats; trained on a sample of at most
+    # index_train_sample vectors, searched with ivf_nprobe / hnsw_ef_search
+    index: str = "flat"
+    index_train_sample: int = Field(100_000, ge=1)
     depth: int = Field(1000, ge=100)  # approximate indexes: candidates retrieved per query (>= 100 for recall@100)
     ivf_nlist: int = Field(1024, ge=1)  # clusters; lowered to corpus size / 39 for small corpora
     ivf_nprobe: int = Field(32, ge=1)  # clusters searched per query
