@@ -69,6 +69,8 @@ def train_on_ranks(config: Config, run_id: str, pairs_path: str, log=print):
             message += f" (torchrun's report: {details})"
         raise HbirError(message)
     found = json.loads(result_path.read_text())
+    spec_path.unlink()  # both written again by the next start
+    result_path.unlink()
     found["model_dir"] = Path(found["model_dir"])
     return TrainResult(**found)
 
