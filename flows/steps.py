@@ -22,8 +22,10 @@ from hbir.core.errors import HbirError
 
 
 def _not_a_user_error(task, task_run, state) -> bool:
-    """Retry only what may pass on a second try: not a HbirError (bad input, a diverged loss)."""
-    return not isinstance(state.result(raise_on_failure=False), HbirError)
+    """Retry only what may pass on a second try: not a HbirError (bad input, a diverged loss) unless it says it is
+    retryable (a rank that died: the retry resumes from the last checkpoint)."""
+    error = state.result(raise_on_failure=False)
+    return not isinstance(error, HbirError) or getattr(error, "retryable", False)
 
 
 @task(name="configure", cache_policy=NO_CACHE)

@@ -96,6 +96,11 @@ def sum_gradients(
     ranks exchange per step by ~80%."""
     if ranks.world_size == 1:
         return
+    has_grad = torch.tensor(
+        [parameter.grad is not None for parameter in parameters], dtype=torch.int32, device=parameters[0].device
+    )
+    dist.all_reduce(has_grad)  # a weight no rank used (an unused pooler) keeps no gradient, as in one process
+    parameters = [parameter for parameter, used in zip(parameters, has_grad.tolist(), strict=True) if used]
     for parameter in parameters:
         if parameter.grad is None:
             parameter.grad = torch.zeros_like(parameter)
@@ -113,6 +118,12 @@ def sum_gradients(
         for grad in bucket:
             grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
             offset += grad.numel()
+
+
+def barrier(ranks: Ranks) -> None:
+    """Wait until every rank is here."""
+    if ranks.world_size > 1:
+        dist.barrier()
 
 
 def broadcast_object(value: object, ranks: Ranks) -> object:

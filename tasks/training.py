@@ -51,7 +51,7 @@ from tasks.checkpoints import (
     save_checkpoint,
 )
 from tasks.dev import dev_score
-from tasks.distributed import SINGLE, Ranks, gather, rank_slice, sum_gradients
+from tasks.distributed import SINGLE, Ranks, barrier, gather, rank_slice, sum_gradients
 
 FLUSH_EVERY_S = 30.0  # how stale the train_steps table (and the log) may get while a run is going
 
@@ -122,7 +122,11 @@ def fine_tune(
     start = resume(run_dir / "checkpoints", encoder, optimizer, scheduler, sampler)
     if ranks.is_main:
         step_log.truncate_after(start)
-    rank_log = RankBatchLog(run_dir / "ranks" / f"rank-{ranks.rank}.jsonl", start) if ranks.world_size > 1 else None
+        RankBatchLog.truncate_all(run_dir / "ranks", start, ranks.world_size)
+    barrier(ranks)  # the rank logs are cut before any rank appends
+    rank_log = RankBatchLog(run_dir / "ranks" / f"rank-{ranks.rank}.jsonl") if ranks.world_size > 1 else None
+    if ranks.world_size > 1:  # dropout: each rank its own masks (one process keeps the checkpoint's generator)
+        torch.manual_seed(train_cfg.seed * 1_000_003 + start * 1_009 + ranks.rank)
     if start:
         log(f"continuing from the checkpoint of step {start}")
 
@@ -314,12 +318,26 @@ class RankBatchLog:
     languages), in ``<run_dir>/ranks/rank-<r>.jsonl``: the record that all ranks trained on one batch kind (and for
     mono one language) at every step. Lines after ``start`` (a resumed run's checkpoint) are dropped."""
 
-    def __init__(self, path: Path, start: int) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start] if (
-            path.exists()) else []  # fmt: skip
-        path.write_text("".join(line + "\n" for line in kept))
+
+    @staticmethod
+    def truncate_all(folder: Path, start: int, world_size: int) -> None:
+        """Before a (re)start: drop every rank's lines after ``start`` (and a half-written last line), and the files
+        of ranks the run no longer has."""
+        for path in sorted(folder.glob("rank-*.jsonl")) if folder.is_dir() else []:
+            if int(path.stem.removeprefix("rank-")) >= world_size:
+                path.unlink()
+                continue
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= start:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    pass  # cut off by a kill
+            path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, batch: Batch, mine: slice) -> None:
         line = {"step": batch.step, "kind": batch.kind, "dataset": batch.dataset,

@@ -2,21 +2,20 @@
 worker on a GPU node runs it unchanged), and each rank it starts runs this module.
 
     result = train_on_ranks(config, run_id, pairs_path, log)       # in the train stage, when train.world_size > 1
-    python -m hbir.app.train_ranks --spec <run_dir>/train-spec.json  # one rank (torchrun starts it)
-    python -m hbir.app.train_ranks                                   # a rank of another node: gets the spec from 0
+    python -m hbir.app.train_ranks --spec <run_dir>/train-spec.json  # one rank (torchrun starts it, on every node)
     torchrun --nproc_per_node 2 -m hbir.cli train ...                # an outside torchrun: rank 0 runs the command,
                                                                      # the other ranks only train (follow_rank_zero)
 
-The stage writes the run's spec (config, run id, pairs) to ``<run_dir>/train-spec.json``; rank 0 reads it and sends
-it to every rank, so the other nodes of a multi-node run need nothing but the rendezvous (``follower_command``, which
-the stage logs). Rank 0 writes the step log, checkpoints and the model, and ``train-result.json``; a rank that dies
-ends the run as failed with a message naming it, and the same command resumes from the last checkpoint, with any
-number of ranks. The run folder must be on a file system every node sees.
+The stage writes the run's spec (config, run id, pairs) to ``<run_dir>/train-spec.json`` and every rank reads it, so
+the other nodes of a multi-node run start the same torchrun command (the stage logs it). Rank 0 writes the step log,
+checkpoints and the model, and ``train-result.json``; a rank that dies ends the run as failed with a message naming
+it, and the same command resumes from the last checkpoint, with any number of ranks. The run folder must be on a
+file system every node sees.
 
 Under an outside torchrun (a Kubernetes PyTorchJob, a Slurm script that starts torchrun) every rank runs the ``hbir``
 command: rank 0 runs it as usual and trains on the group that torchrun made (``train_in_this_group``), the other
-ranks wait for its spec, train, and exit (``follow_rank_zero``); a command of rank 0 that trains nothing tells them
-to stop (``release_followers``).
+ranks train each spec it sends them (``follow_rank_zero``) until its command ends and tells them to stop
+(``release_followers``).
 """
 
 from __future__ import annotations
@@ -36,15 +35,22 @@ import pandas as pd
 
 from hbir.core.config import Config, TrainConfig
 from hbir.core.errors import HbirError
-from hbir.core.files import write_text
+from hbir.core.files import read_file_bytes, write_text
 from hbir.core.paths import run_dir
 from hbir.core.torchrun import under_torchrun
 
-ERROR_PREFIX = "hbir-rank-error: "  # rank 0's line for an hbir error (a message for the user, not a traceback)
+ERROR_PREFIX = "hbir-rank-error: "  # + "<rank> <message>": a rank's hbir error (for the user, not a traceback)
 TRACEBACK = re.compile(r"(\[rank\d+\]:\s*)?Traceback \(most recent call last\)")  # a rank's, or torchrun's
 KEPT_LINES = 200  # of torchrun's output, to find the rank that failed
 DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0  # train.collective_timeout_s's default, for ranks that have no config yet
-_spec_sent = False  # rank 0 of an outside torchrun: whether the other ranks got a spec
+FOLLOWER_TIMEOUT_S = 7 * 24 * 3600.0  # an outside torchrun's other ranks wait for rank 0's command this long
+
+
+class RankFailure(HbirError):
+    """A rank died or hung (killed, out of memory, a lost node): not the user's mistake, and a second try resumes
+    from the last checkpoint, so the flow's train task retries it."""
+
+    retryable = True
 
 
 def train_on_ranks(config: Config, run_id: str, pairs_path: str, log=print):
@@ -58,16 +64,18 @@ def train_on_ranks(config: Config, run_id: str, pairs_path: str, log=print):
     result_path.unlink(missing_ok=True)
     train = config.train
     log(f"training on {train.world_size} ranks ({train.nproc_per_node} per node x {train.nnodes} nodes)")
+    command = torchrun_command(train, run_id, spec_path)
     if train.nnodes > 1:
-        log("on each other node, run: " + shlex.join(follower_command(train, run_id)))
-    command = torchrun_command(train, run_id) + ["--spec", str(spec_path)]
-    returncode, tail, held = _run_streaming(command, _rank_environment(train), log)
+        log("on each other node, run: " + shlex.join(["python", *command[1:]]))
+    returncode, tail, held, errors = _run_streaming(command, _rank_environment(train), log)
     if returncode != 0:
+        if errors:  # a rank's own hbir error (rank 0's first): the user's message as it is
+            raise HbirError(sorted(errors)[0][1])
         message = failure_message(tail, returncode)
-        if held and not any(line.startswith(ERROR_PREFIX) for line in tail):  # not rank 0's own hbir error
+        if held:
             details = write_text(out_dir / "ranks" / "torchrun-failure.log", "\n".join(held) + "\n")
             message += f" (torchrun's report: {details})"
-        raise HbirError(message)
+        raise RankFailure(message)
     found = json.loads(result_path.read_text())
     spec_path.unlink()  # both written again by the next start
     result_path.unlink()
@@ -77,52 +85,64 @@ def train_on_ranks(config: Config, run_id: str, pairs_path: str, log=print):
 
 def train_in_this_group(config: Config, run_id: str, pairs_path: str, log=print):
     """This process is rank 0 of a group an outside torchrun started: send the spec to the other ranks (waiting in
-    ``follow_rank_zero``) and train with them; returns the ``TrainResult``."""
+    ``follow_rank_zero``) and train with them; returns the ``TrainResult``. Any failure is an HbirError, never
+    retried: the other ranks may be stuck in a collective of the failed run, so the torchrun job ends with it."""
     from tasks import distributed
     from tasks.training import pick_device
 
-    global _spec_sent
-    ranks = distributed.join(pick_device(config.train.device).type, config.train.collective_timeout_s)
+    device = pick_device("auto").type  # what the other ranks, which have no config, find
+    if pick_device(config.train.device).type != device:
+        raise HbirError(f"under an outside torchrun every rank trains on the device it finds ({device}); "
+                        f"train.device={config.train.device} asks for another: leave it at auto")  # fmt: skip
+    ranks = distributed.join(device, config.train.collective_timeout_s)
     log(f"training on the {ranks.world_size} ranks of the torchrun that started hbir")
     spec = {"config": config.model_dump(mode="json"), "run_id": run_id, "pairs_path": pairs_path}
     distributed.broadcast_object(spec, ranks)
-    _spec_sent = True
-    return _train(spec, ranks, log)
+    try:
+        return _train(spec, ranks, log)
+    except HbirError:
+        raise
+    except Exception as error:
+        raise HbirError(f"training on the torchrun group failed: {type(error).__name__}: {error}") from error
 
 
 def follow_rank_zero() -> int:
-    """A rank other than 0 of an outside torchrun: wait for rank 0's spec, train, exit (0; 2 after an hbir error)."""
+    """A rank other than 0 of an outside torchrun: train each spec rank 0 sends until it sends None (its command is
+    done), then exit (0; 2 after an hbir error, which it prints)."""
     from tasks import distributed
     from tasks.training import pick_device
 
-    ranks = distributed.join(pick_device("auto").type, DEFAULT_COLLECTIVE_TIMEOUT_S)
+    # waits as long as rank 0's command takes before it trains (ingesting, validating); rank 0's own collectives
+    # time out after train.collective_timeout_s, and torchrun then stops every rank
+    ranks = distributed.join(pick_device("auto").type, FOLLOWER_TIMEOUT_S)
     try:
-        spec = distributed.broadcast_object(None, ranks)
-        if spec is not None:
+        while (spec := distributed.broadcast_object(None, ranks)) is not None:
             _train(spec, ranks, lambda line: None)
-    except HbirError:
-        return 2  # rank 0 says why
+    except HbirError as error:
+        print(f"{ERROR_PREFIX}{ranks.rank} " + " ".join(str(error).split()), flush=True)
+        return 2
     finally:
         distributed.leave()
     return 0
 
 
 def release_followers() -> None:
-    """Rank 0 of an outside torchrun, at the end of a command that did not train: the other ranks may stop."""
+    """Rank 0 of an outside torchrun, at the end of its command: the other ranks stop waiting for a spec."""
     from tasks import distributed
     from tasks.training import pick_device
 
-    if _spec_sent or not under_torchrun() or os.environ["RANK"] != "0":
+    if not under_torchrun() or os.environ["RANK"] != "0":
         return
     ranks = distributed.join(pick_device("auto").type, DEFAULT_COLLECTIVE_TIMEOUT_S)
     distributed.broadcast_object(None, ranks)
     distributed.leave()
 
 
-def torchrun_command(train: TrainConfig, run_id: str) -> list[str]:
+def torchrun_command(train: TrainConfig, run_id: str, spec_path: Path) -> list[str]:
     """``python -m torch.distributed.run`` for this node: one process per rank, no restarts (a failed rank fails the
     run, which resumes from its checkpoint); one node: a standalone rendezvous on a free port; several: c10d at
-    ``train.rdzv_endpoint`` with the run id as rendezvous id."""
+    ``train.rdzv_endpoint`` with the run id as rendezvous id. Every rank reads the spec (the run folder is on a file
+    system all nodes share), so it does not matter which node's rank torchrun numbers 0."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={train.nproc_per_node}",
                "--max_restarts=0"]  # fmt: skip
     if train.nnodes == 1:
@@ -130,21 +150,13 @@ def torchrun_command(train: TrainConfig, run_id: str) -> list[str]:
     else:
         command += [f"--nnodes={train.nnodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={train.rdzv_endpoint}",
                     f"--rdzv_id={run_id}"]  # fmt: skip
-    return command + ["-m", "hbir.app.train_ranks", "--device", train.device,
+    return command + ["-m", "hbir.app.train_ranks", "--spec", str(spec_path), "--device", train.device,
                       "--collective-timeout", f"{train.collective_timeout_s:g}"]  # fmt: skip
 
 
-def follower_command(train: TrainConfig, run_id: str) -> list[str]:
-    """What the other nodes of a multi-node run start: the same torchrun, without the spec (rank 0 sends it)."""
-    return ["python"] + torchrun_command(train, run_id)[1:]
-
-
 def failure_message(tail: list[str], returncode: int) -> str:
-    """What a failed torchrun means for the user: rank 0's hbir error as it is, else the rank torchrun names as the
-    root cause, with its exit code and how to continue."""
-    errors = [line.removeprefix(ERROR_PREFIX) for line in tail if line.startswith(ERROR_PREFIX)]
-    if errors:
-        return errors[-1]
+    """What a failed torchrun means for the user: the rank torchrun names as the root cause, with its exit code
+    and how to continue."""
     text = "\n".join(tail)
     cause = text.split("Root Cause", 1)[-1]
     rank = re.search(r"rank\s*:\s*(\d+)", cause)
@@ -166,12 +178,15 @@ def _rank_environment(train: TrainConfig) -> dict[str, str]:
     return env
 
 
-def _run_streaming(command: list[str], env: dict[str, str], log) -> tuple[int, list[str], list[str]]:
-    """Run ``command``, passing its output lines to ``log``; returns its exit code, its last lines, and the lines
-    held back from the first traceback on (torchrun's failure report: logged only if the command succeeds after
-    all, else written to a file the error names)."""
+def _run_streaming(
+    command: list[str], env: dict[str, str], log
+) -> tuple[int, list[str], list[str], list[tuple[int, str]]]:
+    """Run ``command``, passing its output lines to ``log``; returns its exit code, its last lines, the lines held
+    back from the first traceback on (torchrun's failure report: logged only if the command succeeds after all,
+    else written to a file the error names), and the ranks' hbir errors as (rank, message)."""
     tail: deque[str] = deque(maxlen=KEPT_LINES)
     held: list[str] = []
+    errors: list[tuple[int, str]] = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                           errors="replace") as process:  # fmt: skip
         try:
@@ -179,6 +194,8 @@ def _run_streaming(command: list[str], env: dict[str, str], log) -> tuple[int, l
                 line = line.rstrip("\n").split("\r")[-1]
                 tail.append(line)
                 if line.startswith(ERROR_PREFIX):
+                    rank, _, message = line.removeprefix(ERROR_PREFIX).partition(" ")
+                    errors.append((int(rank), message if int(rank) == 0 else f"rank {rank}: {message}"))
                     continue
                 if held or TRACEBACK.match(line):
                     held.append(line)
@@ -190,7 +207,7 @@ def _run_streaming(command: list[str], env: dict[str, str], log) -> tuple[int, l
     if process.returncode == 0:
         for line in held:
             log(line)
-    return process.returncode, list(tail), held
+    return process.returncode, list(tail), held, errors
 
 
 # -- one rank ------------------------------------------------------------------------------------------------------
@@ -208,24 +225,20 @@ def _rank(argv: list[str] | None) -> int:
     from tasks.training import pick_device
 
     parser = argparse.ArgumentParser(prog="python -m hbir.app.train_ranks")
-    parser.add_argument("--spec", help="the run's train-spec.json (rank 0; the others get it from rank 0)")
+    parser.add_argument("--spec", required=True, help="the run's train-spec.json (hbir writes it)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--collective-timeout", type=float, default=1800.0)
     args = parser.parse_args(argv)
     ranks = distributed.join(pick_device(args.device).type, args.collective_timeout)
     try:
-        if ranks.is_main and not args.spec:
-            raise HbirError("rank 0 needs the run's spec: --spec <run_dir>/train-spec.json (hbir writes it)")
-        spec = json.loads(Path(args.spec).read_text()) if ranks.is_main else None
-        spec = distributed.broadcast_object(spec, ranks)
+        spec = json.loads(read_file_bytes(args.spec))
         result = _train(spec, ranks, lambda line: print(line, flush=True))
         if ranks.is_main:
             out_dir = run_dir(Config.model_validate(spec["config"]).output.dir, spec["run_id"])
             found = asdict(result) | {"model_dir": str(result.model_dir)}
             write_text(out_dir / "train-result.json", json.dumps(found))
     except HbirError as error:
-        if ranks.is_main:
-            print(ERROR_PREFIX + " ".join(str(error).split()), flush=True)
+        print(f"{ERROR_PREFIX}{ranks.rank} " + " ".join(str(error).split()), flush=True)
         return 2
     finally:
         distributed.leave()
