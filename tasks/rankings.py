@@ -29,6 +29,11 @@ Setting = Literal["mono", "cross", "multi"]
 Format = Literal["trec", "ranx", "parquet"]
 
 
+def _query_id_suffix(setting: Setting, query_lang: str, corpus_lang: str) -> str:
+    """What follows the question id in a query id: ``-<X>``, or ``-<X>-<Y>`` for cross (module doc)."""
+    return f"-{query_lang}" + (f"-{corpus_lang}" if setting == "cross" else "")
+
+
 def setting_rankings(
     tables: DatasetTables, vectors: DatasetEmbeddings, setting: Setting, depth: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -63,12 +68,12 @@ def setting_rankings(
                     continue
                 block = corpus.block(corpus_lang)
                 rows = query_rows[chunk][keep]
-                suffix = f"-{query_lang}" + (f"-{corpus_lang}" if setting == "cross" else "")
+                suffix = _query_id_suffix(setting, query_lang, corpus_lang)
                 ranked.append(
                     _top(scores[keep][:, block], cids[block], qids[rows], suffix, depth, query_lang, corpus_lang)
                 )
         for corpus_lang, rows in relevant.items():
-            suffix = f"-{query_lang}" + (f"-{corpus_lang}" if setting == "cross" else "")
+            suffix = _query_id_suffix(setting, query_lang, corpus_lang)
             judged.append(
                 pd.DataFrame({"query_id": rows["qid"].astype(str) + suffix, "cid": rows["cid"], "relevance": 1})
             )

@@ -250,12 +250,19 @@ def train_step(
     """One optimisation step on ``batch`` (the global batch; this rank encodes its slice); returns its
     ``train_steps`` row."""
     began = time.perf_counter()
+    # the whole global batch, padded as one process pads it; this rank encodes its rows
+    queries, passages = encoder.tokenize(batch.queries, "query"), encoder.tokenize(batch.passages, "passage")
     mine = rank_slice(len(batch.queries), ranks)
-    queries = encoder.tokenize(batch.queries[mine], "query")
-    passages = encoder.tokenize(batch.passages[mine], "passage")
-    loss = contrastive_backward(encoder, queries, passages, train_cfg.temperature, train_cfg.micro_batch_size, ranks)
+    loss = contrastive_backward(
+        encoder,
+        {name: value[mine] for name, value in queries.items()},
+        {name: value[mine] for name, value in passages.items()},
+        train_cfg.temperature,
+        train_cfg.micro_batch_size,
+        ranks,
+    )
     trainable = [p for p in encoder.parameters() if p.requires_grad]
-    sum_gradients(trainable, ranks, batch_token_rows(encoder, batch) if ranks.world_size > 1 else None)
+    sum_gradients(trainable, ranks, batch_token_rows(encoder, queries, passages) if ranks.world_size > 1 else None)
     torch.nn.utils.clip_grad_norm_(trainable, train_cfg.max_grad_norm)
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
@@ -274,16 +281,17 @@ def train_step(
     }
 
 
-def batch_token_rows(encoder: BiEncoder, batch: Batch) -> tuple[torch.nn.Parameter, torch.Tensor] | None:
-    """The token embedding table and the ids of every token of the whole global batch (each rank tokenizes all of
-    it, so all ranks agree without exchanging anything): the only rows of the table with a gradient on any rank.
-    None when the table is frozen."""
+def batch_token_rows(
+    encoder: BiEncoder, *features: dict[str, torch.Tensor]
+) -> tuple[torch.nn.Parameter, torch.Tensor] | None:
+    """The token embedding table and the ids of every token of the whole global batch (``features``: its tokenized
+    queries and passages, the same on every rank, so all ranks agree without exchanging anything): the only rows of
+    the table with a gradient on any rank. None when the table is frozen."""
     table = encoder.model.get_input_embeddings().weight
     if not table.requires_grad:
         return None
-    ids = [encoder.tokenize(texts, kind)["input_ids"] for texts, kind in ((batch.queries, "query"),
-                                                                         (batch.passages, "passage"))]  # fmt: skip
-    return table, torch.unique(torch.cat([part.reshape(-1) for part in ids])).to(table.device)
+    ids = torch.cat([part["input_ids"].reshape(-1) for part in features])
+    return table, torch.unique(ids).to(table.device)
 
 
 def contrastive_backward(

@@ -123,24 +123,25 @@ def train(config: Config, run_id: str, pairs_path: str | None, log: Log = print)
     """Fine-tune ``model.source`` on the pairs (resuming from a checkpoint), measuring the dev split every
     ``train.eval_every`` steps; returns the ``TrainResult``, whose ``model_dir`` is that of ``model.source`` itself
     when ``train.steps`` is 0 (a zero-shot run)."""
+    import pyarrow.parquet as pq
+
     from hbir.app.train_ranks import train_in_this_group, train_on_ranks
     from models.sources import resolve_model_source
-    from tasks.training import TrainResult, fine_tune
+    from tasks.training import TrainResult
 
     model_dir = resolve_model_source(config.model.source)
     if config.train.steps == 0:
         return TrainResult(model_dir, steps=0, resumed_from=0, seconds=0.0)
     db, timeout = config.db.path, config.db.lock_timeout_s
-    pairs = pd.read_parquet(pairs_path)
-    log(f"training {config.model.source} on {len(pairs)} pairs from {', '.join(config.data.train)}")
+    n_pairs = pq.ParquetFile(pairs_path).metadata.num_rows  # read in full by the process(es) that train
+    log(f"training {config.model.source} on {n_pairs} pairs from {', '.join(config.data.train)}")
     out_dir = run_dir(config.output.dir, run_id)
     if under_torchrun():  # hbir itself was started by torchrun: train on its group (hbir/app/train_ranks.py)
         result = train_in_this_group(config, run_id, pairs_path, log)
     elif config.train.world_size > 1:  # the same, on ranks of a torchrun started here
         result = train_on_ranks(config, run_id, pairs_path, log)
     else:
-        step_log, dev_eval = runs.TrainStepsLog(db, run_id, timeout), dev_evaluation(config, out_dir / "dev")
-        result = fine_tune(model_dir, pairs, config.train, config.model, out_dir, step_log, log, dev_eval)
+        result = fine_tune_run(config, run_id, pairs_path, log)
     merge_weight = None
     if config.train.merge is not None:
         dev_dirs = [out_dir / "dev" / name for name in config.data.train]
@@ -151,6 +152,21 @@ def train(config: Config, run_id: str, pairs_path: str | None, log: Log = print)
     keep_model(config, run_id, result.model_dir)
     describe_model(config, run_id, result.model_dir)
     return result
+
+
+def fine_tune_run(config: Config, run_id: str, pairs_path: str, log: Log = print, ranks=None):
+    """``fine_tune`` of run ``run_id`` as one process or as one of ``ranks`` (``tasks.distributed.Ranks``): rank 0
+    with the run's step log and dev evaluation."""
+    from models.sources import resolve_model_source
+    from tasks.distributed import SINGLE
+    from tasks.training import fine_tune
+
+    ranks = ranks or SINGLE
+    out_dir = run_dir(config.output.dir, run_id)
+    step_log = runs.TrainStepsLog(config.db.path, run_id, config.db.lock_timeout_s) if ranks.is_main else None
+    dev_eval = dev_evaluation(config, out_dir / "dev") if ranks.is_main else None
+    model_dir, pairs = resolve_model_source(config.model.source), pd.read_parquet(pairs_path)
+    return fine_tune(model_dir, pairs, config.train, config.model, out_dir, step_log, log, dev_eval, ranks)
 
 
 def merge_with_base(

@@ -31,8 +31,6 @@ from collections import deque
 from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
-
 from hbir.core.config import Config, TrainConfig
 from hbir.core.errors import HbirError
 from hbir.core.files import read_file_bytes, write_text
@@ -59,8 +57,7 @@ def train_on_ranks(config: Config, run_id: str, pairs_path: str, log=print):
 
     out_dir = run_dir(config.output.dir, run_id)
     spec_path, result_path = out_dir / "train-spec.json", out_dir / "train-result.json"
-    spec = {"config": config.model_dump(mode="json"), "run_id": run_id, "pairs_path": pairs_path}
-    write_text(spec_path, json.dumps(spec))
+    write_text(spec_path, json.dumps(_spec(config, run_id, pairs_path)))
     result_path.unlink(missing_ok=True)
     train = config.train
     log(f"training on {train.world_size} ranks ({train.nproc_per_node} per node x {train.nnodes} nodes)")
@@ -96,7 +93,7 @@ def train_in_this_group(config: Config, run_id: str, pairs_path: str, log=print)
                         f"train.device={config.train.device} asks for another: leave it at auto")  # fmt: skip
     ranks = distributed.join(device, config.train.collective_timeout_s)
     log(f"training on the {ranks.world_size} ranks of the torchrun that started hbir")
-    spec = {"config": config.model_dump(mode="json"), "run_id": run_id, "pairs_path": pairs_path}
+    spec = _spec(config, run_id, pairs_path)
     distributed.broadcast_object(spec, ranks)
     try:
         return _train(spec, ranks, log)
@@ -119,7 +116,7 @@ def follow_rank_zero() -> int:
         while (spec := distributed.broadcast_object(None, ranks)) is not None:
             _train(spec, ranks, lambda line: None)
     except HbirError as error:
-        print(f"{ERROR_PREFIX}{ranks.rank} " + " ".join(str(error).split()), flush=True)
+        _report_error(ranks, error)
         return 2
     finally:
         distributed.leave()
@@ -227,7 +224,7 @@ def _rank(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hbir.app.train_ranks")
     parser.add_argument("--spec", required=True, help="the run's train-spec.json (hbir writes it)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--collective-timeout", type=float, default=1800.0)
+    parser.add_argument("--collective-timeout", type=float, default=DEFAULT_COLLECTIVE_TIMEOUT_S)
     args = parser.parse_args(argv)
     ranks = distributed.join(pick_device(args.device).type, args.collective_timeout)
     try:
@@ -238,27 +235,28 @@ def _rank(argv: list[str] | None) -> int:
             found = asdict(result) | {"model_dir": str(result.model_dir)}
             write_text(out_dir / "train-result.json", json.dumps(found))
     except HbirError as error:
-        print(f"{ERROR_PREFIX}{ranks.rank} " + " ".join(str(error).split()), flush=True)
+        _report_error(ranks, error)
         return 2
     finally:
         distributed.leave()
     return 0
 
 
-def _train(spec: dict, ranks, log):
-    """Train the run of ``spec`` as ``ranks.rank``: rank 0 with the step log, the dev evaluation and ``log``."""
-    from hbir.app.stages import dev_evaluation
-    from hbir.store import runs
-    from models.sources import resolve_model_source
-    from tasks.training import fine_tune
+def _spec(config: Config, run_id: str, pairs_path: str) -> dict:
+    """What every rank needs to train run ``run_id`` (JSON: the spec file, or a broadcast)."""
+    return {"config": config.model_dump(mode="json"), "run_id": run_id, "pairs_path": pairs_path}
 
-    config, run_id = Config.model_validate(spec["config"]), spec["run_id"]
-    out_dir = run_dir(config.output.dir, run_id)
-    pairs = pd.read_parquet(spec["pairs_path"])
-    step_log = runs.TrainStepsLog(config.db.path, run_id, config.db.lock_timeout_s) if ranks.is_main else None
-    dev_eval = dev_evaluation(config, out_dir / "dev") if ranks.is_main else None
-    model_dir = resolve_model_source(config.model.source)
-    return fine_tune(model_dir, pairs, config.train, config.model, out_dir, step_log, log, dev_eval, ranks)
+
+def _report_error(ranks, error: HbirError) -> None:
+    """A rank's hbir error as one line the launching process finds (``ERROR_PREFIX``) and shows the user."""
+    print(f"{ERROR_PREFIX}{ranks.rank} " + " ".join(str(error).split()), flush=True)
+
+
+def _train(spec: dict, ranks, log):
+    """Train the run of ``spec`` as ``ranks.rank`` (``stages.fine_tune_run``)."""
+    from hbir.app.stages import fine_tune_run
+
+    return fine_tune_run(Config.model_validate(spec["config"]), spec["run_id"], spec["pairs_path"], log, ranks)
 
 
 if __name__ == "__main__":
