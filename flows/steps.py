@@ -38,6 +38,11 @@ def start(config: Config, run_id: str | None, study_id: str | None = None) -> st
     return records.start(config, run_id, study_id=study_id)[0]
 
 
+@task(name="start-merge-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def start_merge(config: Config, run_id: str | None, parent_run: str, study_id: str | None = None) -> str:
+    return records.start(config, run_id, kind="merge", study_id=study_id, model_run=parent_run)[0]
+
+
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest(config: Config, run_id: str) -> dict[str, str]:
     return stages.ingest(config, run_id, log=_log)
@@ -56,6 +61,12 @@ def build_batches(config: Config, run_id: str, tables: dict[str, str]) -> str | 
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=_not_a_user_error)
 def train(config: Config, run_id: str, pairs_path: str | None) -> str:
     return str(stages.train(config, run_id, pairs_path, log=_log).model_dir)
+
+
+@task(name="merge", cache_policy=NO_CACHE)
+def merge(config: Config, run_id: str, parent_run: str) -> str:
+    """The model of run ``parent_run`` merged with its base at ``train.merge`` (``auto``: chosen on its dev split)."""
+    return stages.merge(config, run_id, parent_run, config.train.merge, log=_log)
 
 
 @task(name="embed", cache_policy=NO_CACHE)
@@ -136,6 +147,17 @@ def plan_study(study_path: str | None, profile: str | None, overrides: dict[str,
     done = len(plan.points) - len(plan.pending)
     _log(f"study {plan.study_id}: {len(plan.points)} runs, {done} completed before, {len(plan.pending)} to run")
     return plan
+
+
+@task(name="parent-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def parent_model(point) -> str | None:
+    """The run whose model a merged point of a study merges, when that model is there; None: train the point."""
+    from hbir.app import study
+
+    parent = study.parent_model(point.config, point)
+    if parent is not None:
+        _log(f"run {point.run_id}: merging the model of run {parent} (the same training) instead of training again")
+    return parent
 
 
 @task(name="check-study", cache_policy=NO_CACHE)

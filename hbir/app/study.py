@@ -34,7 +34,7 @@ from hbir.core.errors import ConfigError, HbirError
 from hbir.core.run_ids import check_run_id
 from hbir.store import database
 from hbir.store.query import read
-from hbir.store.runs import changed_keys
+from hbir.store.runs import changed_keys, trained_model
 
 DEFAULT_STUDY = "hybrid-vs-pure"  # hbir/studies/<name>.yaml, what `hbir study` runs without --config
 
@@ -71,6 +71,9 @@ class StudyPoint:
     overrides: dict[str, Any]  # the study's settings and the point's values, dotted keys
     config: Config
     done: bool  # completed before, with these settings
+    # a merged point (train.merge) whose settings without train.merge are another point's: that point's run id. Its
+    # model is then merged from that run's model instead of trained again (the same training: the same model)
+    parent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,12 +120,60 @@ def plan(
             datasets = {key: settings[key] for key in ("data.train", "data.eval") if key in settings}
             baselines.setdefault(_run_id(study_id, {"zero-shot": True, **datasets}), {**settings, "train.steps": 0})
         runs = {**baselines, **runs}
+    parents = _merge_parents(runs)
     db_runs = _recorded(load_config(profile, None, shared))
     planned = []
-    for run_id, settings in runs.items():
+    for run_id, settings in _after_parents(runs, parents).items():
         config = load_config(profile, None, settings)
-        planned.append(StudyPoint(run_id, settings, config, _done(run_id, config, db_runs.get(run_id))))
+        done = _done(run_id, config, db_runs.get(run_id))
+        planned.append(StudyPoint(run_id, settings, config, done, parents.get(run_id)))
     return StudyPlan(study_id, profile, planned)
+
+
+def _merge_parents(runs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """{merged run id: parent run id}: the merged points (``train.merge`` set) whose other settings are a point
+    of the study that is not merged."""
+    unmerged = {
+        json.dumps(settings, sort_keys=True, default=str): run_id
+        for run_id, settings in runs.items()
+        if settings.get("train.merge") is None
+    }
+    parents = {}
+    for run_id, settings in runs.items():
+        if settings.get("train.merge") is not None:
+            rest = {key: value for key, value in settings.items() if key != "train.merge"}
+            parent = unmerged.get(json.dumps(rest, sort_keys=True, default=str))
+            if parent is not None:
+                parents[run_id] = parent
+    return parents
+
+
+def _after_parents(runs: dict[str, dict[str, Any]], parents: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The runs with each merged point right after its parent, so that the parent's model is still there (a run
+    folder lives on one machine) when the merged point runs."""
+    children: dict[str, list[str]] = {}
+    for child, parent in parents.items():
+        children.setdefault(parent, []).append(child)
+    ordered: dict[str, dict[str, Any]] = {}
+    for run_id, settings in runs.items():
+        if run_id in parents:
+            continue
+        ordered[run_id] = settings
+        for child in children.get(run_id, []):
+            ordered[child] = runs[child]
+    return ordered
+
+
+def parent_model(config: Config, point: StudyPoint) -> str | None:
+    """The parent run of a merged point when its model is there to merge from (completed, its folder present),
+    else None: the point is then trained (with ``train.merge``) like any other."""
+    if point.parent is None:
+        return None
+    try:
+        trained_model(config.db.path, point.parent, config.db.lock_timeout_s)
+    except HbirError:
+        return None
+    return point.parent
 
 
 def _run_id(study_id: str, point: dict[str, Any]) -> str:
