@@ -11,6 +11,8 @@ hbir compare --study hybrid-vs-pure
 hbir runs
 hbir query "SELECT dataset, lang, n_queries FROM dataset_versions" --format csv
 hbir migrate
+hbir export-study --study hybrid-vs-pure --out docs/results/data/hybrid-vs-pure
+hbir import-study docs/results/data/hybrid-vs-pure
 hbir gc --dry-run
 hbir export --run my-run --dataset xquad-r --setting multi --format trec
 hbir search --model-run my-run "Where is the Eiffel tower?" --k 10
@@ -327,6 +329,45 @@ def report(config: Config, study_id: str, out: str, permutations: int, latex: bo
         click.echo(f"{file.kind:6} {file.path}")
     plots = sum(file.kind == "plot" for file in files)
     click.echo(f"report {files[0].path} ({plots} plots{', LaTeX tables' if latex else ''})")
+
+
+@cli.command(name="export-study")
+@config_options
+@click.option("--study", "study_id", required=True, help="Export the completed runs of this study.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the Parquet files (replaced).")
+@click.option(
+    "--per-query",
+    type=click.Choice(["report", "all"]),
+    default="report",
+    show_default=True,
+    help="Per-query rows: those `hbir report --study` and `hbir compare` test on (map, rank_distance), or all.",
+)
+def export_study(config: Config, study_id: str, out: str, per_query: str) -> None:
+    """Write a study's completed runs (their rows in every table) to a folder of Parquet files with a manifest,
+    to continue or report the study from another results database (`hbir import-study`)."""
+    from pathlib import Path
+
+    from hbir.store.transfer import REPORT_METRICS
+    from hbir.store.transfer import export_study as export
+
+    metrics = REPORT_METRICS if per_query == "report" else None
+    manifest = export(config.db.path, study_id, Path(out), metrics, config.db.lock_timeout_s)
+    rows = ", ".join(f"{table} {entry['rows']}" for table, entry in manifest["tables"].items())
+    click.echo(f"study {study_id}: {len(manifest['runs'])} completed runs exported to {out} ({rows} rows)")
+
+
+@cli.command(name="import-study")
+@config_options
+@click.argument("folder", type=click.Path(file_okay=False))
+def import_study(config: Config, folder: str) -> None:
+    """Add the runs of a study export (`hbir export-study`) to the results database, in one transaction; runs
+    already there are skipped. `hbir study` then continues the study, `hbir report --study` reports it."""
+    from pathlib import Path
+
+    from hbir.store.transfer import import_study as load
+
+    imported, present = load(config.db.path, Path(folder), config.db.lock_timeout_s)
+    click.echo(f"{config.db.path}: {len(imported)} runs imported from {folder}, {len(present)} there already")
 
 
 @cli.command(name="eval")

@@ -6,9 +6,12 @@ from __future__ import annotations
 import itertools
 import json
 
+import duckdb
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from hbir.cli import cli
 from tasks.comparison import sign_flip_p_value
 from tests.helpers import PROJECT_ROOT, THREE_LANGUAGES, db_rows, run_study
 
@@ -129,3 +132,58 @@ def test_the_built_in_studies_plan(name, tmp_path):
     assert {point.config.train.strategy for point in study.points if point.config.train.steps} == {
         "mono", "cross", "hybrid"
     }  # fmt: skip
+
+
+def test_an_exported_study_imported_elsewhere_is_continued_and_compared_the_same(studied, tmp_path):
+    hbir, db, study_file = studied
+    exported = hbir("export-study", "--study", "tiny-study", "--out", str(tmp_path / "export"))
+    assert exported.exit_code == 0, exported.output
+    assert "5 completed runs exported" in exported.output
+    other = {"HBIR_DB": str(tmp_path / "other.duckdb")}
+    imported = CliRunner().invoke(cli, ["import-study", str(tmp_path / "export")], env=other)
+    assert imported.exit_code == 0 and "5 runs imported" in imported.output, imported.output
+    listed = CliRunner().invoke(cli, ["study", "--config", str(study_file), "--dry-run"], env=other)
+    assert listed.output.count("done") == 5 and "to run" not in listed.output, listed.output
+    compare = ["compare", "--study", "tiny-study", "--format", "json", "--permutations", "500", "--bootstrap", "50"]
+    here = hbir(*compare)
+    there = CliRunner().invoke(cli, compare, env=other)
+    assert there.exit_code == 0, there.output[-2000:]
+    for table in ("arms", "differences", "bias"):  # the same rows (the order of ties aside)
+        assert _keyed(json.loads(there.output)[table]) == _keyed(json.loads(here.output)[table]), table
+    again = CliRunner().invoke(cli, ["import-study", str(tmp_path / "export")], env=other)
+    assert again.exit_code == 0 and "0 runs imported" in again.output and "5 there already" in again.output
+
+
+def test_an_export_that_changed_or_clashes_is_refused_and_nothing_is_imported(studied, tmp_path):
+    hbir, db, _ = studied
+    assert hbir("export-study", "--study", "tiny-study", "--out", str(tmp_path / "export")).exit_code == 0
+    target = {"HBIR_DB": str(tmp_path / "target.duckdb")}
+    metrics = tmp_path / "export" / "metrics.parquet"
+    metrics.write_bytes(metrics.read_bytes()[:-10])
+    changed = CliRunner().invoke(cli, ["import-study", str(tmp_path / "export")], env=target)
+    assert changed.exit_code != 0 and "metrics.parquet: changed since it was exported" in changed.output
+    assert not (tmp_path / "target.duckdb").exists()
+    assert hbir("export-study", "--study", "tiny-study", "--out", str(tmp_path / "export")).exit_code == 0
+    clash = hbir("import-study", str(tmp_path / "export"))  # into the database it came from: the same runs
+    assert clash.exit_code == 0 and "5 there already" in clash.output
+    shift = "UPDATE runs SET finished_at = finished_at + INTERVAL (?) SECOND WHERE run_id = ?"
+    with duckdb.connect(str(db)) as connection:  # the run here is now another run than the one exported
+        connection.execute(shift, [1, RUNS[0]])
+    before = db_rows(db, "SELECT count(*) FROM metrics")
+    refused = hbir("import-study", str(tmp_path / "export"))
+    assert refused.exit_code != 0 and RUNS[0] in refused.output and "nothing was imported" in refused.output
+    assert db_rows(db, "SELECT count(*) FROM metrics") == before
+    with duckdb.connect(str(db)) as connection:  # as it was, for the other tests of the module
+        connection.execute(shift, [-1, RUNS[0]])
+    missing = hbir("import-study", str(tmp_path))
+    assert missing.exit_code != 0 and "has no manifest.json" in missing.output
+
+
+def _keyed(rows: list[dict]) -> dict:
+    """Rows by their text fields, numbers rounded past float noise of a different summation order."""
+    return {
+        tuple(v for v in row.values() if isinstance(v, str)): {
+            k: round(v, 12) if isinstance(v, float) else v for k, v in row.items()
+        }
+        for row in rows
+    }
