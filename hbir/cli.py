@@ -11,6 +11,7 @@ hbir compare --study hybrid-vs-pure
 hbir runs
 hbir query "SELECT dataset, lang, n_queries FROM dataset_versions" --format csv
 hbir migrate
+hbir distractors --base xquad-r --source mlqa-r --n 10000 --out data/xquad-r-10k
 hbir export-study --study hybrid-vs-pure --out docs/results/data/hybrid-vs-pure
 hbir import-study docs/results/data/hybrid-vs-pure
 hbir gc --dry-run
@@ -368,6 +369,29 @@ def import_study(config: Config, folder: str) -> None:
 
     imported, present = load(config.db.path, Path(folder), config.db.lock_timeout_s)
     click.echo(f"{config.db.path}: {len(imported)} runs imported from {folder}, {len(present)} there already")
+
+
+@cli.command()
+@config_options
+@click.option("--base", required=True, help="The dataset whose queries and candidates are kept, e.g. xquad-r.")
+@click.option("--source", required=True, help="The dataset whose paragraphs give the distractors, e.g. mlqa-r.")
+@click.option("--n", "n", required=True, type=click.IntRange(min=0), help="How many distractor passages.")
+@click.option("--window", default=3, show_default=True, type=click.IntRange(min=1), help="Sentences per distractor.")
+@click.option("--seed", default=0, show_default=True, help="Which windows are drawn.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The new BEIR folder.")
+def distractors(config: Config, base: str, source: str, n: int, window: int, seed: int, out: str) -> None:
+    """Write a BEIR dataset: BASE's queries, candidates and qrels plus N unjudged distractor passages (WINDOW
+    consecutive sentences of one paragraph of SOURCE, all its languages). Evaluate on it with data.dir set to the
+    folder above OUT and data.eval to OUT's name."""
+    from pathlib import Path
+
+    from hbir.app.distractors import build_distractor_dataset
+
+    rows = build_distractor_dataset(config, base, source, n, Path(out), window, seed)
+    click.echo(
+        f"{out}: {rows['corpus']} passages ({n} distractors from {source}), {rows['queries']} queries, "
+        f"{rows['qrels']} qrels"
+    )
 
 
 @cli.command(name="eval")

@@ -151,6 +151,3 @@ def _parquet(in_dir: Path, manifest: dict, table: str) -> str:
 
 def _sha256(file: Path) -> str:
     return hashlib.sha256(file.read_bytes()).hexdigest()
-
-
-
