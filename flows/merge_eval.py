@@ -15,6 +15,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows import steps
+from flows.train_eval import evaluate_model
 from hbir.app.records import new_run_id
 
 
@@ -38,11 +39,5 @@ def merge_eval(
     tables = steps.ingest(config, run_id)
     steps.validate(config, run_id, tables)
     model_dir = steps.merge(config, run_id, parent_run)
-    for dataset in config.data.eval:
-        vectors = steps.embed(config, run_id, model_dir, tables[dataset])
-        indexes = steps.index(config, run_id, dataset, tables[dataset], vectors)
-        steps.evaluate(config, run_id, dataset, tables[dataset], vectors, indexes)
-    report = steps.report(config, run_id, model_dir)
-    steps.store(config, run_id)
-    steps.publish(config, run_id, report)
+    evaluate_model(config, run_id, tables, model_dir)
     return run_id

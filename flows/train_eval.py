@@ -38,6 +38,12 @@ def train_eval(
     steps.validate(config, run_id, tables)
     pairs = steps.build_batches(config, run_id, tables)
     model_dir = steps.train(config, run_id, pairs)
+    evaluate_model(config, run_id, tables, model_dir)
+    return run_id
+
+
+def evaluate_model(config, run_id: str, tables: dict[str, str], model_dir: str) -> None:
+    """The flows' common end: embed, index and evaluate on every dataset of ``data.eval``, report, store, publish."""
     for dataset in config.data.eval:
         vectors = steps.embed(config, run_id, model_dir, tables[dataset])
         indexes = steps.index(config, run_id, dataset, tables[dataset], vectors)
@@ -45,4 +51,3 @@ def train_eval(
     report = steps.report(config, run_id, model_dir)
     steps.store(config, run_id)
     steps.publish(config, run_id, report)
-    return run_id
