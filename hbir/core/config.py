@@ -114,6 +114,11 @@ class ModelConfig(Section):
     # truncates 0.3% of the passages (96: 1.3%). Batches are padded to their longest text, not to max_length, so a
     # lower cap would only shorten the few batches that hold an outlier.
     max_length: int = Field(128, ge=8)
+    # What encodes the texts an evaluation embeds (training and its dev evaluations are always PyTorch): torch;
+    # onnx, ONNX Runtime in float32 (torch's vectors, faster on a CPU); onnx-int8, its weights quantized to int8.
+    # auto: torch on a GPU, on a CPU the fastest backend whose XQuAD-R mAP is within 0.005 of float32
+    # (AUTO_CPU_BACKEND in tasks/embedding.py; measured in benchmarks/encode_throughput.py and the README).
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
 
     @field_validator("source")
     @classmethod

@@ -1,0 +1,96 @@
+"""The ONNX Runtime backend: float32 gives the torch encoder's vectors, int8 stays close to them, the export is made
+once and cached by the model's fingerprint, and the backend is part of the embedding cache key."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hbir.core.config import ModelConfig, load_config
+from hbir.core.errors import ConfigError
+from models.encoder import BiEncoder
+from models.onnx_encoder import OnnxEncoder, quantized_matmuls
+from tasks.embedding import embed_texts, load_text_encoder, model_fingerprint, resolve_backend
+
+pytest.importorskip("onnxruntime")
+
+TEXTS = ["Wer schrieb Faust?", "誰が『ファウスト』を書いたか", "Who wrote Faust, the tragedy in two parts, and when?"]
+CONTEXTS = ["Goethe schrieb ihn.", "ゲーテが書いた。" * 20, "Goethe, in 1808 and 1832."]
+CONFIG = ModelConfig(source="random:tiny", max_length=64)
+
+
+@pytest.fixture(scope="module")
+def torch_encoder(tiny_model_dir) -> BiEncoder:
+    return BiEncoder.from_config(tiny_model_dir, CONFIG).eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx")
+
+
+def onnx_encoder(tiny_model_dir, onnx_dir, backend: str) -> OnnxEncoder:
+    return OnnxEncoder.from_config(tiny_model_dir, CONFIG, backend, onnx_dir, model_fingerprint(tiny_model_dir))
+
+
+def test_float32_onnx_gives_the_torch_vectors_for_texts_and_text_pairs(torch_encoder, tiny_model_dir, onnx_dir):
+    encoder = onnx_encoder(tiny_model_dir, onnx_dir, "onnx")
+    assert set(encoder.input_names) == set(encoder.tokenize(TEXTS, "passage", CONTEXTS))  # every input it makes
+    for kind in ("query", "passage"):
+        torch.testing.assert_close(encoder.embed(TEXTS, kind), torch_encoder.embed(TEXTS, kind), atol=1e-5, rtol=0)
+    paired = encoder.embed(TEXTS, "passage", contexts=CONTEXTS)
+    torch.testing.assert_close(paired, torch_encoder.embed(TEXTS, "passage", contexts=CONTEXTS), atol=1e-5, rtol=0)
+    assert not torch.allclose(paired, encoder.embed(TEXTS, "passage"), atol=1e-3)  # the contexts were encoded
+
+
+def test_int8_onnx_is_close_to_float32_with_unit_vectors(torch_encoder, tiny_model_dir, onnx_dir):
+    encoder = onnx_encoder(tiny_model_dir, onnx_dir, "onnx-int8")
+    quantized, exact = encoder.embed(TEXTS, "query"), torch_encoder.embed(TEXTS, "query")
+    torch.testing.assert_close(quantized.norm(dim=1), torch.ones(3))
+    assert (quantized * exact).sum(dim=1).min() > 0.95
+    assert not torch.allclose(quantized, exact, atol=1e-6)  # the weights were quantized
+
+
+def test_int8_quantizes_every_weight_matrix_but_the_feed_forward_outputs(tiny_model_dir, onnx_dir):
+    onnx = pytest.importorskip("onnx")
+    onnx_encoder(tiny_model_dir, onnx_dir, "onnx-int8")
+    (float32_file,) = onnx_dir.glob("*-onnx.onnx")
+    layers = 2  # random:tiny: per layer query, key, value, attention output, feed-forward input and output
+    assert len(quantized_matmuls(float32_file)) == 5 * layers
+    (quantized_file,) = onnx_dir.glob("*-onnx-int8.onnx")
+    graph = onnx.load(str(quantized_file)).graph
+    weights = {tensor.name for tensor in graph.initializer}
+    made_by = {name: node.op_type for node in graph.node for name in node.output}
+    float_products = [node for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights]
+    assert [made_by[node.input[0]] for node in float_products] == ["Gelu"] * layers
+
+
+def test_the_export_is_made_once_per_model(tiny_model_dir, onnx_dir):
+    onnx_encoder(tiny_model_dir, onnx_dir, "onnx")
+    files = {path: path.stat().st_mtime_ns for path in onnx_dir.glob("*.onnx")}
+    onnx_encoder(tiny_model_dir, onnx_dir, "onnx")
+    assert {path: path.stat().st_mtime_ns for path in onnx_dir.glob("*.onnx")} == files
+    assert not list(onnx_dir.glob("*.partial"))
+
+
+def test_the_backend_is_part_of_the_embedding_cache_key(torch_encoder, tiny_model_dir, onnx_dir, tmp_path):
+    fingerprint = model_fingerprint(tiny_model_dir)
+    embed_texts(torch_encoder, fingerprint, TEXTS, "query", cache_dir=tmp_path)
+    embed_texts(onnx_encoder(tiny_model_dir, onnx_dir, "onnx-int8"), fingerprint, TEXTS, "query", cache_dir=tmp_path)
+    cached = sorted(tmp_path.glob("*.npy"))
+    assert len(cached) == 2
+    assert not np.array_equal(np.load(cached[0]), np.load(cached[1]))
+
+
+def test_auto_is_torch_on_a_gpu_and_onnx_int8_on_a_cpu(tiny_model_dir):
+    assert resolve_backend("auto", torch.device("cuda")) == "torch"
+    assert resolve_backend("auto", torch.device("cpu")) == "onnx-int8"
+    assert resolve_backend("onnx", torch.device("cuda")) == "onnx"
+    as_torch = CONFIG.model_copy(update={"backend": "torch"})
+    assert isinstance(load_text_encoder(tiny_model_dir, as_torch, torch.device("cpu"), "unused"), BiEncoder)
+
+
+def test_an_unknown_backend_is_a_config_error_naming_the_choices():
+    with pytest.raises(ConfigError, match=r"model\.backend.*'torch', 'onnx' or 'onnx-int8'"):
+        load_config("smoke", None, {"model.backend": "tensorrt"})
