@@ -16,6 +16,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from flows.embedding import embed_shards
 from hbir.app import records, stages
 from hbir.core.config import Config, load_config
 from hbir.core.errors import HbirError
@@ -71,7 +72,12 @@ def merge(config: Config, run_id: str, parent_run: str) -> str:
 
 @task(name="embed", cache_policy=NO_CACHE)
 def embed(config: Config, run_id: str, model_dir: str, tables_dir: str) -> str:
-    """hbir's embedding cache is on the model and texts, not the run: another run with the same model reuses it."""
+    """hbir's embedding cache is on the model and texts, not the run: another run with the same model reuses it.
+    With ``eval.task_runner=dask`` the blocks and shards not cached yet are embedded on the Dask cluster first."""
+    if config.eval.task_runner == "dask":
+        on_dask = embed_shards.with_options(task_runner=stages.dask_task_runner(config.eval))
+        done = on_dask(config, model_dir, tables_dir)
+        _log(f"embedded {len(done)} blocks and shards on Dask ({config.eval.dask_address or 'a LocalCluster'})")
     return stages.embed(config, run_id, model_dir, tables_dir, log=_log)
 
 

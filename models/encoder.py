@@ -50,7 +50,13 @@ class TextEncoder:
     tokenizer: PreTrainedTokenizerBase
     prefixes: dict[str, str]
     max_length: int
-    backend: str  # what encodes: "torch", "onnx", "onnx-int8" (part of the embedding cache key)
+    backend: str  # what encodes: "torch", "onnx", "onnx-int8"
+
+    @property
+    def encoding(self) -> str:
+        """What besides the model, texts and settings makes the vectors what they are (the backend, and the
+        version of an export): part of the embedding cache key."""
+        return self.backend
 
     @property
     def hidden_size(self) -> int:

@@ -81,6 +81,10 @@ class OnnxEncoder(TextEncoder):
     def hidden_size(self) -> int:
         return self._hidden_size
 
+    @property
+    def encoding(self) -> str:
+        return f"{self.backend}-v{EXPORT_VERSION}"
+
     def encode_batch(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         feeds = {name: features[name].cpu().numpy() for name in self.input_names}
         return torch.from_numpy(self.session.run(None, feeds)[0])

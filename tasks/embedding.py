@@ -40,8 +40,9 @@ CandidateMode = Literal["sentence", "paragraph"]
 # What makes a model directory's embeddings what they are (the sentence-transformers files do not matter here).
 MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model")
 # model.backend auto on a CPU: the fastest backend whose XQuAD-R mAP mono / cross / multi is within 0.005 of float32
-# torch (e5-small, 2 cores: benchmarks/encode_throughput.py and the README's figures)
-AUTO_CPU_BACKEND = "onnx-int8"
+# torch. e5-small zero-shot, torch 0.7989 / 0.6396 / 0.2988: onnx the same to 4 decimals; onnx-int8 0.7969 / 0.6315 /
+# 0.2921 (cross -0.008, multi -0.007: outside the bound, though faster; README, benchmarks/encode_throughput.py)
+AUTO_CPU_BACKEND = "onnx"
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,43 @@ def texts_fingerprint(texts: list[str], contexts: list[str] | None = None) -> st
     return hashlib.sha256(json.dumps([texts, contexts], ensure_ascii=False).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Block:
+    """The texts of one (language, queries | candidates) block of a dataset, and their rows in its table."""
+
+    lang: str
+    kind: TextKind
+    rows: np.ndarray
+    texts: list[str]
+    contexts: list[str] | None  # paragraphs, in paragraph mode
+
+
+@dataclass(frozen=True)
+class EmbeddingJob:
+    """One cache file that ``embed_dataset`` would encode and write: a whole block, or one shard of a block. Run on
+    its own (``run_embedding_job``, e.g. as a task on a Dask cluster), it fills the cache that ``embed_dataset``
+    then reads."""
+
+    path: Path
+    texts: list[str]
+    kind: TextKind
+    contexts: list[str] | None
+    label: str
+
+
+def dataset_blocks(tables: DatasetTables, candidates: CandidateMode = "sentence") -> list[Block]:
+    """The non-empty blocks of ``tables``, language by language, queries before candidates."""
+    blocks = []
+    for lang in tables.languages:
+        for kind, table in (("query", tables.queries), ("passage", tables.candidates)):
+            rows = np.flatnonzero((table["lang"] == lang).to_numpy())
+            if len(rows):
+                paired = kind == "passage" and candidates == "paragraph"
+                contexts = table["context"].iloc[rows].tolist() if paired else None
+                blocks.append(Block(lang, kind, rows, table["text"].iloc[rows].tolist(), contexts))
+    return blocks
+
+
 def embed_dataset(
     encoder: TextEncoder,
     model_fp: str,
@@ -100,29 +138,81 @@ def embed_dataset(
     ``$HBIR_CACHE_DIR/embeddings``, for the default; None: no cache)."""
     queries, cands = tables.queries, tables.candidates
     log(f"embedding {tables.name}: {len(queries)} queries, {len(cands)} candidates ({candidates})")
-    dim = encoder.hidden_size
-    query_vectors = np.empty((len(queries), dim), dtype=np.float32)
-    candidate_vectors = np.empty((len(cands), dim), dtype=np.float32)
+    vectors = {
+        "query": np.empty((len(queries), encoder.hidden_size), dtype=np.float32),
+        "passage": np.empty((len(cands), encoder.hidden_size), dtype=np.float32),
+    }
+    blocks = dataset_blocks(tables, candidates)
     done, total = 0, len(queries) + len(cands)
-    for number, lang in enumerate(tables.languages, start=1):
-        rows = np.flatnonzero((queries["lang"] == lang).to_numpy())
-        done += len(rows)
-        if len(rows):
-            texts = queries["text"].iloc[rows].tolist()
-            query_vectors[rows] = embed_texts(
-                encoder, model_fp, texts, "query", None, batch_size, cache_dir, lang, shard_size
-            )
-        rows = np.flatnonzero((cands["lang"] == lang).to_numpy())
-        if len(rows):
-            texts = cands["text"].iloc[rows].tolist()
-            contexts = cands["context"].iloc[rows].tolist() if candidates == "paragraph" else None
-            done += len(rows)
-            candidate_vectors[rows] = embed_texts(
-                encoder, model_fp, texts, "passage", contexts, batch_size, cache_dir, lang, shard_size
-            )
-        # a line per language: in a log (a Prefect worker, no terminal) the bars show nothing for minutes
-        log(f"embedded {tables.name} {lang} ({number}/{len(tables.languages)} languages, {done}/{total} texts)")
-    return DatasetEmbeddings(query_vectors, candidate_vectors)
+    for number, block in enumerate(blocks):
+        vectors[block.kind][block.rows] = embed_texts(
+            encoder, model_fp, block.texts, block.kind, block.contexts, batch_size, cache_dir, block.lang, shard_size
+        )
+        done += len(block.rows)
+        if number + 1 == len(blocks) or blocks[number + 1].lang != block.lang:
+            # a line per language: in a log (a Prefect worker, no terminal) the bars show nothing for minutes
+            languages = f"{tables.languages.index(block.lang) + 1}/{len(tables.languages)} languages"
+            log(f"embedded {tables.name} {block.lang} ({languages}, {done}/{total} texts)")
+    return DatasetEmbeddings(vectors["query"], vectors["passage"])
+
+
+def embedding_jobs(
+    encoder: TextEncoder,
+    model_fp: str,
+    tables: DatasetTables,
+    candidates: CandidateMode,
+    batch_size: int,
+    cache_dir: Path,
+    shard_size: int | None = None,
+) -> list[EmbeddingJob]:
+    """The cache files ``embed_dataset`` would encode for ``tables`` that ``cache_dir`` does not hold yet: a block
+    of at most ``shard_size`` texts is one job, a larger block one job per missing shard (the same texts, in the
+    same order, as ``embed_texts`` would embed, so the cache it fills gives the same vectors)."""
+    jobs = []
+    for block in dataset_blocks(tables, candidates):
+        name = block_name(encoder, model_fp, block.texts, block.kind, block.contexts)
+        if (Path(cache_dir) / f"{name}.npy").exists():
+            continue
+        label = f"{tables.name} {block.lang}"
+        if shard_size is None or len(block.texts) <= shard_size:
+            jobs.append(EmbeddingJob(Path(cache_dir) / f"{name}.npy", block.texts, block.kind, block.contexts, label))
+            continue
+        shards = shard_rows(encoder.token_lengths(block.texts, block.kind, block.contexts), batch_size, shard_size)
+        for number, rows in enumerate(shards):
+            path = shard_path(cache_dir, name, batch_size, shards, number)
+            if not path.exists():
+                texts = [block.texts[i] for i in rows]
+                contexts = None if block.contexts is None else [block.contexts[i] for i in rows]
+                shard_label = f"{label} shard {number + 1}/{len(shards)}"
+                jobs.append(EmbeddingJob(path, texts, block.kind, contexts, shard_label))
+    return jobs
+
+
+def run_embedding_job(encoder: TextEncoder, job: EmbeddingJob, batch_size: int) -> Path:
+    """Encode a job's texts and write its cache file (whole or not at all); returns the file."""
+    vectors = encoder.embed(job.texts, job.kind, batch_size, job.contexts, show_progress=None, label=job.label)
+    return write_file(job.path, lambda tmp: _save_npy(tmp, vectors.numpy()))
+
+
+def block_name(
+    encoder: TextEncoder, model_fp: str, texts: list[str], kind: TextKind, contexts: list[str] | None
+) -> str:
+    """The cache name of a block: the SHA-256 of what its vectors depend on (module doc)."""
+    key = {
+        "model": model_fp,
+        "backend": encoder.encoding,
+        "texts": texts_fingerprint(texts, contexts),
+        "kind": kind,
+        "prefix": encoder.prefixes[kind],
+        "max_length": encoder.max_length,
+        "candidates": "paragraph" if contexts is not None else "sentence",
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def shard_path(cache_dir: Path, name: str, batch_size: int, shards: list[np.ndarray], number: int) -> Path:
+    """The cache file of shard ``number`` of block ``name``, cut into ``shards`` at ``batch_size``."""
+    return Path(cache_dir) / f"{name}-b{batch_size}-s{len(shards[0])}-{number:05d}of{len(shards):05d}.npy"
 
 
 def embed_texts(
@@ -138,16 +228,7 @@ def embed_texts(
 ) -> np.ndarray:
     """Embeddings (N, H) of ``texts``, read from ``cache_dir`` when this exact block was encoded before; in shards
     of about ``shard_size`` texts when there are more (module doc)."""
-    key = {
-        "model": model_fp,
-        "backend": encoder.backend,
-        "texts": texts_fingerprint(texts, contexts),
-        "kind": kind,
-        "prefix": encoder.prefixes[kind],
-        "max_length": encoder.max_length,
-        "candidates": "paragraph" if contexts is not None else "sentence",
-    }
-    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    name = block_name(encoder, model_fp, texts, kind, contexts)
     path = None if cache_dir is None else Path(cache_dir) / f"{name}.npy"
     if path is not None and path.exists():
         return np.load(path)
@@ -181,9 +262,7 @@ def _embed_in_shards(
     shards = shard_rows(encoder.token_lengths(texts, kind, contexts), batch_size, shard_size)
     vectors = np.empty((len(texts), encoder.hidden_size), dtype=np.float32)
     for number, rows in enumerate(shards):
-        path = None
-        if cache_dir is not None:
-            path = Path(cache_dir) / f"{name}-b{batch_size}-s{len(shards[0])}-{number:05d}of{len(shards):05d}.npy"
+        path = None if cache_dir is None else shard_path(cache_dir, name, batch_size, shards, number)
         if path is not None and path.exists():
             vectors[rows] = np.load(path)
             continue

@@ -281,20 +281,68 @@ def embed_tables(config: Config, model_dir: str, tables_dir: str, log: Log = pri
     fingerprint = model_fingerprint(Path(model_dir))
     encoder = load_text_encoder(model_dir, config.model, pick_device(config.train.device), fingerprint)
     log(f"encoding with the {encoder.backend} backend (model.backend {config.model.backend})")
-    cache_dir = embeddings_cache_dir() if config.eval.cache_embeddings else None
     eval_cfg = config.eval
+    # on a Dask cluster the workers hand their vectors back through the cache: it is read whatever cache_embeddings
+    cache_dir = embeddings_cache_dir() if eval_cfg.cache_embeddings or eval_cfg.task_runner == "dask" else None
     vectors = embed_dataset(
         encoder, fingerprint, tables, eval_cfg.candidates, eval_cfg.batch_size, cache_dir, log, eval_cfg.shard_size
     )
-    key = embed_key(fingerprint, tables_dir, config, encoder.backend)
+    key = embed_key(fingerprint, tables_dir, config, encoder.encoding)
     return str(save_vectors(embeddings_cache_dir() / "datasets" / f"{key}.npz", vectors))
 
 
-def embed_key(model_fp: str, tables_dir: str, config: Config, backend: str) -> str:
+def embedding_jobs(config: Config, model_dir: str, tables_dir: str) -> list:
+    """The blocks and shards of a dataset's embedding that are not cached yet (``tasks.embedding.EmbeddingJob``),
+    for the flows to run as tasks on a Dask cluster (``eval.task_runner=dask``); ``embed_tables`` then reads them
+    from the cache. Loading the encoder here makes an ONNX backend's export once, before the workers start."""
+    from tasks.embedding import embedding_jobs as missing_jobs
+    from tasks.embedding import load_text_encoder, model_fingerprint
+    from tasks.training import pick_device
+
+    fingerprint = model_fingerprint(Path(model_dir))
+    encoder = load_text_encoder(model_dir, config.model, pick_device(config.train.device), fingerprint)
+    eval_cfg = config.eval
+    return missing_jobs(
+        encoder, fingerprint, load_tables(tables_dir), eval_cfg.candidates, eval_cfg.batch_size,
+        embeddings_cache_dir(), eval_cfg.shard_size,
+    )  # fmt: skip
+
+
+_WORKER_ENCODERS: dict[tuple[str, str], object] = {}  # per process: a Dask worker loads its model once
+
+
+def run_embedding_job(config: Config, model_dir: str, job) -> str:
+    """Encode one ``embedding_jobs`` job and write its cache file, with this process's copy of the encoder (loaded
+    by its first job); returns the file."""
+    from tasks.embedding import load_text_encoder, model_fingerprint
+    from tasks.embedding import run_embedding_job as run_job
+    from tasks.training import pick_device
+
+    key = (str(model_dir), config.model.model_dump_json())
+    if key not in _WORKER_ENCODERS:
+        _WORKER_ENCODERS.clear()  # one model per worker at a time
+        fingerprint = model_fingerprint(Path(model_dir))
+        device = pick_device(config.train.device)
+        _WORKER_ENCODERS[key] = load_text_encoder(model_dir, config.model, device, fingerprint)
+    return str(run_job(_WORKER_ENCODERS[key], job, config.eval.batch_size))
+
+
+def dask_task_runner(eval_cfg: EvalConfig):
+    """prefect-dask's task runner for ``eval.task_runner=dask``: the cluster at ``eval.dask_address``, else a
+    LocalCluster of ``eval.dask_workers`` single-threaded worker processes."""
+    from prefect_dask import DaskTaskRunner
+
+    if eval_cfg.dask_address:
+        return DaskTaskRunner(address=eval_cfg.dask_address)
+    cluster = {"n_workers": eval_cfg.dask_workers, "threads_per_worker": 1, "processes": True}
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster)
+
+
+def embed_key(model_fp: str, tables_dir: str, config: Config, encoding: str) -> str:
     """What a dataset's embeddings depend on: the model, its tables (named by the source files' fingerprint), the
-    model settings, the backend ``model.backend`` resolved to, and the candidate mode. Names the vectors file, and
-    is part of the embedding cache's key."""
-    parts = [model_fp, tables_dir, config.model.model_dump(), backend, config.eval.candidates]
+    model settings, the backend ``model.backend`` resolved to (``TextEncoder.encoding``), and the candidate mode:
+    names the dataset's vectors file."""
+    parts = [model_fp, tables_dir, config.model.model_dump(), encoding, config.eval.candidates]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 

@@ -116,8 +116,8 @@ class ModelConfig(Section):
     max_length: int = Field(128, ge=8)
     # What encodes the texts an evaluation embeds (training and its dev evaluations are always PyTorch): torch;
     # onnx, ONNX Runtime in float32 (torch's vectors, faster on a CPU); onnx-int8, its weights quantized to int8.
-    # auto: torch on a GPU, on a CPU the fastest backend whose XQuAD-R mAP is within 0.005 of float32
-    # (AUTO_CPU_BACKEND in tasks/embedding.py; measured in benchmarks/encode_throughput.py and the README).
+    # auto: torch on a GPU; on a CPU the fastest backend whose XQuAD-R mAP is within 0.005 of float32 torch, onnx
+    # (AUTO_CPU_BACKEND in tasks/embedding.py; int8 costs e5-small 0.008 mAP cross: README, encode_throughput.py).
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
 
     @field_validator("source")
@@ -251,6 +251,13 @@ class EvalConfig(Section):
     # A (dataset, language) block of more texts is embedded in shards of this many (rounded up to whole batches),
     # each cached on its own: a killed run started again embeds only the missing shards; same vectors either way.
     shard_size: int = Field(50_000, ge=1)
+    # local: blocks and shards embedded one after another in the flow's process. dask: each a Prefect task on a Dask
+    # cluster (prefect-dask's DaskTaskRunner): the one at dask_address (e.g. tcp://scheduler:8786, started with
+    # dask-kubernetes or dask-jobqueue; its workers need hbir, the model folder and $HBIR_CACHE_DIR at the same
+    # paths), else a LocalCluster of dask_workers processes. The Prefect flows only (hbir run, the deployments).
+    task_runner: Literal["local", "dask"] = "local"
+    dask_address: str | None = None
+    dask_workers: int = Field(2, ge=1)
     save_indexes: bool = True  # under <output.dir>/<run_id>/indexes, recorded in artifacts
     cache_embeddings: bool = True  # under $HBIR_CACHE_DIR/embeddings, keyed by model, texts, prefix and candidates
 
