@@ -90,6 +90,9 @@ def evaluate_model(
 ) -> dict[str, pd.DataFrame]:
     """Embed, index and evaluate ``model_dir`` on every dataset of ``data.eval``, report and store the run; returns
     the rows written."""
+    if config.eval.task_runner == "dask":
+        log("eval.task_runner=dask is for the Prefect flows (hbir run, the deployments; train.steps=0 evaluates "
+            "model.source): this command embeds in its own process")  # fmt: skip
     for dataset in config.data.eval:
         started = time.perf_counter()
         vectors = stages.embed(config, run_id, model_dir, tables[dataset], log)
