@@ -94,3 +94,14 @@ def test_auto_is_torch_on_a_gpu_and_float32_onnx_on_a_cpu(tiny_model_dir):
 def test_an_unknown_backend_is_a_config_error_naming_the_choices():
     with pytest.raises(ConfigError, match=r"model\.backend.*'torch', 'onnx' or 'onnx-int8'"):
         load_config("smoke", None, {"model.backend": "tensorrt"})
+
+
+def test_a_new_export_version_is_a_new_cache_key(tiny_model_dir, onnx_dir, monkeypatch):
+    """A changed export or quantization must not be handed the vectors of the old one."""
+    from models import onnx_encoder as module
+    from tasks.embedding import block_name
+
+    encoder = onnx_encoder(tiny_model_dir, onnx_dir, "onnx-int8")
+    before = block_name(encoder, "fp", TEXTS, "query", None)
+    monkeypatch.setattr(module, "EXPORT_VERSION", module.EXPORT_VERSION + 1)
+    assert block_name(encoder, "fp", TEXTS, "query", None) != before
