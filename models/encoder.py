@@ -42,6 +42,15 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
+def text_settings(model_cfg: ModelConfig) -> dict[str, str | int]:
+    """The encoder settings of the ``model`` config section: prefixes and maximum length."""
+    return {
+        "query_prefix": model_cfg.query_prefix,
+        "passage_prefix": model_cfg.passage_prefix,
+        "max_length": model_cfg.max_length,
+    }
+
+
 class TextEncoder:
     """What embedding needs of an encoder, whatever runs it: the prefixes, the tokenizer, and ``embed`` (texts ->
     unit vectors), in batches of similar token counts. A subclass encodes one tokenized batch (``encode_batch``):
@@ -57,6 +66,13 @@ class TextEncoder:
         """What besides the model, texts and settings makes the vectors what they are (the backend, and the
         version of an export): part of the embedding cache key."""
         return self.backend
+
+    def set_text_settings(
+        self, tokenizer: PreTrainedTokenizerBase, query_prefix: str, passage_prefix: str, max_length: int
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.prefixes = {"query": query_prefix, "passage": passage_prefix}
+        self.max_length = max_length
 
     @property
     def hidden_size(self) -> int:
@@ -151,9 +167,7 @@ class BiEncoder(TextEncoder, nn.Module):
     ) -> None:
         nn.Module.__init__(self)
         self.model = model
-        self.tokenizer = tokenizer
-        self.prefixes = {"query": query_prefix, "passage": passage_prefix}
-        self.max_length = max_length
+        self.set_text_settings(tokenizer, query_prefix, passage_prefix, max_length)
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, **settings) -> BiEncoder:
@@ -164,12 +178,7 @@ class BiEncoder(TextEncoder, nn.Module):
     @classmethod
     def from_config(cls, model_dir: str | Path, model_cfg: ModelConfig) -> BiEncoder:
         """``from_dir`` with the prefixes and maximum length of the ``model`` config section."""
-        return cls.from_dir(
-            model_dir,
-            query_prefix=model_cfg.query_prefix,
-            passage_prefix=model_cfg.passage_prefix,
-            max_length=model_cfg.max_length,
-        )
+        return cls.from_dir(model_dir, **text_settings(model_cfg))
 
     @property
     def hidden_size(self) -> int:

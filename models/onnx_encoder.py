@@ -28,7 +28,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from hbir.core.config import ModelConfig
 from hbir.core.files import write_file
-from models.encoder import TextEncoder, mean_pool
+from models.encoder import TextEncoder, mean_pool, text_settings
 
 OnnxBackend = Literal["onnx", "onnx-int8"]
 # Bump when the export or the quantization below changes, so cached files are not reused.
@@ -46,19 +46,13 @@ class OnnxEncoder(TextEncoder):
         query_prefix: str = "",
         passage_prefix: str = "",
         max_length: int = 128,
-        threads: int | None = None,
     ) -> None:
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
         self.input_names = [item.name for item in self.session.get_inputs()]
         self._hidden_size = self.session.get_outputs()[0].shape[-1]
-        self.tokenizer = tokenizer
-        self.prefixes = {"query": query_prefix, "passage": passage_prefix}
-        self.max_length = max_length
+        self.set_text_settings(tokenizer, query_prefix, passage_prefix, max_length)
         self.backend = backend
 
     @classmethod
@@ -68,14 +62,7 @@ class OnnxEncoder(TextEncoder):
         """The model of ``model_dir`` (fingerprint ``model_fp``) exported for ``backend`` under ``cache_dir`` (once),
         with the prefixes and maximum length of the ``model`` config section."""
         path = export_onnx(Path(model_dir), backend, Path(cache_dir) / f"{model_fp}-v{EXPORT_VERSION}-{backend}.onnx")
-        return cls(
-            path,
-            AutoTokenizer.from_pretrained(model_dir),
-            backend,
-            query_prefix=model_cfg.query_prefix,
-            passage_prefix=model_cfg.passage_prefix,
-            max_length=model_cfg.max_length,
-        )
+        return cls(path, AutoTokenizer.from_pretrained(model_dir), backend, **text_settings(model_cfg))
 
     @property
     def hidden_size(self) -> int:
@@ -86,7 +73,7 @@ class OnnxEncoder(TextEncoder):
         return f"{self.backend}-v{EXPORT_VERSION}"
 
     def encode_batch(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        feeds = {name: features[name].cpu().numpy() for name in self.input_names}
+        feeds = {name: features[name].numpy() for name in self.input_names}  # tokenize made them on the CPU
         return torch.from_numpy(self.session.run(None, feeds)[0])
 
 

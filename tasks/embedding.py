@@ -103,7 +103,7 @@ class EmbeddingJob:
     its own (``run_embedding_job``, e.g. as a task on a Dask cluster), it fills the cache that ``embed_dataset``
     then reads."""
 
-    path: Path
+    path: Path | None  # None: not cached
     texts: list[str]
     kind: TextKind
     contexts: list[str] | None
@@ -165,33 +165,53 @@ def embedding_jobs(
     cache_dir: Path,
     shard_size: int | None = None,
 ) -> list[EmbeddingJob]:
-    """The cache files ``embed_dataset`` would encode for ``tables`` that ``cache_dir`` does not hold yet: a block
-    of at most ``shard_size`` texts is one job, a larger block one job per missing shard (the same texts, in the
-    same order, as ``embed_texts`` would embed, so the cache it fills gives the same vectors)."""
+    """The cache files ``embed_dataset`` would encode for ``tables`` that ``cache_dir`` does not hold yet: the
+    missing jobs of ``block_jobs``, so the cache they fill gives ``embed_dataset``'s vectors."""
     jobs = []
     for block in dataset_blocks(tables, candidates):
         name = block_name(encoder, model_fp, block.texts, block.kind, block.contexts)
-        if (Path(cache_dir) / f"{name}.npy").exists():
-            continue
-        label = f"{tables.name} {block.lang}"
-        if shard_size is None or len(block.texts) <= shard_size:
-            jobs.append(EmbeddingJob(Path(cache_dir) / f"{name}.npy", block.texts, block.kind, block.contexts, label))
-            continue
-        shards = shard_rows(encoder.token_lengths(block.texts, block.kind, block.contexts), batch_size, shard_size)
-        for number, rows in enumerate(shards):
-            path = shard_path(cache_dir, name, batch_size, shards, number)
-            if not path.exists():
-                texts = [block.texts[i] for i in rows]
-                contexts = None if block.contexts is None else [block.contexts[i] for i in rows]
-                shard_label = f"{label} shard {number + 1}/{len(shards)}"
-                jobs.append(EmbeddingJob(path, texts, block.kind, contexts, shard_label))
+        if not (Path(cache_dir) / f"{name}.npy").exists():
+            label = f"{tables.name} {block.lang}"
+            pieces = block_jobs(encoder, name, block.texts, block.kind, block.contexts, batch_size, cache_dir, label,
+                                shard_size)  # fmt: skip
+            jobs += [job for _, job in pieces if not job.path.exists()]
     return jobs
 
 
-def run_embedding_job(encoder: TextEncoder, job: EmbeddingJob, batch_size: int) -> Path:
-    """Encode a job's texts and write its cache file (whole or not at all); returns the file."""
+def block_jobs(
+    encoder: TextEncoder,
+    name: str,
+    texts: list[str],
+    kind: TextKind,
+    contexts: list[str] | None,
+    batch_size: int,
+    cache_dir: Path | None,
+    label: str,
+    shard_size: int | None,
+) -> list[tuple[np.ndarray | slice, EmbeddingJob]]:
+    """The pieces a block named ``name`` is embedded in, each with its rows in the block: the whole block when it
+    has at most ``shard_size`` texts, else its shards (``shard_rows``), each its own cache file (None without a
+    cache)."""
+    if shard_size is None or len(texts) <= shard_size:
+        path = None if cache_dir is None else Path(cache_dir) / f"{name}.npy"
+        return [(slice(None), EmbeddingJob(path, texts, kind, contexts, label))]
+    shards = shard_rows(encoder.token_lengths(texts, kind, contexts), batch_size, shard_size)
+    pieces = []
+    for number, rows in enumerate(shards):
+        path = None if cache_dir is None else shard_path(cache_dir, name, batch_size, shards, number)
+        part = None if contexts is None else [contexts[i] for i in rows]
+        shard_label = f"{label} shard {number + 1}/{len(shards)}".strip()
+        pieces.append((rows, EmbeddingJob(path, [texts[i] for i in rows], kind, part, shard_label)))
+    return pieces
+
+
+def run_embedding_job(encoder: TextEncoder, job: EmbeddingJob, batch_size: int) -> np.ndarray:
+    """Encode a job's texts and write its cache file (whole or not at all; none without a path): (N, H)."""
     vectors = encoder.embed(job.texts, job.kind, batch_size, job.contexts, show_progress=None, label=job.label)
-    return write_file(job.path, lambda tmp: _save_npy(tmp, vectors.numpy()))
+    vectors = vectors.numpy()
+    if job.path is not None:
+        write_file(job.path, lambda tmp: _save_npy(tmp, vectors))
+    return vectors
 
 
 def block_name(
@@ -227,16 +247,14 @@ def embed_texts(
     shard_size: int | None = None,
 ) -> np.ndarray:
     """Embeddings (N, H) of ``texts``, read from ``cache_dir`` when this exact block was encoded before; in shards
-    of about ``shard_size`` texts when there are more (module doc)."""
+    of about ``shard_size`` texts when there are more, each read from the cache when it is there (module doc)."""
     name = block_name(encoder, model_fp, texts, kind, contexts)
-    path = None if cache_dir is None else Path(cache_dir) / f"{name}.npy"
-    if path is not None and path.exists():
-        return np.load(path)
-    if shard_size is not None and len(texts) > shard_size:
-        return _embed_in_shards(encoder, texts, kind, contexts, batch_size, cache_dir, label, shard_size, name)
-    vectors = encoder.embed(texts, kind, batch_size, contexts, show_progress=None, label=label).numpy()
-    if path is not None:
-        write_file(path, lambda tmp: _save_npy(tmp, vectors))
+    if cache_dir is not None and (Path(cache_dir) / f"{name}.npy").exists():
+        return np.load(Path(cache_dir) / f"{name}.npy")
+    vectors = np.empty((len(texts), encoder.hidden_size), dtype=np.float32)
+    for rows, job in block_jobs(encoder, name, texts, kind, contexts, batch_size, cache_dir, label, shard_size):
+        cached = job.path is not None and job.path.exists()
+        vectors[rows] = np.load(job.path) if cached else run_embedding_job(encoder, job, batch_size)
     return vectors
 
 
@@ -246,34 +264,6 @@ def shard_rows(lengths: list[int], batch_size: int, shard_size: int) -> list[np.
     order = np.array(sorted(range(len(lengths)), key=lengths.__getitem__), dtype=np.int64)
     step = -(-shard_size // batch_size) * batch_size
     return [order[start : start + step] for start in range(0, len(order), step)]
-
-
-def _embed_in_shards(
-    encoder: TextEncoder,
-    texts: list[str],
-    kind: TextKind,
-    contexts: list[str] | None,
-    batch_size: int,
-    cache_dir: Path | None,
-    label: str,
-    shard_size: int,
-    name: str,
-) -> np.ndarray:
-    shards = shard_rows(encoder.token_lengths(texts, kind, contexts), batch_size, shard_size)
-    vectors = np.empty((len(texts), encoder.hidden_size), dtype=np.float32)
-    for number, rows in enumerate(shards):
-        path = None if cache_dir is None else shard_path(cache_dir, name, batch_size, shards, number)
-        if path is not None and path.exists():
-            vectors[rows] = np.load(path)
-            continue
-        part = encoder.embed(
-            [texts[i] for i in rows], kind, batch_size, [contexts[i] for i in rows] if contexts is not None else None,
-            show_progress=None, label=f"{label} shard {number + 1}/{len(shards)}".strip(),
-        ).numpy()  # fmt: skip
-        if path is not None:
-            write_file(path, lambda tmp, part=part: _save_npy(tmp, part))
-        vectors[rows] = part
-    return vectors
 
 
 def _save_npy(path: Path, vectors: np.ndarray) -> None:

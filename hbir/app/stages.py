@@ -19,6 +19,7 @@ else of the run is written. Two compositions call these stages: ``hbir/app/pipel
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -308,23 +309,23 @@ def embedding_jobs(config: Config, model_dir: str, tables_dir: str) -> list:
     )  # fmt: skip
 
 
-_WORKER_ENCODERS: dict[tuple[str, str], object] = {}  # per process: a Dask worker loads its model once
-
-
 def run_embedding_job(config: Config, model_dir: str, job) -> str:
     """Encode one ``embedding_jobs`` job and write its cache file, with this process's copy of the encoder (loaded
-    by its first job); returns the file."""
-    from tasks.embedding import load_text_encoder, model_fingerprint
+    by its first job: a Dask worker loads its model once); returns the file."""
     from tasks.embedding import run_embedding_job as run_job
+
+    encoder = _worker_encoder(str(model_dir), config.model.model_dump_json(), config.train.device)
+    run_job(encoder, job, config.eval.batch_size)
+    return str(job.path)
+
+
+@functools.lru_cache(maxsize=1)  # one model per worker process at a time
+def _worker_encoder(model_dir: str, model_json: str, device: str):
+    from tasks.embedding import load_text_encoder, model_fingerprint
     from tasks.training import pick_device
 
-    key = (str(model_dir), config.model.model_dump_json())
-    if key not in _WORKER_ENCODERS:
-        _WORKER_ENCODERS.clear()  # one model per worker at a time
-        fingerprint = model_fingerprint(Path(model_dir))
-        device = pick_device(config.train.device)
-        _WORKER_ENCODERS[key] = load_text_encoder(model_dir, config.model, device, fingerprint)
-    return str(run_job(_WORKER_ENCODERS[key], job, config.eval.batch_size))
+    model_cfg = ModelConfig.model_validate_json(model_json)
+    return load_text_encoder(model_dir, model_cfg, pick_device(device), model_fingerprint(Path(model_dir)))
 
 
 def dask_task_runner(eval_cfg: EvalConfig):
