@@ -11,8 +11,11 @@ Settings (README, "Evaluation"): ``mono`` X -> X, ``cross`` X -> Y with X != Y, 
 With the exact (``flat``) index every query is scored against every candidate, so each relevant candidate's rank over
 the whole corpus is known and mAP is exact. Ranks are 1-based and ties are pessimistic: a relevant candidate's rank
 is the number of candidates scoring at least as high, and average precision takes a tie group at once, as sklearn's
-``average_precision_score`` (LAReQA's mAP) does. With an approximate index (``ivf``, ``hnsw``) the ranks come from a
-faiss search to ``eval.depth``; relevant candidates below it count as not retrieved.
+``average_precision_score`` (LAReQA's mAP) does. A score is the dot product of the float32 vectors computed in
+float64 and rounded to float32, so that identical vectors (repeated texts) tie wherever they sit: float32 matrix
+products sum in an order that depends on a row's position and break such ties by an ulp. With an approximate index
+(``ivf``, ``hnsw``) the ranks come from a faiss search to ``eval.depth``; relevant candidates below it count as not
+retrieved.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from tasks.indexing import build_index, search
 from tasks.tables import DatasetTables
 
 QUERY_CHUNK = 512  # query rows scored at once against the pool: 512 x 20k candidates = 40 MB of scores
+POOL_BLOCK = 32768  # pool rows converted to float64 at once: 512 x 32k float64 products = 128 MB
 
 
 @dataclass
@@ -145,13 +149,24 @@ def exact_ranks(
     out = {lang: (np.full(rel.shape, np.inf), np.zeros(rel.shape)) for lang, (rel, _) in targets.items()}
     for start in range(0, len(queries), QUERY_CHUNK):
         chunk = slice(start, start + QUERY_CHUNK)
-        scores = queries[chunk] @ pool.T  # (n, N), float32
+        scores = exact_scores(queries[chunk], pool)
         for lang, (rel, keep) in targets.items():
             rows = slice(int(keep[: chunk.start].sum()), int(keep[: chunk.stop].sum()))  # rel rows of this chunk
             ranks, rel_ge = out[lang]
             queried = scores if keep[chunk].all() else scores[keep[chunk]]
             ranks[rows], rel_ge[rows] = ranks_in(queried[:, corpus.block(lang)], rel[rows])
     return out
+
+
+def exact_scores(queries: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Scores (n, N) float32 of queries (n, d) against the pool (N, d): float64 products rounded to float32, the
+    same for identical vectors at any position (module docstring)."""
+    queries64 = queries.astype(np.float64)
+    scores = np.empty((len(queries), len(pool)), dtype=np.float32)
+    for start in range(0, len(pool), POOL_BLOCK):
+        block = slice(start, start + POOL_BLOCK)
+        scores[:, block] = queries64 @ pool[block].astype(np.float64).T
+    return scores
 
 
 def ranks_in(scores: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

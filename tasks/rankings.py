@@ -22,7 +22,7 @@ import pandas as pd
 from hbir.core.files import write_file, write_text
 from hbir.core.names import POOL
 from tasks.embedding import DatasetEmbeddings
-from tasks.evaluation import QUERY_CHUNK, order_corpus, relevant_pairs
+from tasks.evaluation import QUERY_CHUNK, exact_scores, order_corpus, relevant_pairs
 from tasks.tables import DatasetTables
 
 Setting = Literal["mono", "cross", "multi"]
@@ -61,7 +61,7 @@ def setting_rankings(
         query_vectors = vectors.queries[query_rows]
         for start in range(0, len(query_rows), QUERY_CHUNK):
             chunk = slice(start, start + QUERY_CHUNK)
-            scores = query_vectors[chunk] @ pool.T  # (n, N) float32, as tasks.evaluation.exact_ranks
+            scores = exact_scores(query_vectors[chunk], pool)  # (n, N) float32, as tasks.evaluation.exact_ranks
             for corpus_lang in corpora:
                 keep = with_relevant[corpus_lang][chunk]
                 if not keep.any():

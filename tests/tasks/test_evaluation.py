@@ -14,7 +14,7 @@ from hbir.core.errors import ConfigError
 from hbir.core.names import METRICS
 from models.encoder import BiEncoder
 from tasks.embedding import DatasetEmbeddings, embed_dataset
-from tasks.evaluation import evaluate
+from tasks.evaluation import evaluate, exact_scores
 from tasks.ingest import ingest_dataset
 from tasks.tables import CANDIDATE_COLUMNS, QREL_COLUMNS, QUERY_COLUMNS, DatasetTables, frame
 
@@ -64,7 +64,9 @@ def reference(tables, vectors, query_lang, corpus_lang):
     in_query_lang = (tables.queries["lang"] == query_lang).to_numpy()
     in_corpus = (tables.candidates["lang"] == corpus_lang).to_numpy() if corpus_lang != "all" else slice(None)
     queries, candidates = tables.queries[in_query_lang], tables.candidates[in_corpus]
-    scores = vectors.queries[in_query_lang] @ vectors.candidates[in_corpus].T
+    # float64 products rounded to float32, as the evaluator scores (float32 products break ties of repeated texts)
+    scores = vectors.queries[in_query_lang].astype(np.float64) @ vectors.candidates[in_corpus].T.astype(np.float64)
+    scores = scores.astype(np.float32)
     relevant_cids = tables.qrels.groupby("qid")["cid"].apply(set)
     cids = candidates["cid"].to_numpy()
     ap, tied, qrels, run = {}, set(), [], []
@@ -230,3 +232,18 @@ def test_an_approximate_index_counts_relevant_candidates_below_its_depth_as_not_
         for name, m in [("shallow", shallow), ("exact", exact)]
     }
     assert recall["shallow"] == pytest.approx(recall["exact"], abs=0.02)
+
+
+def test_a_repeated_candidate_ties_with_its_copy_wherever_it_sits():
+    # XQuAD-R repeats answer sentences; float32 matrix products can score a copy differently by its row (an ulp),
+    # ranking one copy above the other and changing mAP: OpenBLAS's AVX2 kernel does (OPENBLAS_CORETYPE=Haswell
+    # breaks these ties with `queries @ pool.T`), its AVX-512 one happens not to
+    rng = np.random.default_rng(0)
+    queries = rng.standard_normal((600, 384)).astype(np.float32)
+    pool = rng.standard_normal((4099, 384)).astype(np.float32)
+    copies = [1, 2, 17, 1000, 4093, 4098]
+    pool[copies] = pool[0]
+    scores = exact_scores(queries, pool)
+    assert scores.dtype == np.float32 and scores.shape == (600, 4099)
+    for row in copies:
+        np.testing.assert_array_equal(scores[:, row], scores[:, 0])
