@@ -378,16 +378,24 @@ def import_study(config: Config, folder: str) -> None:
 @click.option("--n", "n", required=True, type=click.IntRange(min=0), help="How many distractor passages.")
 @click.option("--window", default=3, show_default=True, type=click.IntRange(min=1), help="Sentences per distractor.")
 @click.option("--seed", default=0, show_default=True, help="Which windows are drawn.")
+@click.option(
+    "--draw",
+    type=click.Choice(["windows", "random"]),
+    default="windows",
+    show_default=True,
+    help="windows: consecutive sentences of one paragraph (as many as SOURCE has); random: WINDOW sentences of one "
+    "language drawn at random, any number, not natural text (for scale tests).",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The new BEIR folder.")
-def distractors(config: Config, base: str, source: str, n: int, window: int, seed: int, out: str) -> None:
+def distractors(config: Config, base: str, source: str, n: int, window: int, seed: int, draw: str, out: str) -> None:
     """Write a BEIR dataset: BASE's queries, candidates and qrels plus N unjudged distractor passages (WINDOW
-    consecutive sentences of one paragraph of SOURCE, all its languages). Evaluate on it with data.dir set to the
-    folder above OUT and data.eval to OUT's name."""
+    consecutive sentences of one paragraph of SOURCE, all its languages, or with --draw random any WINDOW sentences
+    of one language). Evaluate on it with data.dir set to the folder above OUT and data.eval to OUT's name."""
     from pathlib import Path
 
     from hbir.app.distractors import build_distractor_dataset
 
-    rows = build_distractor_dataset(config, base, source, n, Path(out), window, seed)
+    rows = build_distractor_dataset(config, base, source, n, Path(out), window, seed, draw)
     click.echo(
         f"{out}: {rows['corpus']} passages ({n} distractors from {source}), {rows['queries']} queries, "
         f"{rows['qrels']} qrels"

@@ -32,6 +32,7 @@ from tasks.indexing import build_index, search
 from tasks.tables import DatasetTables
 
 QUERY_CHUNK = 512  # query rows scored at once against the pool: 512 x 20k candidates = 40 MB of scores
+SCORE_CELLS = 2**25  # at most this many scores at once (128 MB), so that a large pool takes fewer query rows
 POOL_BLOCK = 32768  # pool rows converted to float64 at once: 512 x 32k float64 products = 128 MB
 
 
@@ -147,8 +148,9 @@ def exact_ranks(
     padding), and for each the number of relevant candidates scoring at least as high (AP's numerator). Every query
     is scored against the pool once; a language's corpus is its block of the pool."""
     out = {lang: (np.full(rel.shape, np.inf), np.zeros(rel.shape)) for lang, (rel, _) in targets.items()}
-    for start in range(0, len(queries), QUERY_CHUNK):
-        chunk = slice(start, start + QUERY_CHUNK)
+    rows_at_once = query_chunk(len(pool))
+    for start in range(0, len(queries), rows_at_once):
+        chunk = slice(start, start + rows_at_once)
         scores = exact_scores(queries[chunk], pool)
         for lang, (rel, keep) in targets.items():
             rows = slice(int(keep[: chunk.start].sum()), int(keep[: chunk.stop].sum()))  # rel rows of this chunk
@@ -156,6 +158,12 @@ def exact_ranks(
             queried = scores if keep[chunk].all() else scores[keep[chunk]]
             ranks[rows], rel_ge[rows] = ranks_in(queried[:, corpus.block(lang)], rel[rows])
     return out
+
+
+def query_chunk(pool_size: int) -> int:
+    """How many queries are scored at once against a pool of ``pool_size``: QUERY_CHUNK, fewer for a pool so large
+    that their scores would pass SCORE_CELLS (1M candidates: 32 queries), so memory does not grow with the pool."""
+    return max(1, min(QUERY_CHUNK, SCORE_CELLS // max(pool_size, 1)))
 
 
 def exact_scores(queries: np.ndarray, pool: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ import pandas as pd
 from hbir.core.files import write_file, write_text
 from hbir.core.names import POOL
 from tasks.embedding import DatasetEmbeddings
-from tasks.evaluation import QUERY_CHUNK, exact_scores, order_corpus, relevant_pairs
+from tasks.evaluation import exact_scores, order_corpus, query_chunk, relevant_pairs
 from tasks.tables import DatasetTables
 
 Setting = Literal["mono", "cross", "multi"]
@@ -40,11 +40,13 @@ def setting_rankings(
     """The ``depth`` best candidates of every query of ``setting``, and the qrels of those queries:
     (query_id, qid, query_lang, corpus_lang, cid, rank, score) and (query_id, cid, relevance).
 
-    Scores are computed as the evaluation computes them (each query language's queries in chunks of QUERY_CHUNK
-    against the whole pool, a corpus being its block of columns), so they are the very numbers its ranks come from.
+    Scores are computed as the evaluation computes them (each query language's queries in chunks of
+    ``query_chunk`` against the whole pool, a corpus being its block of columns), so they are the very numbers its
+    ranks come from.
     """
     corpus = order_corpus(tables)
     pool = np.ascontiguousarray(vectors.candidates[corpus.order])
+    rows_at_once = query_chunk(len(pool))
     cids = tables.candidates["cid"].to_numpy()[corpus.order]
     pairs = relevant_pairs(tables, corpus)
     query_langs = tables.queries["lang"].to_numpy()
@@ -59,8 +61,8 @@ def setting_rankings(
         relevant = {y: of_lang if y == POOL else of_lang[of_lang["corpus_lang"] == y] for y in corpora}
         with_relevant = {y: np.isin(query_rows, rows["query_row"].to_numpy()) for y, rows in relevant.items()}
         query_vectors = vectors.queries[query_rows]
-        for start in range(0, len(query_rows), QUERY_CHUNK):
-            chunk = slice(start, start + QUERY_CHUNK)
+        for start in range(0, len(query_rows), rows_at_once):
+            chunk = slice(start, start + rows_at_once)
             scores = exact_scores(query_vectors[chunk], pool)  # (n, N) float32, as tasks.evaluation.exact_ranks
             for corpus_lang in corpora:
                 keep = with_relevant[corpus_lang][chunk]

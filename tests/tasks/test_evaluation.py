@@ -13,6 +13,7 @@ from hbir.core.config import DEFAULT_LANGUAGES, EvalConfig
 from hbir.core.errors import ConfigError
 from hbir.core.names import METRICS
 from models.encoder import BiEncoder
+from tasks import evaluation
 from tasks.embedding import DatasetEmbeddings, embed_dataset
 from tasks.evaluation import evaluate, exact_scores
 from tasks.ingest import ingest_dataset
@@ -247,3 +248,14 @@ def test_a_repeated_candidate_ties_with_its_copy_wherever_it_sits():
     assert scores.dtype == np.float32 and scores.shape == (600, 4099)
     for row in copies:
         np.testing.assert_array_equal(scores[:, row], scores[:, 0])
+
+
+def test_a_large_pool_is_scored_a_few_queries_at_a_time_with_the_same_metrics(xquad, monkeypatch):
+    xquad = three_languages(xquad)
+    vectors = informative_vectors(xquad)
+    assert evaluation.query_chunk(13_090) == 512 and evaluation.query_chunk(1_000_000) == 33  # 128 MB of scores
+    whole = evaluate(xquad, vectors, EvalConfig()).metrics
+    monkeypatch.setattr(evaluation, "SCORE_CELLS", 7 * len(xquad.candidates))  # 7 queries at a time
+    assert evaluation.query_chunk(len(xquad.candidates)) == 7
+    chunked = evaluate(xquad, vectors, EvalConfig()).metrics
+    pd.testing.assert_frame_equal(whole, chunked)
