@@ -9,6 +9,7 @@ Vectors are L2-normalised, so inner product is cosine similarity.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import faiss
@@ -48,8 +49,9 @@ def factory_index(vectors: np.ndarray, eval_cfg: EvalConfig, seed: int = 0) -> f
     """An index of the faiss ``index_factory`` string ``eval.index``, trained on at most ``eval.index_train_sample``
     of ``vectors`` (drawn with ``seed``), holding all of them, with nprobe / efSearch from the config."""
     n, dim = vectors.shape
+    factory = fitted_factory(eval_cfg.index, n)
     try:
-        index = faiss.index_factory(dim, eval_cfg.index, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         ivf = faiss.try_extract_index_ivf(index)
         ivf = faiss.downcast_index(ivf) if ivf is not None else None
         if hasattr(ivf, "do_polysemous_training"):  # IVF-PQ: polysemous codes (faiss's default) take 5x longer
@@ -63,7 +65,7 @@ def factory_index(vectors: np.ndarray, eval_cfg: EvalConfig, seed: int = 0) -> f
     except RuntimeError as error:
         reason = str(error).strip().split("Error: ")[-1][:200]
         raise ConfigError(
-            f"eval.index {eval_cfg.index!r} cannot be built over {n} vectors of dimension {dim} (each language's "
+            f"eval.index {factory!r} cannot be built over {n} vectors of dimension {dim} (each language's "
             f"candidates and the pool get an index): {reason}; choose one that fits, e.g. IVF{ivf_nlist(n, 1024)},PQ"
             f"{next(m for m in (48, 32, 16, 8, 4, 2, 1) if dim % m == 0)}, or eval.index=flat"
         ) from None
@@ -75,6 +77,13 @@ def factory_index(vectors: np.ndarray, eval_cfg: EvalConfig, seed: int = 0) -> f
     for start in range(0, n, ADD_CHUNK):  # added in chunks: no second copy of the pool in faiss's format at once
         index.add(vectors[start : start + ADD_CHUNK])
     return index
+
+
+def fitted_factory(factory: str, n_vectors: int) -> str:
+    """``factory`` with its ``IVF<k>`` lowered to ``ivf_nlist(n_vectors, k)``, as ``ivf``'s nlist is: a pool's
+    languages differ in size (XQuAD-R + 1M distractors: 1,190 to ~140k candidates) and one factory string serves
+    every block."""
+    return re.sub(r"IVF(\d+)", lambda match: f"IVF{ivf_nlist(n_vectors, int(match.group(1)))}", factory)
 
 
 def ivf_nlist(n_vectors: int, wanted: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faiss
 import ir_measures
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from hbir.core.names import METRICS
 from models.encoder import BiEncoder
 from tasks import evaluation
 from tasks.embedding import DatasetEmbeddings, embed_dataset
-from tasks.evaluation import evaluate, exact_scores
+from tasks.evaluation import build_indexes, evaluate, exact_scores, order_corpus
 from tasks.ingest import ingest_dataset
 from tasks.tables import CANDIDATE_COLUMNS, QREL_COLUMNS, QUERY_COLUMNS, DatasetTables, frame
 
@@ -210,10 +211,16 @@ def test_a_faiss_factory_index_is_built_trained_and_searched(xquad, factory):
         assert (maps["value_y"] > 0.95 * maps["value_x"]).all() and (maps["value_y"] < maps["value_x"] + 1e-3).all()
 
 
-def test_a_factory_index_that_cannot_be_built_says_which_and_why(xquad):
+def test_a_factory_index_gets_fewer_lists_for_a_small_block_and_one_that_cannot_be_built_says_why(xquad):
     xquad = three_languages(xquad)
-    with pytest.raises(ConfigError, match=r"eval.index 'IVF65536,Flat' cannot be built over \d+ vectors"):
-        evaluate(xquad, informative_vectors(xquad), EvalConfig(index="IVF65536,Flat"))
+    vectors = informative_vectors(xquad)
+    corpus = order_corpus(xquad)
+    built = build_indexes(vectors.candidates[corpus.order], corpus, EvalConfig(index="IVF65536,Flat"))
+    for lang, index in built.items():  # 65536 lists cannot be trained on 1,190 vectors: n / 39 of them
+        n = len(np.arange(len(corpus.order))[corpus.block(lang)])
+        assert index.ntotal == n and faiss.extract_index_ivf(index).nlist == n // 39
+    with pytest.raises(ConfigError, match=r"eval.index 'IVF\d+,PQ16x12' cannot be built over \d+ vectors"):
+        evaluate(xquad, vectors, EvalConfig(index="IVF16,PQ16x12"))  # 4096 PQ centroids, 1,190 vectors
     with pytest.raises(ValueError, match="faiss index_factory string"):
         EvalConfig(index="IVF16,PQ7x")
 
