@@ -49,7 +49,11 @@ class OnnxEncoder(TextEncoder):
     ) -> None:
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        # Idle threads sleep instead of spinning: beside another job (training, a second Dask worker) spinning
+        # threads fight for the cores. Tiny model, 2 cores: 3.4x the batches/s beside a training run, 6% fewer alone.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         self.input_names = [item.name for item in self.session.get_inputs()]
         self._hidden_size = self.session.get_outputs()[0].shape[-1]
         self.set_text_settings(tokenizer, query_prefix, passage_prefix, max_length)
