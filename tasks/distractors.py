@@ -5,8 +5,8 @@ paragraphs in all its languages), drawn at random without repeats: as many as th
 13,517). For pools larger than that (a scale benchmark), ``draw="random"`` makes each distractor of ``window``
 sentences of one language drawn at random from the whole source, no two alike: any number, but not natural text.
 They are unjudged: no query has a qrel to one, so a distractor that happens to answer a question counts as
-non-relevant. With 0 distractors the folder reads
-back as the base dataset's own tables (the same queries, candidates, qrels and translation groups).
+non-relevant. With 0 distractors the folder reads back as the base dataset's own tables (the same queries,
+candidates, qrels and translation groups).
 """
 
 from __future__ import annotations
@@ -36,6 +36,17 @@ def distractor_windows(source: DatasetTables, window: int = 3) -> pd.DataFrame:
         for start in range(len(texts) - window + 1):
             rows.append({"source_cid": cids[start], "lang": lang, "text": " ".join(texts[start : start + window])})
     return pd.DataFrame(rows, columns=["source_cid", "lang", "text"])
+
+
+def window_passages(source: DatasetTables, n: int, window: int = 3, seed: int = 0) -> pd.DataFrame:
+    """``n`` of ``source``'s windows (``distractor_windows``) drawn at random without repeats, in window order."""
+    windows = distractor_windows(source, window)
+    if n > len(windows):
+        raise HbirError(
+            f"{n} distractors asked for, and {source.name} has {len(windows)} windows of {window} consecutive "
+            f"sentences: give --n {len(windows)} or less, a shorter --window, or --draw random"
+        )
+    return windows.iloc[np.sort(np.random.default_rng(seed).choice(len(windows), size=n, replace=False))]
 
 
 def random_passages(source: DatasetTables, n: int, window: int = 3, seed: int = 0) -> pd.DataFrame:
@@ -77,16 +88,7 @@ def beir_with_distractors(
 ) -> dict[str, pd.DataFrame]:
     """The BEIR tables (corpus, queries, qrels) of ``base`` with ``n`` distractors drawn from ``source``: windows
     of a paragraph, or ``random`` sentences of one language (module docstring)."""
-    if draw == "random":
-        drawn = random_passages(source, n, window, seed)
-    else:
-        windows = distractor_windows(source, window)
-        if n > len(windows):
-            raise HbirError(
-                f"{n} distractors asked for, and {source.name} has {len(windows)} windows of {window} consecutive "
-                f"sentences: give --n {len(windows)} or less, a shorter --window, or --draw random"
-            )
-        drawn = windows.iloc[np.sort(np.random.default_rng(seed).choice(len(windows), size=n, replace=False))]
+    drawn = (random_passages if draw == "random" else window_passages)(source, n, window, seed)
     candidates = base.candidates
     corpus = pd.concat(
         [

@@ -162,7 +162,7 @@ def exact_ranks(
 
 def query_chunk(pool_size: int) -> int:
     """How many queries are scored at once against a pool of ``pool_size``: QUERY_CHUNK, fewer for a pool so large
-    that their scores would pass SCORE_CELLS (1M candidates: 32 queries), so memory does not grow with the pool."""
+    that their scores would pass SCORE_CELLS (1M candidates: 33 queries), so memory does not grow with the pool."""
     return max(1, min(QUERY_CHUNK, SCORE_CELLS // max(pool_size, 1)))
 
 
