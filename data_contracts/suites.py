@@ -27,15 +27,18 @@ def queries_suite(languages: list[str], max_chars: int) -> tuple[list[str], list
     ]
 
 
-def candidates_suite(languages: list[str], max_chars: int, max_context_chars: int) -> tuple[list[str], list]:
-    return ["cid", "lang"], [
+def candidates_suite(languages: list[str], max_chars: int, max_context_chars: int) -> tuple[tuple, list]:
+    """Two parts: ``(index_columns, rules of each row)``, checked a batch of rows at a time, and the rules of the
+    whole table (on its ``cid`` and ``lang`` columns)."""
+    row_rules = [
         *_not_null(["cid", "lang", "doc_id", "text", "context"]),
         _length("text", "candidate text", max_chars),
         _holds("text_visible", "candidate text has a visible character (not only spaces, zero-width or controls)"),
         _length("context", "context", max_context_chars),
         _known_language(languages),
-        E.ExpectColumnValuesToBeUnique(column="cid", description="cid is unique within the dataset"),
     ]
+    whole_table = [E.ExpectColumnValuesToBeUnique(column="cid", description="cid is unique within the dataset")]
+    return (["cid", "lang"], row_rules), whole_table
 
 
 def qrels_suite() -> tuple[list[str], list]:

@@ -8,6 +8,7 @@ raise ContractError(contract_failure_message(failed))    # names the dataset, ta
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import pandas as pd
@@ -15,10 +16,11 @@ import pandas as pd
 from data_contracts import suites
 from hbir.core.config import DataConfig
 from hbir.core.errors import shorten
-from tasks.tables import DatasetTables
+from tasks.tables import CANDIDATE_COLUMNS, DatasetTables
 
 EXAMPLES_SHOWN = 3
 FAILURES_SHOWN = 5
+CANDIDATE_BATCH = 100_000  # candidates whose row rules are checked together
 
 
 @dataclass(frozen=True)
@@ -64,35 +66,40 @@ def validate_datasets(
     max_candidate_chars: int,
     max_context_chars: int,
 ) -> list[ContractResult]:
-    """Check every table of every dataset, plus parallelism and train/eval leakage; return all outcomes."""
+    """Check every table of every dataset, plus parallelism and train/eval leakage; return all outcomes. The
+    candidates' row rules are checked ``CANDIDATE_BATCH`` rows at a time (their texts need not fit in memory
+    together), their uniqueness on the whole id column."""
     training_texts = {
         _normalise(text)
         for d in datasets
         if d.name in train
-        for column in (d.queries["text"], d.candidates["text"])
-        for text in column.dropna()
+        for column in (d.queries["text"], d.candidate_texts("text"))
+        for text in column
+        if isinstance(text, str)
     }
     runner = _Runner()
     results: list[ContractResult] = []
     for tables in datasets:
+        (index_columns, row_rules), table_rules = suites.candidates_suite(
+            languages, max_candidate_chars, max_context_chars
+        )
         checks = [
-            ("queries", _queries_checked(tables), suites.queries_suite(languages, max_query_chars)),
-            (
-                "candidates",
-                _with_visibility(tables.candidates, tables),
-                suites.candidates_suite(languages, max_candidate_chars, max_context_chars),
-            ),
-            ("qrels", _qrels_checked(tables), suites.qrels_suite()),
+            ("queries", [_queries_checked(tables)], suites.queries_suite(languages, max_query_chars)),
+            ("candidates", _candidate_batches(tables), (index_columns, row_rules)),
+            ("candidates", [_tag(tables.candidates[["cid", "lang"]], tables)], (index_columns, table_rules)),
+            ("qrels", [_qrels_checked(tables)], suites.qrels_suite()),
         ]
         if tables.name in fully_parallel:
-            checks.append(("queries", _languages_per_qid(tables), suites.parallel_suite(len(tables.languages))))
+            checks.append(("queries", [_languages_per_qid(tables)], suites.parallel_suite(len(tables.languages))))
         if tables.name not in train and training_texts:
-            checks.append(("queries", _leakage_checked(tables.queries, tables, training_texts), suites.leakage_suite()))
-            relevant = tables.candidates[tables.candidates["cid"].isin(set(tables.qrels["cid"]))]
+            checks.append(
+                ("queries", [_leakage_checked(tables.queries, tables, training_texts)], suites.leakage_suite())
+            )
+            relevant = _relevant_candidates(tables)
             leaked = _leakage_checked(relevant, tables, training_texts)
-            checks.append(("candidates", leaked, suites.candidate_leakage_suite()))
-        for table_name, df, (index_columns, expectations) in checks:
-            results += runner.run(tables, table_name, df, index_columns, expectations)
+            checks.append(("candidates", [leaked], suites.candidate_leakage_suite()))
+        for table_name, frames, (index_columns, expectations) in checks:
+            results += runner.run(tables, table_name, frames, index_columns, expectations)
     return results
 
 
@@ -108,12 +115,13 @@ def check_split(
         held_out = tables.queries[tables.queries["qid"].isin(dev_qids.get(tables.name, []))]
         df = held_out[["qid", "lang"]].assign(on_both_sides=held_out["qid"].isin(trained))
         index_columns, expectations = suites.split_suite()
-        results += runner.run(tables, "queries", _tag(df, tables), index_columns, expectations)
+        results += runner.run(tables, "queries", [_tag(df, tables)], index_columns, expectations)
     return results
 
 
 class _Runner:
-    """One ephemeral Great Expectations context; each check is a dataframe asset with its own suite."""
+    """One ephemeral Great Expectations context; each check is a dataframe asset with its own suite, run on each of
+    its batches (one dataframe, or a table's rows in parts) and the outcomes summed."""
 
     def __init__(self) -> None:
         import great_expectations as gx
@@ -126,7 +134,12 @@ class _Runner:
         self._count = 0
 
     def run(
-        self, tables: DatasetTables, table_name: str, df: pd.DataFrame, index_columns: list[str], expectations: list
+        self,
+        tables: DatasetTables,
+        table_name: str,
+        frames: Iterable[pd.DataFrame],
+        index_columns: list[str],
+        expectations: list,
     ) -> list[ContractResult]:
         gx, self._count = self._gx, self._count + 1
         name = f"{tables.name}-{table_name}-{self._count}"
@@ -135,40 +148,65 @@ class _Runner:
         definition = self._context.validation_definitions.add(
             gx.ValidationDefinition(name=name, data=batch, suite=suite)
         )
-        outcome = definition.run(
-            batch_parameters={"dataframe": df},
-            result_format={
-                "result_format": "SUMMARY",
-                "unexpected_index_column_names": index_columns,
-                "partial_unexpected_count": EXAMPLES_SHOWN,
-            },
-        )
-        return [_result(tables, table_name, item) for item in outcome.results]
+        outcomes = []
+        for df in frames:
+            outcome = definition.run(
+                batch_parameters={"dataframe": df},
+                result_format={
+                    "result_format": "SUMMARY",
+                    "unexpected_index_column_names": index_columns,
+                    "partial_unexpected_count": EXAMPLES_SHOWN,
+                },
+            )
+            outcomes.append(outcome.results)
+        return [_result(tables, table_name, items) for items in zip(*outcomes, strict=True)]
 
 
-def _result(tables: DatasetTables, table_name: str, item) -> ContractResult:
-    config = item.expectation_config
+def _result(tables: DatasetTables, table_name: str, items: tuple) -> ContractResult:
+    """One expectation's outcome over the batches it ran on: its outcomes on each (``items``) summed."""
+    config = items[0].expectation_config
     column = config.kwargs.get("column") or ",".join(config.kwargs.get("column_list", []))
     expectation = f"{config.type}({column}): {config.description}" if column else f"{config.type}: {config.description}"
-    if item.success:
+    failed = [item for item in items if not item.success]
+    raised = [item for item in failed if (item.exception_info or {}).get("raised_exception")]
+    if not failed:
         details = ""
-    elif (item.exception_info or {}).get("raised_exception"):
-        details = f"could not be evaluated: {item.exception_info.get('exception_message')}"
+    elif raised:
+        details = f"could not be evaluated: {raised[0].exception_info.get('exception_message')}"
     else:
-        details = _failure_details(tables, table_name, item.result)
-    return ContractResult(tables.name, table_name, expectation, bool(item.success), details)
+        details = _failure_details(tables, table_name, [item.result for item in items], failed[0].result)
+    return ContractResult(tables.name, table_name, expectation, not failed, details)
 
 
-def _failure_details(tables: DatasetTables, table_name: str, result: dict) -> str:
-    examples = result.get("partial_unexpected_index_list") or []
+def _failure_details(tables: DatasetTables, table_name: str, results: list[dict], first_failed: dict) -> str:
+    """The rows that fail, counted over every batch's ``results``, with examples from the first failing one."""
+    examples = first_failed.get("partial_unexpected_index_list") or []
     langs = {str(example.get("lang")) for example in examples if example.get("lang") is not None}
     files = ", ".join(sorted({tables.source_of(table_name, lang) for lang in langs or {None}}))
     shown = "; ".join(", ".join(f"{key}={shorten(value)}" for key, value in example.items()) for example in examples)
-    count = result.get("unexpected_count")
-    total = result.get("element_count")
-    head = f"{count} of {total} rows" if count is not None else "the table"
-    observed = f" (observed {result['observed_value']})" if "observed_value" in result else ""
+    counts = [result.get("unexpected_count") for result in results]
+    total = sum(result.get("element_count") or 0 for result in results)
+    head = f"{sum(counts)} of {total} rows" if None not in counts else "the table"
+    observed = f" (observed {first_failed['observed_value']})" if "observed_value" in first_failed else ""
     return f"{head} fail{observed}, e.g. {shown or 'n/a'} [file {files}]"
+
+
+def _candidate_batches(tables: DatasetTables) -> Iterator[pd.DataFrame]:
+    """The candidates with ``text_visible``, ``CANDIDATE_BATCH`` rows at a time (an empty table: one empty batch,
+    so that every rule reports)."""
+    empty = True
+    for df in tables.candidate_batches(CANDIDATE_COLUMNS, CANDIDATE_BATCH):
+        empty = False
+        yield _with_visibility(df, tables)
+    if empty:
+        yield _with_visibility(pd.DataFrame(columns=CANDIDATE_COLUMNS), tables)
+
+
+def _relevant_candidates(tables: DatasetTables) -> pd.DataFrame:
+    """The candidates some query is relevant to, with their texts."""
+    relevant = tables.qrels["cid"].unique()
+    parts = [df[df["cid"].isin(relevant)] for df in tables.candidate_batches(CANDIDATE_COLUMNS, CANDIDATE_BATCH)]
+    return pd.concat(parts) if parts else tables.candidates.iloc[:0]
 
 
 def _queries_checked(tables: DatasetTables) -> pd.DataFrame:
@@ -185,14 +223,14 @@ def _queries_checked(tables: DatasetTables) -> pd.DataFrame:
 def _with_visibility(df: pd.DataFrame, tables: DatasetTables) -> pd.DataFrame:
     """``df`` with ``text_visible``: whether its text has a character that is not whitespace, zero-width or a
     control (a missing or empty text is the not-null or length rule's to report)."""
-    visible = [not isinstance(text, str) or not text or bool(_visible(text)) for text in df["text"]]
+    visible = [not isinstance(text, str) or not text or _has_visible(text) for text in df["text"]]
     return _tag(df.assign(text_visible=visible), tables)
 
 
 def _qrels_checked(tables: DatasetTables) -> pd.DataFrame:
     df = tables.qrels.assign(
-        qid_known=tables.qrels["qid"].isin(set(tables.queries["qid"])),
-        cid_known=tables.qrels["cid"].isin(set(tables.candidates["cid"])),
+        qid_known=tables.qrels["qid"].isin(tables.queries["qid"]),
+        cid_known=tables.qrels["cid"].isin(tables.candidates["cid"]),
     )
     return _tag(df, tables)
 
@@ -224,9 +262,10 @@ def _tag(df: pd.DataFrame, tables: DatasetTables) -> pd.DataFrame:
 INVISIBLE = ("Zs", "Zl", "Zp", "Cc", "Cf")  # spaces, line and paragraph separators, controls, zero-width / bidi
 
 
-def _visible(text: str) -> str:
-    """``text`` without the characters a reader cannot see (``INVISIBLE`` categories)."""
-    return "".join(char for char in text if unicodedata.category(char) not in INVISIBLE)
+def _has_visible(text: str) -> bool:
+    """Whether ``text`` has a character a reader can see (not of the ``INVISIBLE`` categories); stops at the first
+    (a text's first character, almost always: a million passages checked in a second, not a minute)."""
+    return any(unicodedata.category(char) not in INVISIBLE for char in text)
 
 
 def _normalise(text: str) -> str:

@@ -11,13 +11,15 @@ fills it. A non-empty ``title`` is joined to the text as BEIR does (``title + " 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.json as pa_json
 
 from hbir.core.errors import DataError
-from tasks.tables import CANDIDATE_COLUMNS, QREL_COLUMNS, QUERY_COLUMNS, DatasetTables, frame
+from tasks.tables import CANDIDATE_COLUMNS, QREL_COLUMNS, QUERY_COLUMNS, DatasetTables, frame, save_tables
 
 REQUIRED = {
     "corpus": ["_id", "text", "lang"],
@@ -31,17 +33,73 @@ EXAMPLES = {
     "qrels": "query-id<TAB>corpus-id<TAB>score, e.g. q1<TAB>d1<TAB>1",
 }
 
+CORPUS_BLOCK_BYTES = 16 << 20  # of corpus.jsonl read, converted and written at a time
+
 # Loads one of "corpus", "queries", "qrels" and returns (where it came from, its rows).
 TableLoader = Callable[[str], tuple[str, pd.DataFrame]]
 
 
 def read_beir_dir(dataset_dir: Path, name: str, default_lang: str | None = None) -> DatasetTables:
-    """Read a local BEIR folder through ``datasets``' json and csv builders."""
-    files = {
-        "corpus": dataset_dir / "corpus.jsonl",
-        "queries": dataset_dir / "queries.jsonl",
-        "qrels": _qrels_file(dataset_dir),
-    }
+    """Read a local BEIR folder: the corpus through ``corpus_batches``, queries and qrels through ``datasets``'
+    json and csv builders."""
+    corpus_file = dataset_dir / "corpus.jsonl"
+    parts = list(corpus_batches(corpus_file, name, default_lang))
+    candidates = pd.concat(parts, ignore_index=True) if parts else frame([], CANDIDATE_COLUMNS)
+    return tables_from_beir(name, _small_table_loader(dataset_dir), default_lang, (str(corpus_file), candidates))
+
+
+def write_beir_dir(dataset_dir: Path, name: str, default_lang: str | None, folder: Path) -> None:
+    """``save_tables(read_beir_dir(...), folder)`` without the corpus in memory: its rows converted and written a
+    block of the file at a time (peak memory one block's, whatever the corpus's size)."""
+    corpus_file = dataset_dir / "corpus.jsonl"
+    batches = corpus_batches(corpus_file, name, default_lang)
+    first = next(batches, None)  # a corpus that cannot be read fails here, before the queries are
+    first = frame([], CANDIDATE_COLUMNS) if first is None else first
+    tables = tables_from_beir(name, _small_table_loader(dataset_dir), default_lang, (str(corpus_file), first))
+    save_tables(tables, folder, more_candidates=batches)
+
+
+def corpus_batches(path: Path, name: str, default_lang: str | None) -> Iterator[pd.DataFrame]:
+    """The rows of a ``corpus.jsonl`` as canonical candidates (``CANDIDATE_COLUMNS``), ``CORPUS_BLOCK_BYTES`` of
+    the file at a time, through pyarrow's streaming JSON reader (``datasets``' streaming mode goes through Python
+    rows: 4x slower); a file that cannot be read raises a ``DataError`` naming it."""
+    if not path.exists():
+        raise DataError(path, f"missing: a BEIR dataset needs corpus rows like {EXAMPLES['corpus']}")
+    try:
+        reader = pa_json.open_json(path, read_options=pa_json.ReadOptions(block_size=CORPUS_BLOCK_BYTES))
+        for batch in reader:
+            rows = _checked_rows(str(path), "corpus", batch.to_pandas(), name, default_lang)
+            yield candidates_frame(name, rows)
+    except pa.ArrowInvalid as error:
+        raise DataError(path, f"cannot be read as JSON lines: {error}") from None
+
+
+def candidates_frame(name: str, corpus: pd.DataFrame) -> pd.DataFrame:
+    """BEIR corpus rows (checked) as canonical candidates: a non-empty title joined before the text, ``doc_id``
+    and ``context`` defaulting to the row's id and text."""
+    texts = corpus["text"]
+    if "title" in corpus:  # BEIR's convention: the title before the text
+        titles = corpus["title"].map(lambda title: title.strip() if isinstance(title, str) else "")
+        texts = [
+            f"{title} {text}" if title and isinstance(text, str) else text
+            for title, text in zip(titles, texts, strict=True)
+        ]
+    return frame(
+        {
+            "dataset": name,
+            "cid": corpus["_id"].astype(str),
+            "lang": corpus["lang"],
+            "doc_id": (corpus["doc_id"] if "doc_id" in corpus else corpus["_id"]).astype(str),
+            "text": texts,
+            "context": corpus["context"] if "context" in corpus else texts,
+        },
+        CANDIDATE_COLUMNS,
+    )
+
+
+def _small_table_loader(dataset_dir: Path) -> TableLoader:
+    """Loads a local BEIR folder's queries or qrels through ``datasets``."""
+    files = {"queries": dataset_dir / "queries.jsonl", "qrels": _qrels_file(dataset_dir)}
 
     def load(table: str) -> tuple[str, pd.DataFrame]:
         path = files[table]
@@ -50,7 +108,7 @@ def read_beir_dir(dataset_dir: Path, name: str, default_lang: str | None = None)
         builder, options = ("csv", {"delimiter": "\t"}) if table == "qrels" else ("json", {})
         return str(path), _load_hf(builder, str(path), data_files=str(path), **options)
 
-    return tables_from_beir(name, load, default_lang)
+    return load
 
 
 def read_hf_dataset(name: str, repo_id: str, default_lang: str | None = None) -> DatasetTables:
@@ -62,19 +120,17 @@ def read_hf_dataset(name: str, repo_id: str, default_lang: str | None = None) ->
     return tables_from_beir(name, load, default_lang)
 
 
-def tables_from_beir(name: str, load: TableLoader, default_lang: str | None = None) -> DatasetTables:
+def tables_from_beir(
+    name: str, load: TableLoader, default_lang: str | None = None, candidates: tuple[str, pd.DataFrame] | None = None
+) -> DatasetTables:
     """Convert BEIR corpus / queries / qrels rows (as loaded by ``load``) into the canonical tables; rows without a
-    ``lang`` get ``default_lang``."""
-    corpus_file, corpus = _checked(load, "corpus", name, default_lang)
+    ``lang`` get ``default_lang``. ``candidates``: (file, canonical candidates) already read, instead of the corpus
+    through ``load``."""
+    if candidates is None:
+        corpus_file, corpus = _checked(load, "corpus", name, default_lang)
+        candidates = (corpus_file, candidates_frame(name, corpus))
     queries_file, queries = _checked(load, "queries", name, default_lang)
     qrels_file, qrels = _checked(load, "qrels", name, default_lang)
-    texts = corpus["text"]
-    if "title" in corpus:  # BEIR's convention: the title before the text
-        titles = corpus["title"].map(lambda title: title.strip() if isinstance(title, str) else "")
-        texts = [
-            f"{title} {text}" if title and isinstance(text, str) else text
-            for title, text in zip(titles, texts, strict=True)
-        ]
     if "score" in qrels.columns:
         qrels = qrels[pd.to_numeric(qrels["score"], errors="coerce").fillna(0) > 0]
     return DatasetTables(
@@ -83,27 +139,23 @@ def tables_from_beir(name: str, load: TableLoader, default_lang: str | None = No
             {"dataset": name, "qid": queries["_id"].astype(str), "lang": queries["lang"], "text": queries["text"]},
             QUERY_COLUMNS,
         ),
-        candidates=frame(
-            {
-                "dataset": name,
-                "cid": corpus["_id"].astype(str),
-                "lang": corpus["lang"],
-                "doc_id": (corpus["doc_id"] if "doc_id" in corpus else corpus["_id"]).astype(str),
-                "text": texts,
-                "context": corpus["context"] if "context" in corpus else texts,
-            },
-            CANDIDATE_COLUMNS,
-        ),
+        candidates=candidates[1],
         qrels=frame(
             {"dataset": name, "qid": qrels["query-id"].astype(str), "cid": qrels["corpus-id"].astype(str)},
             QREL_COLUMNS,
         ),
-        sources={"corpus": corpus_file, "queries": queries_file, "qrels": qrels_file},
+        sources={"corpus": candidates[0], "queries": queries_file, "qrels": qrels_file},
     )
 
 
 def _checked(load: TableLoader, table: str, name: str, default_lang: str | None) -> tuple[str, pd.DataFrame]:
     where, rows = load(table)
+    return where, _checked_rows(where, table, rows, name, default_lang)
+
+
+def _checked_rows(where: str, table: str, rows: pd.DataFrame, name: str, default_lang: str | None) -> pd.DataFrame:
+    """``rows`` of ``table`` with ``default_lang`` filled in; a missing field or a text or language that is not a
+    string raises a ``DataError`` naming ``where``, the field and a row."""
     if default_lang and "lang" in REQUIRED[table]:
         rows = rows.assign(lang=rows["lang"].fillna(default_lang) if "lang" in rows else default_lang)
     missing = [column for column in REQUIRED[table] if column not in rows.columns]
@@ -122,7 +174,7 @@ def _checked(load: TableLoader, table: str, name: str, default_lang: str | None)
                     f"field {column!r} must be a string, got {wrong[column].iloc[0]!r} "
                     f"in row {{'_id': {wrong['_id'].iloc[0]!r}}}",
                 )
-    return where, rows
+    return rows
 
 
 def _qrels_file(dataset_dir: Path) -> Path:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -110,17 +110,17 @@ class EmbeddingJob:
     label: str
 
 
-def dataset_blocks(tables: DatasetTables, candidates: CandidateMode = "sentence") -> list[Block]:
-    """The non-empty blocks of ``tables``, language by language, queries before candidates."""
-    blocks = []
+def dataset_blocks(tables: DatasetTables, candidates: CandidateMode = "sentence") -> Iterator[Block]:
+    """The non-empty blocks of ``tables``, language by language, queries before candidates; one at a time, so a
+    table loaded without its candidate texts (``load_tables(..., texts=False)``) holds one language's in memory."""
     for lang in tables.languages:
-        for kind, table in (("query", tables.queries), ("passage", tables.candidates)):
-            rows = np.flatnonzero((table["lang"] == lang).to_numpy())
-            if len(rows):
-                paired = kind == "passage" and candidates == "paragraph"
-                contexts = table["context"].iloc[rows].tolist() if paired else None
-                blocks.append(Block(lang, kind, rows, table["text"].iloc[rows].tolist(), contexts))
-    return blocks
+        query_rows = np.flatnonzero((tables.queries["lang"] == lang).to_numpy())
+        if len(query_rows):
+            yield Block(lang, "query", query_rows, tables.queries["text"].iloc[query_rows].tolist(), None)
+        rows = np.flatnonzero((tables.candidates["lang"] == lang).to_numpy())
+        if len(rows):
+            contexts = tables.candidate_texts("context", lang) if candidates == "paragraph" else None
+            yield Block(lang, "passage", rows, tables.candidate_texts("text", lang), contexts)
 
 
 def embed_dataset(
@@ -142,17 +142,17 @@ def embed_dataset(
         "query": np.empty((len(queries), encoder.hidden_size), dtype=np.float32),
         "passage": np.empty((len(cands), encoder.hidden_size), dtype=np.float32),
     }
-    blocks = dataset_blocks(tables, candidates)
-    done, total = 0, len(queries) + len(cands)
-    for number, block in enumerate(blocks):
+    done, total, languages = 0, len(queries) + len(cands), tables.languages
+    for block in dataset_blocks(tables, candidates):
         vectors[block.kind][block.rows] = embed_texts(
             encoder, model_fp, block.texts, block.kind, block.contexts, batch_size, cache_dir, block.lang, shard_size
         )
         done += len(block.rows)
-        if number + 1 == len(blocks) or blocks[number + 1].lang != block.lang:
+        language_rows = (queries["lang"] == block.lang).sum() + (cands["lang"] == block.lang).sum()
+        if block.kind == "passage" or language_rows == len(block.rows):  # the language's last block
             # a line per language: in a log (a Prefect worker, no terminal) the bars show nothing for minutes
-            languages = f"{tables.languages.index(block.lang) + 1}/{len(tables.languages)} languages"
-            log(f"embedded {tables.name} {block.lang} ({languages}, {done}/{total} texts)")
+            counted = f"{languages.index(block.lang) + 1}/{len(languages)} languages"
+            log(f"embedded {tables.name} {block.lang} ({counted}, {done}/{total} texts)")
     return DatasetEmbeddings(vectors["query"], vectors["passage"])
 
 

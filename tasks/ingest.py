@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from hbir.core.errors import DataError
-from tasks.beir import read_beir_dir, read_hf_dataset
+from tasks.beir import read_beir_dir, read_hf_dataset, write_beir_dir
 from tasks.lareqa import read_lareqa
-from tasks.tables import DatasetTables
+from tasks.tables import DatasetTables, save_tables
 
 
 def ingest_dataset(
@@ -41,6 +41,18 @@ def ingest_dataset(
     raise DataError(folder, "no data: expected LAReQA files <lang>.json (e.g. en.json) or a BEIR corpus.jsonl")
 
 
+def ingest_to_folder(
+    data_dir: Path, name: str, languages: Iterable[str], folder: Path, default_lang: str | None = None
+) -> None:
+    """``save_tables(ingest_dataset(...), folder)``; a local BEIR corpus is converted a block at a time, never
+    whole in memory (``write_beir_dir``)."""
+    source = Path(data_dir) / name
+    if not name.startswith("hf:") and (source / "corpus.jsonl").exists():
+        write_beir_dir(source, name, default_lang, folder)
+    else:
+        save_tables(ingest_dataset(data_dir, name, languages, default_lang), folder)
+
+
 def dataset_versions(tables: DatasetTables) -> pd.DataFrame:
     """One row per language: content fingerprint and row counts.
 
@@ -53,7 +65,7 @@ def dataset_versions(tables: DatasetTables) -> pd.DataFrame:
     for lang in tables.languages:
         parts = [
             tables.queries[tables.queries["lang"] == lang].sort_values(["qid"]),
-            tables.candidates[tables.candidates["lang"] == lang].sort_values(["cid"]),
+            tables.language_candidates(lang).sort_values(["cid"]),
             qrels[qrels["lang"] == lang].sort_values(["qid", "cid"]),
         ]
         digest = hashlib.sha256()

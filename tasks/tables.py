@@ -8,10 +8,13 @@ qrels(dataset, qid, cid)                             relevance, whatever the que
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from hbir.core.files import replace_dir
 
@@ -19,6 +22,7 @@ QUERY_COLUMNS = ["dataset", "qid", "lang", "text"]
 CANDIDATE_COLUMNS = ["dataset", "cid", "lang", "doc_id", "text", "context"]
 QREL_COLUMNS = ["dataset", "qid", "cid"]
 TABLES = ("queries", "candidates", "qrels")
+TEXT_COLUMNS = ("text", "context")  # the wide columns: a pool of a million passages holds gigabytes of them
 
 
 @dataclass
@@ -26,7 +30,9 @@ class DatasetTables:
     """One dataset in canonical form.
 
     ``sources`` maps what each file holds to the file: a language for LAReQA (one file per language), a table
-    name (``corpus``, ``queries``, ``qrels``) for BEIR.
+    name (``corpus``, ``queries``, ``qrels``) for BEIR. ``folder``: where ``save_tables`` wrote them, set by
+    ``load_tables``; candidates loaded without their texts (``load_tables(..., texts=False)``) read them from there,
+    a language or a batch at a time (``candidate_texts``, ``candidate_batches``).
     """
 
     name: str
@@ -34,6 +40,7 @@ class DatasetTables:
     candidates: pd.DataFrame
     qrels: pd.DataFrame
     sources: dict[str, Path | str] = field(default_factory=dict)
+    folder: Path | None = None
 
     @property
     def languages(self) -> list[str]:
@@ -46,27 +53,74 @@ class DatasetTables:
                 return str(self.sources[key])
         return ", ".join(sorted({str(path) for path in self.sources.values()})) or self.name
 
+    def language_candidates(self, lang: str) -> pd.DataFrame:
+        """Every column of the candidates of language ``lang``, in table order (their texts from the folder when the
+        table was loaded without them)."""
+        rows = self.candidates[self.candidates["lang"] == lang]
+        missing = [column for column in TEXT_COLUMNS if column not in rows]
+        if missing:
+            rows = rows.assign(**{column: self.candidate_texts(column, lang) for column in missing})
+        return rows[CANDIDATE_COLUMNS]
+
+    def candidate_texts(self, column: str, lang: str | None = None) -> list[str]:
+        """Column ``column`` (``text`` or ``context``) of the candidates of language ``lang`` (all: None), in table
+        order; from the folder when the table was loaded without it."""
+        if column in self.candidates:
+            rows = self.candidates if lang is None else self.candidates[self.candidates["lang"] == lang]
+            return rows[column].tolist()
+        if self.folder is None:
+            raise ValueError(f"{self.name}: candidates have no {column!r} column and no folder to read it from")
+        filters = None if lang is None else [("lang", "==", lang)]
+        table = pq.read_table(Path(self.folder) / "candidates.parquet", columns=[column], filters=filters)
+        return table.column(column).to_pylist()
+
+    def candidate_batches(self, columns: list[str], batch_size: int) -> Iterator[pd.DataFrame]:
+        """The candidates' ``columns``, ``batch_size`` rows at a time in table order (row numbers kept as the
+        index), read from the folder when the table was loaded without its texts."""
+        if all(column in self.candidates for column in columns):
+            for start in range(0, len(self.candidates), batch_size):
+                yield self.candidates.iloc[start : start + batch_size][columns]
+            return
+        start = 0
+        for batch in pq.ParquetFile(Path(self.folder) / "candidates.parquet").iter_batches(batch_size, columns=columns):
+            rows = batch.to_pandas()
+            rows.index = pd.RangeIndex(start, start + len(rows))
+            start += len(rows)
+            yield rows
+
 
 def frame(rows: list[dict] | dict, columns: list[str]) -> pd.DataFrame:
-    """A table with exactly ``columns``, object-typed, from row dicts or columns; empty ``rows`` give an empty table."""
-    return pd.DataFrame(rows, columns=columns).astype({column: "object" for column in columns})
+    """A table with exactly ``columns``, each pandas' string type (Arrow-backed: a million passages' texts take their
+    UTF-8 size, not a Python object each), from row dicts or columns; a missing value stays missing (NaN), for the
+    contracts to name; empty ``rows`` give an empty table."""
+    return pd.DataFrame(rows, columns=columns).astype({column: "str" for column in columns})
 
 
-def save_tables(tables: DatasetTables, folder: Path) -> None:
-    """Write the tables to ``folder`` (one parquet file each and ``meta.json``), replacing it once complete."""
+def save_tables(tables: DatasetTables, folder: Path, more_candidates: Iterable[pd.DataFrame] = ()) -> None:
+    """Write the tables to ``folder`` (one parquet file each and ``meta.json``), replacing it once complete.
+    ``more_candidates``: further candidate rows after ``tables.candidates``, written as they come (a corpus that
+    is never whole in memory)."""
 
     def write(work: Path) -> None:
-        for table in TABLES:
+        for table in ("queries", "qrels"):
             getattr(tables, table).to_parquet(work / f"{table}.parquet", index=False)
+        first = pa.Table.from_pandas(tables.candidates, preserve_index=False)
+        with pq.ParquetWriter(work / "candidates.parquet", first.schema) as writer:
+            writer.write_table(first)
+            for part in more_candidates:
+                writer.write_table(pa.Table.from_pandas(part, schema=first.schema, preserve_index=False))
         sources = {key: str(value) for key, value in tables.sources.items()}
         (work / "meta.json").write_text(json.dumps({"name": tables.name, "sources": sources}), encoding="utf-8")
 
     replace_dir(folder, write)
 
 
-def load_tables(folder: str | Path) -> DatasetTables:
-    """The tables ``save_tables`` wrote to ``folder``."""
+def load_tables(folder: str | Path, texts: bool = True) -> DatasetTables:
+    """The tables ``save_tables`` wrote to ``folder``; ``texts=False``: the candidates without their text and
+    context (``TEXT_COLUMNS``), read from the folder when needed (``DatasetTables.candidate_texts``)."""
     folder = Path(folder)
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    frames = {table: pd.read_parquet(folder / f"{table}.parquet") for table in TABLES}
-    return DatasetTables(meta["name"], **frames, sources=meta["sources"])
+    frames = {table: pd.read_parquet(folder / f"{table}.parquet") for table in ("queries", "qrels")}
+    columns = None if texts else [c for c in CANDIDATE_COLUMNS if c not in TEXT_COLUMNS]
+    frames["candidates"] = pd.read_parquet(folder / "candidates.parquet", columns=columns)
+    return DatasetTables(meta["name"], **frames, sources=meta["sources"], folder=folder)

@@ -94,7 +94,7 @@ def export_rankings(
     encoding = _encoding_config(config, model, dataset)
     tables_dir = stages.ingest_tables(encoding, log)[dataset]
     vectors = load_vectors(stages.embed_tables(encoding, str(model.model_dir), tables_dir, log))
-    ranked, qrels = setting_rankings(load_tables(tables_dir), vectors, setting, depth)
+    ranked, qrels = setting_rankings(load_tables(tables_dir, texts=False), vectors, setting, depth)
     out_dir = Path(out_dir) if out_dir else run_dir(config.output.dir, run_id) / "export"
     return write_rankings(ranked, qrels, out_dir / f"{dataset}-{setting}", fmt, tag=run_id)
 

@@ -75,7 +75,7 @@ def multi_map(config: Config, model_dir: str | Path, tables: dict[str, str]) -> 
     scores = []
     for dataset in config.data.eval:
         vectors = load_vectors(stages.embed_tables(config, str(model_dir), tables[dataset], log=_quiet))
-        metrics = evaluate(load_tables(tables[dataset]), vectors, config.eval).metrics
+        metrics = evaluate(load_tables(tables[dataset], texts=False), vectors, config.eval).metrics
         scores.append(metrics.query("setting == 'multi' and metric == 'map'")["value"].mean())
     return float(sum(scores) / len(scores))
 

@@ -51,7 +51,7 @@ def ingest(config: Config, run_id: str, log: Log = print) -> dict[str, str]:
 def ingest_tables(config: Config, log: Log = print) -> dict[str, str]:
     """Read every dataset of ``data.train`` and ``data.eval`` into canonical tables saved under
     ``$HBIR_CACHE_DIR/tables/<source fingerprint>``; returns {dataset: folder}. Unchanged files are not read again."""
-    from tasks.ingest import ingest_dataset
+    from tasks.ingest import ingest_to_folder
 
     folders = {}
     for name in dict.fromkeys(config.data.train + config.data.eval):
@@ -59,8 +59,8 @@ def ingest_tables(config: Config, log: Log = print) -> dict[str, str]:
         folder = tables_cache_dir() / fingerprint
         if fingerprint.endswith("-uncached") or not (folder / "qrels.parquet").exists():
             log(f"ingesting {name} from {config.data.dir}")
-            tables = ingest_dataset(config.data.dir, name, config.data.languages, config.data.default_lang.get(name))
-            save_tables(tables, folder)
+            default_lang = config.data.default_lang.get(name)
+            ingest_to_folder(config.data.dir, name, config.data.languages, folder, default_lang)
         folders[name] = str(folder)
     return folders
 
@@ -72,7 +72,7 @@ def validate(config: Config, run_id: str, tables: dict[str, str]) -> None:
     from data_contracts.validate import check_contracts
     from tasks.ingest import dataset_versions
 
-    datasets = [load_tables(folder) for folder in tables.values()]
+    datasets = [load_tables(folder, texts=False) for folder in tables.values()]  # texts read a part at a time
     keep_contract_outcomes(config, run_id, "validations", check_contracts(config.data, datasets))
     versions = [dataset_versions(d) for d in datasets]
     keep_rows(config, run_id, dataset_versions=pd.concat(versions, ignore_index=True) if versions else pd.DataFrame())
@@ -278,7 +278,7 @@ def embed_tables(config: Config, model_dir: str, tables_dir: str, log: Log = pri
     from tasks.embedding import embed_dataset, load_text_encoder, model_fingerprint, save_vectors
     from tasks.training import pick_device
 
-    tables = load_tables(tables_dir)
+    tables = load_tables(tables_dir, texts=False)  # the candidates' texts are read a language at a time
     fingerprint = model_fingerprint(Path(model_dir))
     encoder = load_text_encoder(model_dir, config.model, pick_device(config.train.device), fingerprint)
     log(f"encoding with the {encoder.backend} backend (model.backend {config.model.backend})")
@@ -304,7 +304,7 @@ def embedding_jobs(config: Config, model_dir: str, tables_dir: str) -> list:
     encoder = load_text_encoder(model_dir, config.model, pick_device(config.train.device), fingerprint)
     eval_cfg = config.eval
     return missing_jobs(
-        encoder, fingerprint, load_tables(tables_dir), eval_cfg.candidates, eval_cfg.batch_size,
+        encoder, fingerprint, load_tables(tables_dir, texts=False), eval_cfg.candidates, eval_cfg.batch_size,
         embeddings_cache_dir(), eval_cfg.shard_size,
     )  # fmt: skip
 
@@ -357,19 +357,32 @@ def index(config: Config, run_id: str, dataset: str, tables_dir: str, vectors_pa
 
     if not config.eval.save_indexes:
         return []
-    tables, vectors = load_tables(tables_dir), load_vectors(vectors_path)
+    tables, vectors = load_tables(tables_dir, texts=False), load_vectors(vectors_path)
     corpus = order_corpus(tables)
     indexes = build_indexes(vectors.candidates[corpus.order], corpus, config.eval)
-    artifacts = []
-    candidates = tables.candidates.iloc[corpus.order].reset_index(drop=True)
-    for lang, built in indexes.items():
-        folder = run_dir(config.output.dir, run_id) / "indexes" / dataset
-        path = folder / f"{index_file_stem(config.eval.index)}-{lang}.faiss"
-        artifacts.append({"kind": "index", "path": str(path), "sha256": save_index(built, path)})
-        ids = candidates.iloc[corpus.block(lang)][["cid", "lang", "doc_id", "text"]]  # row i: the index's id i
-        write_file(index_ids_path(path), lambda tmp, ids=ids: ids.to_parquet(tmp, index=False))
+    folder = run_dir(config.output.dir, run_id) / "indexes" / dataset
+    paths = {lang: folder / f"{index_file_stem(config.eval.index)}-{lang}.faiss" for lang in indexes}
+    artifacts = [{"kind": "index", "path": str(paths[lang]), "sha256": save_index(built, paths[lang])}
+                 for lang, built in indexes.items()]  # fmt: skip
+    for lang in corpus.langs:  # row i of an ids file: the index's id i; one language's texts in memory at a time
+        ids = tables.candidates.iloc[corpus.order[corpus.block(lang)]][["cid", "lang", "doc_id"]]
+        ids = ids.assign(text=tables.candidate_texts("text", lang))  # the block's rows are in table order
+        write_file(index_ids_path(paths[lang]), lambda tmp, ids=ids: ids.to_parquet(tmp, index=False))
+    write_file(
+        index_ids_path(paths[POOL]),
+        lambda tmp: concat_parquet([index_ids_path(paths[lang]) for lang in corpus.langs], tmp),
+    )
     keep_rows(config, run_id, **{f"artifacts_index_{dataset}": pd.DataFrame(artifacts)})
     return [row["path"] for row in artifacts]
+
+
+def concat_parquet(files: list[Path], out: Path) -> None:
+    """Write the rows of ``files`` (one schema), in order, to ``out``, one file in memory at a time."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetWriter(out, pq.read_schema(files[0])) as writer:
+        for file in files:
+            writer.write_table(pq.read_table(file))
 
 
 def index_file_stem(index: str) -> str:
@@ -398,7 +411,7 @@ def evaluate(
     if config.eval.index != "flat" and index_paths:  # approximate indexes are searched; flat is a matrix product
         indexes = {Path(p).stem.split("-", 1)[1]: faiss.read_index(p) for p in index_paths}
         assert POOL in indexes
-    result = evaluate(load_tables(tables_dir), load_vectors(vectors_path), config.eval, indexes)
+    result = evaluate(load_tables(tables_dir, texts=False), load_vectors(vectors_path), config.eval, indexes)
     keep_rows(
         config,
         run_id,

@@ -5,8 +5,8 @@ import pytest
 
 from data_contracts.validate import check_split, validate_datasets
 from hbir.core.config import DEFAULT_LANGUAGES
-from tasks.ingest import ingest_dataset
-from tasks.tables import DatasetTables
+from tasks.ingest import dataset_versions, ingest_dataset
+from tasks.tables import DatasetTables, load_tables, save_tables
 
 
 def _tables(name="toy", queries=None, candidates=None, qrels=None) -> DatasetTables:
@@ -149,3 +149,34 @@ def test_the_dev_split_contract_names_a_question_on_both_sides():
     assert (failure.dataset, failure.table_name) == ("toy", "queries")
     assert "on both sides of the dev split" in failure.expectation
     assert "qid='q1'" in failure.details and "toy/en.json" in failure.details and "toy/de.json" in failure.details
+
+
+def test_candidates_checked_in_batches_count_every_batch_and_find_duplicates_across_them(monkeypatch):
+    # one row per batch: a duplicated cid is two batches apart, the too-long texts are in different batches
+    monkeypatch.setattr("data_contracts.validate.CANDIDATE_BATCH", 1)
+    candidates = [
+        ("c1", "en", "d1", "x" * 101),
+        ("c2", "de", "d1", "Paris liegt in Frankreich."),
+        ("c1", "en", "d2", "y" * 101),
+    ]
+    failures = _failures(_validate([_tables(candidates=candidates)]))
+    by_rule = {f[2]: f[3] for f in failures if f[1] == "candidates"}
+    assert "2 of 3 rows" in by_rule["expect_column_value_lengths_to_be_between(text)"]
+    assert "cid='c1'" in by_rule["expect_column_values_to_be_unique(cid)"]
+
+
+def test_tables_read_back_without_texts_validate_as_in_memory(lareqa_dir, tmp_path, monkeypatch):
+    # the saved folder's texts are read a batch at a time: the same outcomes as the whole table in memory
+    monkeypatch.setattr("data_contracts.validate.CANDIDATE_BATCH", 5000)
+    datasets = [ingest_dataset(lareqa_dir, name, DEFAULT_LANGUAGES) for name in ("mlqa-r", "xquad-r")]
+    broken = datasets[1].candidates.copy()
+    broken.loc[[3, 9000], "text"] = " \u200b "  # invisible, in two different batches
+    datasets[1].candidates = broken
+    for tables in datasets:
+        save_tables(tables, tmp_path / tables.name)
+    loaded = [load_tables(tmp_path / tables.name, texts=False) for tables in datasets]
+    assert "text" not in loaded[1].candidates
+    args = (["mlqa-r"], DEFAULT_LANGUAGES, ["xquad-r"], 2000, 5000, 50000)
+    assert validate_datasets(loaded, *args) == validate_datasets(datasets, *args)
+    assert [f[3].split(",")[0] for f in _failures(validate_datasets(loaded, *args))] == ["2 of 13014 rows fail"]
+    assert dataset_versions(loaded[1]).equals(dataset_versions(datasets[1]))

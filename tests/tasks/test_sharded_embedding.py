@@ -8,7 +8,7 @@ from hbir.core.config import DEFAULT_LANGUAGES
 from models.encoder import BiEncoder
 from tasks.embedding import embed_dataset, embed_texts, shard_rows
 from tasks.ingest import ingest_dataset
-from tasks.tables import DatasetTables
+from tasks.tables import DatasetTables, load_tables, save_tables
 
 BATCH = 16
 
@@ -73,3 +73,22 @@ def test_a_dataset_embedded_in_shards_equals_one_embedded_at_once(encoder, lareq
     sharded = embed_dataset(encoder, "tiny", tables, "sentence", BATCH, tmp_path, quiet, shard_size=250)
     assert np.array_equal(at_once.queries, sharded.queries)
     assert np.array_equal(at_once.candidates, sharded.candidates)
+
+
+def test_tables_read_back_without_texts_embed_to_the_same_vectors(encoder, lareqa_dir, tmp_path):
+    # the candidates' texts (and contexts, in paragraph mode) are read from the folder a language at a time
+    full = ingest_dataset(lareqa_dir, "xquad-r", DEFAULT_LANGUAGES)
+    keep = ["de", "el"]
+    tables = DatasetTables(
+        "xquad-r",
+        full.queries[full.queries["lang"].isin(keep)].iloc[::40].reset_index(drop=True),
+        full.candidates[full.candidates["lang"].isin(keep)].iloc[::-40].reset_index(drop=True),  # languages mixed
+        full.qrels,
+    )
+    save_tables(tables, tmp_path / "tables")
+    loaded = load_tables(tmp_path / "tables", texts=False)
+    assert "text" not in loaded.candidates and "context" not in loaded.candidates
+    for mode in ("sentence", "paragraph"):
+        expected = embed_dataset(encoder, "tiny", tables, mode, BATCH, cache_dir=None, log=lambda _: None)
+        got = embed_dataset(encoder, "tiny", loaded, mode, BATCH, cache_dir=None, log=lambda _: None)
+        assert np.array_equal(got.candidates, expected.candidates) and np.array_equal(got.queries, expected.queries)
