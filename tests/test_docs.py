@@ -48,4 +48,6 @@ def test_report_figures_under_docs_are_not_ignored():
         capture_output=True,
         text=True,
     )
+    if ignored.returncode == 128:  # git's "not a git repository" (a source archive)
+        pytest.skip("not a git checkout")
     assert ignored.returncode == 1, f"ignored by .gitignore: {ignored.stdout}"
