@@ -22,6 +22,7 @@ RUN_TABLES = (
     "runs", "dataset_versions", "validations", "train_steps", "artifacts", "metrics", "per_query", "language_bias",
     "dev_metrics",
 )  # fmt: skip
+FILE_BYTES = 1_000_000  # a table's rows are split into files of about this size (DuckDB's FILE_SIZE_BYTES)
 REPORT_METRICS = ("map", "rank_distance")  # the per-query rows `hbir report --study` and `hbir compare` test on
 
 
@@ -29,7 +30,7 @@ def export_study(
     db: str, study_id: str, out_dir: Path, per_query_metrics: tuple[str, ...] | None = REPORT_METRICS,
     lock_timeout_s: float = 60.0,
 ) -> dict:  # fmt: skip
-    """Write the rows of study ``study_id``'s completed runs to ``out_dir`` (``<table>.parquet`` and
+    """Write the rows of study ``study_id``'s completed runs to ``out_dir`` (``<table>/data_<n>.parquet`` and
     ``manifest.json``), replacing what an earlier export left there; ``per_query_metrics``: the per-query rows
     kept (None: all). Returns the manifest."""
     require_current(db, lock_timeout_s)
@@ -56,13 +57,14 @@ def export_study(
                     "CREATE TEMP TABLE kept_metrics AS SELECT unnest(?::VARCHAR[]) AS metric", [list(per_query_metrics)]
                 )
                 where += " AND metric IN (SELECT metric FROM kept_metrics)"
-            file = partial / f"{table}.parquet"
+            folder = partial / table  # files of at most FILE_BYTES: a repository keeps no large file
             connection.execute(
-                f"COPY (SELECT * FROM {table} WHERE {where} ORDER BY ALL) TO '{file}' "
-                "(FORMAT parquet, COMPRESSION zstd)"
+                f"COPY (SELECT * FROM {table} WHERE {where} ORDER BY ALL) TO '{folder}' "
+                f"(FORMAT parquet, COMPRESSION zstd, FILE_SIZE_BYTES {FILE_BYTES})"
             )
             rows = connection.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0]
-            tables[table] = {"file": file.name, "rows": rows, "sha256": _sha256(file)}
+            files = [{"file": f"{table}/{file.name}", "sha256": _sha256(file)} for file in sorted(folder.iterdir())]
+            tables[table] = {"files": files, "rows": rows}
     manifest = {
         "format": FORMAT, "schema_version": SCHEMA_VERSION, "study_id": study_id, "runs": run_ids,
         "per_query_metrics": None if per_query_metrics is None else list(per_query_metrics),
@@ -92,7 +94,7 @@ def import_study(db: str, in_dir: Path, lock_timeout_s: float = 60.0) -> tuple[l
             exported = _parquet(in_dir, manifest, "runs")
             found = connection.execute(
                 "SELECT here.run_id, here.status = 'completed' AND here.finished_at = there.finished_at "
-                f"FROM runs here JOIN read_parquet('{exported}') there USING (run_id)"
+                f"FROM runs here JOIN read_parquet({exported}) there USING (run_id)"
             ).fetchall()
             other = sorted(run_id for run_id, same in found if not same)
             if other:
@@ -106,7 +108,7 @@ def import_study(db: str, in_dir: Path, lock_timeout_s: float = 60.0) -> tuple[l
             connection.execute("CREATE TEMP TABLE imported AS SELECT unnest(?::VARCHAR[]) AS run_id", [new or [""]])
             for table in RUN_TABLES:
                 connection.execute(
-                    f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet('{_parquet(in_dir, manifest, table)}') "
+                    f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet({_parquet(in_dir, manifest, table)}) "
                     "WHERE run_id IN (SELECT run_id FROM imported)"
                 )
             connection.execute("COMMIT")
@@ -136,17 +138,25 @@ def read_manifest(in_dir: Path) -> dict:
         entry = manifest.get("tables", {}).get(table)
         if entry is None:
             raise HbirError(f'{path}: field "tables" has no entry for {table!r}; export the study again')
-        file = in_dir / entry["file"]
-        if not file.is_file() or _sha256(file) != entry["sha256"]:
-            raise HbirError(
-                f"{file}: {'missing' if not file.is_file() else 'changed since it was exported'} (its sha256 is not "
-                f"the manifest's {entry['sha256'][:12]}...); nothing was imported. Export the study again"
-            )
+        for part in _files(entry):
+            file = in_dir / part["file"]
+            if not file.is_file() or _sha256(file) != part["sha256"]:
+                raise HbirError(
+                    f"{file}: {'missing' if not file.is_file() else 'changed since it was exported'} (its sha256 is "
+                    f"not the manifest's {part['sha256'][:12]}...); nothing was imported. Export the study again"
+                )
     return manifest
 
 
+def _files(entry: dict) -> list[dict]:
+    """A table's files in the manifest: ``files``, or the one ``file`` of an export written before the split."""
+    return entry["files"] if "files" in entry else [{"file": entry["file"], "sha256": entry["sha256"]}]
+
+
 def _parquet(in_dir: Path, manifest: dict, table: str) -> str:
-    return str(in_dir / manifest["tables"][table]["file"]).replace("'", "''")
+    """A table's files as a DuckDB list literal, for ``read_parquet``."""
+    paths = [str(in_dir / part["file"]).replace("'", "''") for part in _files(manifest["tables"][table])]
+    return "[" + ", ".join(f"'{path}'" for path in paths) + "]"
 
 
 def _sha256(file: Path) -> str:

@@ -158,10 +158,10 @@ def test_an_export_that_changed_or_clashes_is_refused_and_nothing_is_imported(st
     hbir, db, _ = studied
     assert hbir("export-study", "--study", "tiny-study", "--out", str(tmp_path / "export")).exit_code == 0
     target = {"HBIR_DB": str(tmp_path / "target.duckdb")}
-    metrics = tmp_path / "export" / "metrics.parquet"
+    metrics = tmp_path / "export" / "metrics" / "data_0.parquet"
     metrics.write_bytes(metrics.read_bytes()[:-10])
     changed = CliRunner().invoke(cli, ["import-study", str(tmp_path / "export")], env=target)
-    assert changed.exit_code != 0 and "metrics.parquet: changed since it was exported" in changed.output
+    assert changed.exit_code != 0 and "metrics/data_0.parquet: changed since it was exported" in changed.output
     assert not (tmp_path / "target.duckdb").exists()
     assert hbir("export-study", "--study", "tiny-study", "--out", str(tmp_path / "export")).exit_code == 0
     clash = hbir("import-study", str(tmp_path / "export"))  # into the database it came from: the same runs
