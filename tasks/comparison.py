@@ -102,7 +102,8 @@ def arm_name(strategy: str, alpha: float | None, train: str | None = None, merge
     """``mono``, ``cross``, ``zero-shot``, ``hybrid a=0.5`` (+ `` merged 0.5`` or `` merged auto`` for a model merged
     with its base, + `` on mlqa-r`` when runs trained on different data)."""
     name = f"hybrid a={alpha:g}" if strategy == "hybrid" else strategy
-    name = f"{name} merged {merge}" if merge and strategy != "zero-shot" else name
+    merged = isinstance(merge, str) and strategy != "zero-shot"  # a column of labels and None reads None as NaN
+    name = f"{name} merged {merge}" if merged else name
     return f"{name} on {train}" if train and strategy != "zero-shot" else name
 
 

@@ -1,13 +1,16 @@
 """The statistics between runs: Holm's correction and the paired bootstrap interval, against hand-computed values
-and scipy."""
+and scipy; the arm names runs are grouped by."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
-from tasks.comparison import bootstrap_interval, holm
+from tasks.comparison import bootstrap_interval, holm, with_arms
 
 
 def test_holm_by_hand():
@@ -37,3 +40,21 @@ def test_the_bootstrap_interval_matches_scipy():
 def test_the_bootstrap_interval_of_identical_units_is_a_point():
     assert bootstrap_interval(np.full(10, 0.1), 100, np.random.default_rng(0)) == pytest.approx((1.0, 1.0))
     assert np.isnan(bootstrap_interval(np.full(10, 0.1), 0, np.random.default_rng(0))).all()
+
+
+def test_runs_not_merged_beside_merged_ones_keep_their_plain_arm_name():
+    def config(merge):
+        return json.dumps({"data": {"train": ["mlqa-r"]}, "train": {"merge": merge}})
+
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c", "z"],
+            "strategy": ["mono", "hybrid", "hybrid", "zero-shot"],
+            "alpha": [0.5, 0.5, 0.5, None],
+            "seed": [0, 0, 0, None],
+            "config": [config(None), config(None), config("auto"), config(None)],
+            "merge_weight": [None, None, 0.6, None],
+        }
+    )
+    arms = with_arms(runs).set_index("run_id")["arm"].to_dict()
+    assert arms == {"a": "mono", "b": "hybrid a=0.5", "c": "hybrid a=0.5 merged auto", "z": "zero-shot"}
