@@ -303,7 +303,13 @@ def compare(
 
 @cli.command()
 @config_options
-@click.option("--study", "study_id", required=True, help="Write the results of this study.")
+@click.option(
+    "--study",
+    "study_ids",
+    required=True,
+    multiple=True,
+    help="Write the results of this study; give it again for one document of several studies side by side.",
+)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
@@ -313,19 +319,29 @@ def compare(
 )
 @click.option("--permutations", default=10_000, show_default=True, help="Random sign flips per paired test.")
 @click.option("--latex", is_flag=True, help="Also write the tables as LaTeX (booktabs) next to the document (.tex).")
-def report(config: Config, study_id: str, out: str, permutations: int, latex: bool) -> None:
-    """Write a study's results document (markdown and PNG plots) from the results database alone: setup, mAP per
-    arm and setting, differences with p-values, language bias, loss curves and a verdict on each claim of the paper."""
+def report(config: Config, study_ids: tuple[str, ...], out: str, permutations: int, latex: bool) -> None:
+    """Write a study's results document (markdown, PNG and SVG plots) from the results database alone: setup, mAP
+    per arm and setting, differences with p-values, language bias, loss and dev curves and a verdict on each claim
+    of the paper. Several studies (the same questions at different budgets): one document, side by side first."""
     from pathlib import Path
 
     from hbir.app.compare import compare_runs
     from hbir.app.study_report import load_study
+    from tasks.report.budgets import write_studies_report
     from tasks.report.study import write_study_report
 
     db, timeout = config.db.path, config.db.lock_timeout_s
     metrics = ("map", "rank_distance")  # the claims test mAP differences and the language bias
-    comparison = compare_runs(db, study_id=study_id, metrics=metrics, permutations=permutations, lock_timeout_s=timeout)
-    files = write_study_report(Path(out), load_study(db, comparison, study_id, timeout), latex=latex)
+    studies = []
+    for study_id in dict.fromkeys(study_ids):
+        comparison = compare_runs(
+            db, study_id=study_id, metrics=metrics, permutations=permutations, lock_timeout_s=timeout
+        )
+        studies.append(load_study(db, comparison, study_id, timeout))
+    if len(studies) == 1:
+        files = write_study_report(Path(out), studies[0], latex=latex)
+    else:
+        files = write_studies_report(Path(out), studies, latex=latex)
     for file in files[1:]:
         click.echo(f"{file.kind:6} {file.path}")
     plots = sum(file.kind == "plot" for file in files)

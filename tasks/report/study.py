@@ -306,27 +306,36 @@ def latex_tables(data: StudyData) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def study_sections(data: StudyData, out: Path, folder: Path) -> tuple[list[str], list[Path]]:
+    """Everything under the document's title: setup, one section per evaluation dataset, loss and dev curves, the
+    claims; and the plots those link to (written to ``folder`` here)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines, plots = setup_lines(data), []
+    for dataset in data.datasets:
+        section, written = dataset_lines(data, dataset, out, folder)
+        lines, plots = lines + section, plots + written
+    for make in (loss_lines, dev_lines):
+        section, written = make(data, out, folder)
+        lines, plots = lines + section, plots + written
+    return lines + claims_lines(data), plots
+
+
+def report_files(out: Path, plots: list[Path], tables: list[Path]) -> list[ReportFile]:
+    return (
+        [report_file("report", out)]
+        + [report_file("plot", path) for path in plots]
+        + [report_file("latex", path) for path in tables]
+    )
+
+
 def write_study_report(
     out: Path, data: StudyData, now: datetime | None = None, latex: bool = False
 ) -> list[ReportFile]:
     """Write the results document ``out`` and its plots (in ``plots_folder(out)``), and with ``latex`` its tables as
     ``<out>.tex``; returns them, the markdown first. The plots are written first and the markdown last, atomically."""
     out = Path(out)
-    folder = plots_folder(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = header_lines(data, now or datetime.now(UTC)) + setup_lines(data)
-    plots: list[Path] = []
-    for dataset in data.datasets:
-        section, written = dataset_lines(data, dataset, out, folder)
-        lines, plots = lines + section, plots + written
-    section, written = loss_lines(data, out, folder)
-    lines, plots = lines + section, plots + written
-    section, written = dev_lines(data, out, folder)
-    lines, plots = lines + section + claims_lines(data), plots + written
+    sections, plots = study_sections(data, out, plots_folder(out))
+    lines = header_lines(data, now or datetime.now(UTC)) + sections
     tables = [write_text(out.with_suffix(".tex"), latex_tables(data))] if latex else []
     write_text(out, "\n".join(lines).rstrip("\n") + "\n")  # the plots it links to are on disk already
-    return (
-        [report_file("report", out)]
-        + [report_file("plot", path) for path in plots]
-        + [report_file("latex", path) for path in tables]
-    )
+    return report_files(out, plots, tables)

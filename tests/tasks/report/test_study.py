@@ -36,6 +36,21 @@ grids:
     data.train: [[xquad-r]]
     data.eval: [[mlqa-r]]
 """
+LONGER_STUDY = """
+study_id: report-study-longer
+profile: smoke
+settings:
+  data.languages: [de, en, zh]
+  data.train: [mlqa-r]
+  data.eval: [xquad-r]
+  eval.save_indexes: false
+  train.steps: 6                      # the same question at another budget
+grids:
+  - train.strategy: [hybrid]
+    train.seed: [0, 1]
+  - train.strategy: [mono]
+    train.seed: [0]
+"""
 MAP_HEADING = "### mAP by setting and arm (mean ± std over seeds)"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VERDICT = re.compile(r"^\*\*(C\d) — .+: (holds|does not hold|cannot be checked)\.\*\* (.*)$")
@@ -232,7 +247,11 @@ def test_the_learning_curves_are_those_of_the_dev_metrics(reported):
     section = _section(markdown, "## Learning curves (dev split)")
     assert "![dev mAP by step per arm](results/dev_curves.png)" in section
     # every trained run measured its dev split after steps 2 and 4 (eval_every 2 of the smoke profile's 4 steps)
-    steps = db_rows(db, "SELECT run_id, list(DISTINCT step ORDER BY step) FROM dev_metrics GROUP BY run_id")
+    steps = db_rows(
+        db,
+        "SELECT run_id, list(DISTINCT step ORDER BY step) FROM dev_metrics JOIN runs USING (run_id) "
+        "WHERE study_id = 'report-study' GROUP BY run_id",
+    )
     assert len(steps) == 5 and all(measured == [2, 4] for _, measured in steps)
 
 
@@ -246,3 +265,66 @@ def test_latex_tables_hold_the_markdown_numbers(reported, tmp_path):
     assert "\\label{tab:report-study-xquad-r-map}" in tex and "hybrid a=0.5 on mlqa-r" in tex
     hybrid = _table(_section(_section(markdown, "## Results on xquad-r"), MAP_HEADING))["hybrid a=0.5 on mlqa-r"]
     assert hybrid["mono"].replace("±", "$\\pm$") in tex.replace("±", "$\\pm$")
+
+
+@pytest.fixture(scope="module")
+def side_by_side(reported, no_chinese_training_data):
+    """A second study at another budget in the same database, and `hbir report` of both: (db, path, markdown)."""
+    _, db, _, _ = reported
+    hbir = run_study(db.parent, LONGER_STUDY, no_chinese_training_data, db.parent / "runs")
+    out = db.parent / "both" / "results.md"
+    args = ["report", "--study", "report-study", "--study", "report-study-longer", "--permutations", "200"]
+    result = hbir(*args, "--out", str(out))
+    assert result.exit_code == 0, result.output[-3000:]
+    return db, out, out.read_text(encoding="utf-8")
+
+
+def test_two_studies_side_by_side_show_each_studys_own_numbers(reported, side_by_side):
+    _, _, _, alone = reported
+    db, out, markdown = side_by_side
+    assert markdown.startswith("# Results of studies report-study and report-study-longer\n")
+    assert "`hbir report --study report-study --study report-study-longer`" in markdown
+    table = _table(_section(markdown, "### mAP on xquad-r, trained on mlqa-r (mean ± std over seeds)"))
+    assert list(table) == ["zero-shot", "mono", "cross", "hybrid a=0.5"]  # the first study's order
+    own = _table(_section(_section(alone, "## Results on xquad-r"), MAP_HEADING))
+    longer = dict(
+        db_rows(
+            db,
+            "SELECT strategy || '/' || setting, CASE WHEN count(*) > 1 THEN printf('%.3f ± %.3f', avg(value), "
+            "stddev_samp(value)) ELSE printf('%.3f', avg(value)) END FROM run_summary JOIN runs USING (run_id) "
+            "WHERE study_id = 'report-study-longer' AND metric = 'map' AND dataset = 'xquad-r' GROUP BY ALL",
+        )
+    )
+    for setting in ("mono", "cross", "multi"):
+        assert table["hybrid a=0.5"][f"4 steps: {setting}"] == own["hybrid a=0.5 on mlqa-r"][setting]
+        assert table["zero-shot"][f"4 steps: {setting}"] == own["zero-shot"][setting]
+        assert table["hybrid a=0.5"][f"6 steps: {setting}"] == longer[f"hybrid/{setting}"]
+        assert table["mono"][f"6 steps: {setting}"] == longer[f"mono/{setting}"]
+        assert table["zero-shot"][f"6 steps: {setting}"] == longer[f"zero-shot/{setting}"]
+        assert table["cross"][f"6 steps: {setting}"] == "–"  # the longer study has no cross arm
+    budgets = _table(_section(markdown, "## The studies side by side").split("\n### ")[0])
+    assert budgets["4 steps"]["train.steps"] == "4" and budgets["6 steps"]["train.steps"] == "6"
+    assert budgets["6 steps"]["runs"] == "4"  # and its zero-shot run
+
+
+def test_two_studies_side_by_side_keep_each_studys_sections_verdicts_and_plots(side_by_side):
+    _, out, markdown = side_by_side
+    verdicts = _table(_section(markdown, "### The paper's claims, per study"))
+    assert len(verdicts) == 4
+    columns = set(next(iter(verdicts.values()))) - {"claim"}
+    assert columns == {
+        "4 steps: mlqa-r (trained on xquad-r)",
+        "4 steps: xquad-r (trained on mlqa-r)",
+        "6 steps: xquad-r (trained on mlqa-r)",
+    }
+    longer = _section(markdown, "## Study report-study-longer")
+    assert "### Setup" in longer and "### Results on xquad-r" in longer and "#### Runs" in longer
+    assert "(6 steps: xquad-r (trained on mlqa-r))" not in longer  # its own claims, in its own words
+    assert _verdicts(_section(longer, "### The claims"))  # one verdict line per claim, as for one study
+    for study in ("report-study", "report-study-longer"):
+        links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", _section(markdown, f"## Study {study}"))
+        assert links and all(link.startswith(f"results/{study}/") for link in links)
+        assert all((out.parent / link).read_bytes()[:8] == PNG_SIGNATURE for link in links)
+    anchors = _table(_section(markdown, "### Against the paper's rows (xquad-r, trained on mlqa-r)"))
+    assert anchors["XLM-R hybrid (paper)"]["mono"] == "0.798"
+    assert {"4 steps: hybrid a=0.5", "6 steps: hybrid a=0.5", "4 steps: zero-shot"} <= set(anchors)
