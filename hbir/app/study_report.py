@@ -19,7 +19,8 @@ def load_study(db: str, comparison: Comparison, study_id: str, lock_timeout_s: f
         return read(db, sql, [ids, *params], lock_timeout_s)
 
     runs = read_rows(
-        "SELECT run_id, config, device, git_revision, started_at, finished_at, world_size, micro_batch_size "
+        "SELECT run_id, config, device, git_revision, started_at, finished_at, world_size, micro_batch_size, "
+        "merge_weight "
         "FROM runs WHERE run_id IN ?"
     )
     losses = read_rows(

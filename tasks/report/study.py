@@ -99,6 +99,11 @@ def _count(value) -> str:
     return MISSING if value is None or pd.isna(value) else str(int(value))
 
 
+def _weight(value) -> str:
+    """The weight λ of the fine-tuned model in a merged run's (1-λ)·base + λ·fine-tuned, or MISSING."""
+    return MISSING if value is None or pd.isna(value) else f"{value:g}"
+
+
 def _runs_frame(data: StudyData) -> pd.DataFrame:
     order = {arm: i for i, arm in enumerate(arm_order(data.runs))}
     runs = data.runs.assign(_order=data.runs["arm"].map(order)).sort_values(["_order", "seed", "run_id"])
@@ -111,6 +116,7 @@ def _runs_frame(data: StudyData) -> pd.DataFrame:
             "device": runs["device"],
             "ranks": runs["world_size"].map(_count),
             "micro-batch": runs["micro_batch_size"].map(_count),
+            "merge weight": runs["merge_weight"].map(_weight) if "merge_weight" in runs else MISSING,
             "git revision": runs["git_revision"].map(lambda rev: rev[:10] if isinstance(rev, str) else MISSING),
             "minutes": runs["minutes"].astype(float),
             "loss": runs["final_loss"].astype(float),
