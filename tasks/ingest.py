@@ -7,7 +7,7 @@ A dataset name is a folder under ``data.dir`` (LAReQA ``<lang>.json`` files, or 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +16,8 @@ from hbir.core.errors import DataError
 from tasks.beir import read_beir_dir, read_hf_dataset, write_beir_dir
 from tasks.lareqa import read_lareqa
 from tasks.tables import DatasetTables, save_tables
+
+FINGERPRINT_BATCH = 50_000  # candidate rows serialised at once for a fingerprint
 
 
 def ingest_dataset(
@@ -53,32 +55,47 @@ def ingest_to_folder(
         save_tables(ingest_dataset(data_dir, name, languages, default_lang), folder)
 
 
+def json_rows(parts: Iterable[pd.DataFrame]) -> Iterator[bytes]:
+    """The UTF-8 bytes of ``pd.concat(parts).to_json(orient="values", force_ascii=False)``, a part at a time: a
+    table's rows as JSON without the table whole in memory."""
+    yield b"["
+    first = True
+    for part in parts:
+        if len(part):
+            body = part.to_json(orient="values", force_ascii=False)[1:-1]
+            yield body.encode("utf-8") if first else b"," + body.encode("utf-8")
+            first = False
+    yield b"]"
+
+
 def dataset_versions(tables: DatasetTables) -> pd.DataFrame:
     """One row per language: content fingerprint and row counts.
 
     The fingerprint is a SHA-256 over the language's canonical rows (queries, candidates and the qrels that
-    point at its candidates), so it changes with the content and not with file formatting.
+    point at its candidates), so it changes with the content and not with file formatting: each table's rows
+    sorted by id as ``DataFrame.to_json(orient="values")`` writes them, the candidates read ``FINGERPRINT_BATCH``
+    rows at a time (``json_rows``: the same bytes as the whole table's).
     """
     candidate_lang = tables.candidates.set_index("cid")["lang"]
     qrels = tables.qrels.assign(lang=tables.qrels["cid"].map(candidate_lang))
     rows = []
     for lang in tables.languages:
-        parts = [
-            tables.queries[tables.queries["lang"] == lang].sort_values(["qid"]),
-            tables.language_candidates(lang).sort_values(["cid"]),
-            qrels[qrels["lang"] == lang].sort_values(["qid", "cid"]),
-        ]
+        language_queries = tables.queries[tables.queries["lang"] == lang].sort_values(["qid"])
+        language_qrels = qrels[qrels["lang"] == lang].sort_values(["qid", "cid"])
         digest = hashlib.sha256()
-        for part in parts:
-            digest.update(part.to_json(orient="values", force_ascii=False).encode("utf-8"))
+        digest.update(b"".join(json_rows([language_queries])))
+        for chunk in json_rows(tables.candidates_by_id(lang, FINGERPRINT_BATCH)):
+            digest.update(chunk)
+        n_candidates = int((tables.candidates["lang"] == lang).sum())
+        digest.update(b"".join(json_rows([language_qrels])))
         rows.append(
             {
                 "dataset": tables.name,
                 "lang": lang,
                 "fingerprint": digest.hexdigest(),
-                "n_queries": len(parts[0]),
-                "n_candidates": len(parts[1]),
-                "n_qrels": len(parts[2]),
+                "n_queries": len(language_queries),
+                "n_candidates": n_candidates,
+                "n_qrels": len(language_qrels),
             }
         )
     return pd.DataFrame(rows)

@@ -8,10 +8,12 @@ qrels(dataset, qid, cid)                             relevance, whatever the que
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,6 +25,7 @@ CANDIDATE_COLUMNS = ["dataset", "cid", "lang", "doc_id", "text", "context"]
 QREL_COLUMNS = ["dataset", "qid", "cid"]
 TABLES = ("queries", "candidates", "qrels")
 TEXT_COLUMNS = ("text", "context")  # the wide columns: a pool of a million passages holds gigabytes of them
+SORT_MEMORY = "512MB"  # DuckDB's memory for sorting a language's candidates by id (beyond it: spilled to disk)
 
 
 @dataclass
@@ -87,6 +90,27 @@ class DatasetTables:
             rows.index = pd.RangeIndex(start, start + len(rows))
             start += len(rows)
             yield rows
+
+    def candidates_by_id(self, lang: str, batch_size: int) -> Iterator[pd.DataFrame]:
+        """Every column of the candidates of language ``lang`` sorted by ``cid``, ``batch_size`` rows at a time. A
+        table loaded without its texts is sorted by DuckDB straight from the folder's Parquet file, within
+        ``SORT_MEMORY`` and spilling to a temporary folder beyond it: never a language's texts whole in memory."""
+        if all(column in self.candidates for column in TEXT_COLUMNS):
+            rows = self.language_candidates(lang).sort_values(["cid"])
+            for start in range(0, len(rows), batch_size):
+                yield rows.iloc[start : start + batch_size]
+            return
+        if self.folder is None:
+            raise ValueError(f"{self.name}: candidates have no texts and no folder to read them from")
+        columns = ", ".join(f'"{column}"' for column in CANDIDATE_COLUMNS)
+        path = str(Path(self.folder) / "candidates.parquet")
+        with tempfile.TemporaryDirectory(prefix="hbir-sort-") as spill:
+            config = {"memory_limit": SORT_MEMORY, "temp_directory": spill, "threads": 1}
+            with duckdb.connect(config=config) as con:
+                query = f"SELECT {columns} FROM read_parquet(?) WHERE lang = ? ORDER BY cid"
+                for batch in con.sql(query, params=[path, lang]).to_arrow_reader(batch_size):
+                    if batch.num_rows:
+                        yield batch.to_pandas()
 
 
 def frame(rows: list[dict] | dict, columns: list[str]) -> pd.DataFrame:

@@ -25,7 +25,7 @@ import pandas as pd
 
 from hbir.core.config import PLACEMENT_SETTINGS, Config
 from hbir.core.errors import HbirError
-from hbir.core.files import read_file_bytes
+from hbir.core.files import data_file_digest
 from hbir.core.paths import rows_dir, run_dir
 from hbir.core.run_ids import check_run_id
 from hbir.core.torchrun import under_torchrun
@@ -70,7 +70,7 @@ def source_fingerprint(config: Config, name: str) -> str:
         return digest.hexdigest() + "-uncached"
     for path in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
         digest.update(f"{path.relative_to(folder)}\0".encode())
-        digest.update(hashlib.sha256(read_file_bytes(path)).digest())
+        digest.update(data_file_digest(path))
     return digest.hexdigest()
 
 

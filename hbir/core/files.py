@@ -31,6 +31,15 @@ def read_file_bytes(path: str | Path) -> bytes:
         raise DataError(path, f"cannot be read: {error.strerror or error} (errno {error.errno})") from None
 
 
+def data_file_digest(path: str | Path) -> bytes:
+    """SHA-256 of a data file's bytes (raw digest), read in chunks: a corpus of gigabytes is never whole in memory.
+    A file that cannot be read is a DataError naming it, as for ``read_file_bytes``."""
+    try:
+        return bytes.fromhex(file_sha256(path))
+    except OSError as error:
+        raise DataError(path, f"cannot be read: {error.strerror or error} (errno {error.errno})") from None
+
+
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()

@@ -7,7 +7,8 @@ import pytest
 
 from hbir.core.config import DEFAULT_LANGUAGES
 from hbir.core.errors import DataError
-from tasks.ingest import dataset_versions, ingest_dataset
+from tasks.ingest import dataset_versions, ingest_dataset, json_rows
+from tasks.tables import load_tables, save_tables
 
 # LAReQA's table (github.com/google-research-datasets/lareqa): candidates per language in XQuAD-R.
 XQUAD_R_CANDIDATES = {
@@ -157,3 +158,21 @@ def test_hub_dataset_path_on_a_local_dataset_repo(tmp_path):
     assert tables.name == f"hf:{repo}"
     assert len(tables.queries) == 2 and len(tables.candidates) == 3
     assert sorted(tables.qrels["cid"]) == ["d1-de", "d1-en"]
+
+
+def test_fingerprints_serialise_a_table_in_parts_as_the_whole_table(xquad, tmp_path, monkeypatch):
+    candidates = xquad.candidates.sort_values("cid")
+    whole = candidates.to_json(orient="values", force_ascii=False).encode("utf-8")
+    parts = [candidates.iloc[:1000], candidates.iloc[1000:1000], candidates.iloc[1000:]]  # an empty part among them
+    assert b"".join(json_rows(parts)) == whole
+    assert b"".join(json_rows([])) == b"[]" == candidates.iloc[:0].to_json(orient="values").encode()
+    # a table loaded without its texts: sorted by DuckDB from the Parquet file, a few rows at a time, same bytes
+    monkeypatch.setattr("tasks.ingest.FINGERPRINT_BATCH", 500)
+    save_tables(xquad, tmp_path / "xquad-r")
+    loaded = load_tables(tmp_path / "xquad-r", texts=False)
+    assert "text" not in loaded.candidates
+    german = xquad.candidates[xquad.candidates["lang"] == "de"].sort_values("cid")
+    batches = list(loaded.candidates_by_id("de", 500))
+    assert [len(batch) for batch in batches] == [500] * (len(german) // 500) + [len(german) % 500]
+    assert b"".join(json_rows(batches)) == german.to_json(orient="values", force_ascii=False).encode("utf-8")
+    assert dataset_versions(loaded).equals(dataset_versions(xquad))
