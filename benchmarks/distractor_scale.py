@@ -13,7 +13,8 @@ candidates plus N passages of 3 MLQA-R sentences of one language), then a fresh 
 runs the pipeline's stages as ``hbir eval`` does, each timed and with its own peak RSS (``VmHWM``, reset before the
 stage through ``/proc/self/clear_refs``):
   ingest     ``stages.ingest_tables``: the BEIR folder read into canonical tables (Parquet)
-  validate   ``check_contracts``: the data contracts (Great Expectations) on those tables
+  validate   ``check_contracts``: the data contracts (Great Expectations) on those tables, loaded without their
+             texts (read a batch at a time), and ``dataset_versions``: the fingerprints, as ``hbir``'s validate stage
   embed      ``stages.embed_tables``: the tiny model (``random:tiny``, width 32, ``model.max_length`` 128) encodes
              every text, shard by shard (``eval.shard_size``) into the embedding cache
   index      ``build_indexes`` with ``eval.index`` (a faiss factory string): one index per corpus language and one
@@ -101,6 +102,7 @@ def run_stages(args: argparse.Namespace, n: int) -> dict:
     from tasks.embedding import load_vectors
     from tasks.evaluation import build_indexes, evaluate, order_corpus
     from tasks.indexing import search
+    from tasks.ingest import dataset_versions
     from tasks.tables import load_tables
 
     config = load_config(
@@ -119,9 +121,10 @@ def run_stages(args: argparse.Namespace, n: int) -> dict:
     with stage(timings, "ingest"):
         tables_dir = stages.ingest_tables(config, log=lambda _: None)[f"xquad-r-{n}"]
     with stage(timings, "validate"):
-        tables = load_tables(tables_dir)
+        tables = load_tables(tables_dir, texts=False)  # as the validate stage: texts read a part at a time
         failed = [r for r in check_contracts(config.data, [tables]) if not r.success]
         assert not failed, failed
+        dataset_versions(tables)
     with stage(timings, "embed"):
         model_dir = stages.model_to_evaluate(config, "benchmark")
         vectors_path = stages.embed_tables(config, str(model_dir), tables_dir, log=lambda _: None)
