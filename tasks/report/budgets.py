@@ -22,7 +22,8 @@ from hbir.core.names import SETTINGS
 from tasks.comparison import arm_name
 from tasks.report.claims import claims
 from tasks.report.markdown import MISSING, ReportFile, fmt, markdown_table, safe_name
-from tasks.report.study import latex_tables, plots_folder, report_files, study_sections
+from tasks.report.plots import plot_budgets
+from tasks.report.study import image_link, latex_tables, plots_folder, report_files, study_sections
 from tasks.report.study_data import HYBRID_ALPHA, StudyData, arm_order, bias_means, cohorts, dotted, setting_value
 
 # The paper's Table 1 (XQuAD-R; its models fine-tuned on large machine-translated QA data, batch 100, lr 3e-5): mAP
@@ -32,6 +33,7 @@ PAPER_ROWS = {
     "LaBSE hybrid (paper)": {"mono": 0.817, "cross": 0.767, "multi": 0.682, "rank_distance": 221.1},
 }
 PAPER_DATASET, PAPER_TRAIN = "xquad-r", "mlqa-r"
+PAPER_KEY = (PAPER_DATASET, PAPER_TRAIN)
 ANCHOR = "XLM-R hybrid (paper)"  # the row the hybrid arms are checked against (issue 16's goal)
 BUDGET_SETTINGS = ["train.steps", "train.batch_size", "train.lr", "data.dev_fraction", "train.select", "train.merge"]
 
@@ -80,22 +82,35 @@ def _plain_arms(data: StudyData) -> pd.DataFrame:
     )
 
 
-def side_by_side(studies: list[StudyData], dataset: str, train: str) -> pd.DataFrame:
-    """Arm (rows) x study and setting (columns): mAP "mean ± std" over seeds on ``dataset`` of the arms trained on
-    ``train`` (and zero-shot); arms in the first study's order, then those only later studies have."""
-    columns, order = {}, []
+def budget_rows(studies: list[StudyData], dataset: str, train: str) -> pd.DataFrame:
+    """The mAP of the arms trained on ``train`` (and zero-shot) on ``dataset``, per study: arm (without the training
+    data), budget (``study_label``), setting, mean, std, n_runs; arms in the first study's order, then those only
+    later studies have."""
+    frames, order = [], []
     for data in studies:
         arms = _plain_arms(data)
         arms = arms[(arms["train"] == train) | arms["train"].isna()]
         found = data.comparison.arms
         found = found[(found["dataset"] == dataset) & (found["metric"] == "map")].merge(arms, on="arm")
         ranked = {arm: i for i, arm in enumerate(arm_order(data.runs))}
-        for plain in found.sort_values("arm", key=lambda arm: arm.map(ranked))["plain"].drop_duplicates():
-            order += [plain] if plain not in order else []
-        label = study_label(data, studies)
+        found = found.sort_values("arm", key=lambda arm: arm.map(ranked), kind="stable")
+        order += [plain for plain in found["plain"].drop_duplicates() if plain not in order]
+        frames.append(found.assign(budget=study_label(data, studies)))
+    rows = pd.concat(frames, ignore_index=True)
+    rows = rows.assign(arm=pd.Categorical(rows["plain"], categories=order, ordered=True)).sort_values("arm")
+    return rows.assign(arm=rows["arm"].astype(str))[["arm", "budget", "setting", "mean", "std", "n_runs"]]
+
+
+def side_by_side(studies: list[StudyData], dataset: str, train: str) -> pd.DataFrame:
+    """Arm (rows) x study and setting (columns): mAP "mean ± std" over seeds on ``dataset`` of the arms trained on
+    ``train`` (and zero-shot), from ``budget_rows``."""
+    rows = budget_rows(studies, dataset, train)
+    order = list(dict.fromkeys(rows["arm"]))
+    columns = {}
+    for budget in dict.fromkeys(study_label(data, studies) for data in studies):
         for setting in SETTINGS:
-            cells = found[found["setting"] == setting]
-            columns[f"{label}: {setting}"] = {row.plain: _mean_std(row) for row in cells.itertuples()}
+            cells = rows[(rows["budget"] == budget) & (rows["setting"] == setting)]
+            columns[f"{budget}: {setting}"] = {row.arm: _mean_std(row) for row in cells.itertuples()}
     return pd.DataFrame(
         {column: [cells.get(arm, MISSING) for arm in order] for column, cells in columns.items()}, index=order
     )
@@ -165,7 +180,10 @@ def header_lines(studies: list[StudyData], db: str, now: datetime) -> list[str]:
     ]
 
 
-def overview_lines(studies: list[StudyData]) -> list[str]:
+def overview_lines(studies: list[StudyData], out: Path, folder: Path) -> tuple[list[str], list[Path]]:
+    """The side-by-side section, and its plots (one per evaluation dataset and training data, written here)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plots: list[Path] = []
     lines = ["## The studies side by side", "", "What their trained runs were given (hours: the runs' wall time):", ""]
     lines += markdown_table(budget_table(studies), "budget") + [""]
     cohort_keys = sorted(
@@ -174,6 +192,12 @@ def overview_lines(studies: list[StudyData]) -> list[str]:
     for dataset, train in cohort_keys:
         lines += [f"### mAP on {dataset}, trained on {train} (mean ± std over seeds)", ""]
         lines += markdown_table(side_by_side(studies, dataset, train), "arm") + [""]
+        path = folder / f"budgets_{safe_name(dataset)}_{safe_name(train)}.png"
+        anchors = dict(PAPER_ROWS) if (dataset, train) == PAPER_KEY else {}
+        budgets = list(dict.fromkeys(study_label(data, studies) for data in studies))
+        plot_budgets(budget_rows(studies, dataset, train), budgets, anchors, dataset, path)
+        lines += [image_link(path, out, f"mAP by budget, {dataset}, trained on {train}"), ""]
+        plots.append(path)
     lines += ["### The paper's claims, per study", "", "Each verdict with its numbers is in the study's section.", ""]
     lines += markdown_table(verdict_table(studies), "claim") + [""]
     lines += [
@@ -187,7 +211,7 @@ def overview_lines(studies: list[StudyData]) -> list[str]:
         "",
     ]
     lines += markdown_table(anchor_table(studies), "model") + [""]
-    return lines
+    return lines, plots
 
 
 def demoted(lines: list[str]) -> list[str]:
@@ -202,8 +226,8 @@ def write_studies_report(
     then each study's sections with its plots in ``plots_folder(out)/<study>``; with ``latex`` every study's tables
     in ``<out>.tex``. Plots first, the markdown last and atomically, as for one study."""
     out = Path(out)
-    lines = header_lines(studies, studies[0].db, now or datetime.now(UTC)) + overview_lines(studies)
-    plots: list[Path] = []
+    overview, plots = overview_lines(studies, out, plots_folder(out))
+    lines = header_lines(studies, studies[0].db, now or datetime.now(UTC)) + overview
     for data in studies:
         sections, written = study_sections(data, out, plots_folder(out) / safe_name(data.study_id))
         lines += [f"## Study {data.study_id}", ""] + demoted(sections)

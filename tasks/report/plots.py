@@ -181,3 +181,36 @@ def plot_arm_dev_curves(dev: pd.DataFrame, order: list[str], path: Path) -> None
     axes[0].set_ylabel("dev mAP (mean over seeds)")
     axes[-1].legend(title="arm", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     save(fig, path)
+
+
+def plot_budgets(arms: pd.DataFrame, budgets: list[str], anchors: dict[str, dict], title: str, path: Path) -> None:
+    """Per setting (one panel each), each arm's mAP at each budget (x: the studies, in order; a line per arm, error
+    bars one std over seeds); ``anchors`` (name -> setting -> mAP, e.g. the paper's rows) as dotted lines.
+    ``arms``: arm, budget, setting, mean, std."""
+    fig = Figure(figsize=(12, 3.8))
+    axes = fig.subplots(1, len(SETTINGS), sharex=True)
+    for ax, setting in zip(axes, SETTINGS, strict=True):
+        rows = arms[arms["setting"] == setting]
+        groups = list(rows.groupby("arm", sort=False))
+        for i, (arm, line) in enumerate(groups):
+            line = line.set_index("budget").reindex(budgets)
+            offset = (i - (len(groups) - 1) / 2) * 0.04  # side by side, so that equal means do not hide each other
+            ax.errorbar(
+                np.arange(len(budgets)) + offset,
+                line["mean"],
+                yerr=line["std"].fillna(0.0),
+                marker="o",
+                markersize=4,
+                capsize=3,
+                label=arm,
+            )
+        for i, (name, values) in enumerate(anchors.items()):
+            ax.axhline(values[setting], color="grey", linestyle=[":", "--", "-."][i % 3], linewidth=1, label=name)
+        ax.set_xticks(range(len(budgets)), budgets)
+        ax.set_xlim(-0.3, len(budgets) - 0.7)
+        ax.set(title=f"{title}, {setting}")
+    axes[0].set_ylabel("mAP (mean over seeds)")
+    axes[-1].legend(
+        title=f"arm\n({STD_LABEL})", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0)
+    )
+    save(fig, path)

@@ -168,7 +168,7 @@ def differences_table(data: StudyData, dataset: str, metric: str = "map") -> pd.
     )
 
 
-def _link(path: Path, out: Path, text: str) -> str:
+def image_link(path: Path, out: Path, text: str) -> str:
     return f"![{text}]({path.relative_to(out.parent).as_posix()})"
 
 
@@ -178,7 +178,7 @@ def dataset_lines(data: StudyData, dataset: str, out: Path, folder: Path) -> tup
     bars = folder / f"map_{name}.png"
     plot_map_bars(data.comparison.arms[data.comparison.arms["dataset"] == dataset], order, f"{dataset}: mAP", bars)
     lines = [f"## Results on {dataset}", "", "### mAP by setting and arm (mean ± std over seeds)", ""]
-    lines += markdown_table(arms_table(data, dataset), "arm") + ["", _link(bars, out, f"mAP, {dataset}"), ""]
+    lines += markdown_table(arms_table(data, dataset), "arm") + ["", image_link(bars, out, f"mAP, {dataset}"), ""]
     lines += ["### All metrics (mean over seeds of the mean over language pairs)", ""]
     lines += markdown_table(metrics_table(data, dataset), "arm") + [""]
     lines += ["### Differences in mAP", ""]
@@ -208,7 +208,11 @@ def _bias_lines(data: StudyData, dataset: str, out: Path, folder: Path) -> tuple
     path = folder / f"bias_{safe_name(dataset)}.png"
     plot_bias(bias, arm_order(data.runs), f"{dataset}: rank distance per query language", path)
     lines += ["Mean over query languages; rank distance: lower is better.", ""]
-    lines += markdown_table(bias_means(data, dataset), "arm") + ["", _link(path, out, f"language bias, {dataset}"), ""]
+    lines += markdown_table(bias_means(data, dataset), "arm") + [
+        "",
+        image_link(path, out, f"language bias, {dataset}"),
+        "",
+    ]
     tested = differences_table(data, dataset, metric="rank_distance")
     if len(tested):
         lines += ["Differences in rank distance (paired over queries, as the mAP differences above):", ""]
@@ -235,7 +239,7 @@ def _heatmap_lines(data: StudyData, dataset: str, out: Path, folder: Path) -> tu
     for arm, matrix in matrices.items():
         path = folder / f"heatmap_{safe_name(dataset)}_{safe_name(arm)}.png"
         plot_heatmap(matrix, f"{dataset}, {arm}: mAP X->Y", path, limits)
-        lines += [f"{arm}:", "", _link(path, out, f"mAP X->Y, {dataset}, {arm}"), ""]
+        lines += [f"{arm}:", "", image_link(path, out, f"mAP X->Y, {dataset}, {arm}"), ""]
         paths.append(path)
     zero_shot = next(iter(data.runs.loc[data.runs["strategy"] == "zero-shot", "arm"]), None)
     base = matrices.get(zero_shot)
@@ -247,7 +251,7 @@ def _heatmap_lines(data: StudyData, dataset: str, out: Path, folder: Path) -> tu
         for arm, change in changes.items():
             path = folder / f"change_{safe_name(dataset)}_{safe_name(arm)}.png"
             plot_heatmap(change, f"{dataset}, {arm} − zero-shot: mAP X->Y", path, (-bound, bound), difference=True)
-            lines += [f"{arm}:", "", _link(path, out, f"change to zero-shot, {dataset}, {arm}"), ""]
+            lines += [f"{arm}:", "", image_link(path, out, f"change to zero-shot, {dataset}, {arm}"), ""]
             paths.append(path)
     return lines, paths
 
@@ -257,7 +261,7 @@ def loss_lines(data: StudyData, out: Path, folder: Path) -> tuple[list[str], lis
         return [], []
     path = folder / "loss.png"
     plot_arm_losses(data.steps, arm_order(data.runs), path)
-    return ["## Training loss", "", _link(path, out, "training loss per arm"), ""], [path]
+    return ["## Training loss", "", image_link(path, out, "training loss per arm"), ""], [path]
 
 
 def dev_lines(data: StudyData, out: Path, folder: Path) -> tuple[list[str], list[Path]]:
@@ -270,7 +274,7 @@ def dev_lines(data: StudyData, out: Path, folder: Path) -> tuple[list[str], list
     lines += [
         "Dev mAP (held-out training questions, never the evaluation data) by step, mean over the arm's runs.",
         "",
-        _link(path, out, "dev mAP by step per arm"),
+        image_link(path, out, "dev mAP by step per arm"),
         "",
     ]
     return lines, [path]

@@ -325,6 +325,9 @@ def test_two_studies_side_by_side_keep_each_studys_sections_verdicts_and_plots(s
         links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", _section(markdown, f"## Study {study}"))
         assert links and all(link.startswith(f"results/{study}/") for link in links)
         assert all((out.parent / link).read_bytes()[:8] == PNG_SIGNATURE for link in links)
+    budgets = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", _section(markdown, "## The studies side by side"))
+    assert budgets == ["results/budgets_mlqa-r_xquad-r.png", "results/budgets_xquad-r_mlqa-r.png"]
+    assert all((out.parent / link).read_bytes()[:8] == PNG_SIGNATURE for link in budgets)
     anchors = _table(_section(markdown, "### Against the paper's rows (xquad-r, trained on mlqa-r)"))
     assert anchors["XLM-R hybrid (paper)"]["mono"] == "0.798"
     assert {"4 steps: hybrid a=0.5", "6 steps: hybrid a=0.5", "4 steps: zero-shot"} <= set(anchors)
