@@ -148,6 +148,8 @@ def anchor_table(studies: list[StudyData]) -> pd.DataFrame:
         runs = data.runs.drop_duplicates("arm")
         hybrid = runs.loc[(runs["strategy"] == "hybrid") & ((runs["alpha"] - HYBRID_ALPHA).abs() < 1e-9), "arm"]
         wanted = arms[arms["train"].isna() | ((arms["train"] == PAPER_TRAIN) & arms["arm"].isin(hybrid))]
+        wanted = wanted.sort_values("train", na_position="first", kind="stable")  # zero-shot first
+        wanted = wanted.sort_values("train", na_position="first", kind="stable")  # zero-shot first
         found = data.comparison.arms
         found = found[(found["dataset"] == PAPER_DATASET) & (found["metric"] == "map")]
         bias = bias_means(data, PAPER_DATASET)["rank_distance"] if PAPER_DATASET in data.datasets else pd.Series()
