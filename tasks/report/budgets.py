@@ -51,7 +51,8 @@ def study_label(data: StudyData, studies: list[StudyData]) -> str:
 
 
 def budget_table(studies: list[StudyData]) -> pd.DataFrame:
-    """Per study: the training settings its trained runs share (or their values with counts), runs and CPU hours."""
+    """Per study: the training settings of its trained runs (several values: each, the most frequent first), its
+    runs and their wall-clock hours."""
     rows = {}
     for data in studies:
         trained = data.runs[data.runs["strategy"] != "zero-shot"]
