@@ -82,19 +82,18 @@ def dataset_versions(tables: DatasetTables) -> pd.DataFrame:
     for lang in tables.languages:
         language_queries = tables.queries[tables.queries["lang"] == lang].sort_values(["qid"])
         language_qrels = qrels[qrels["lang"] == lang].sort_values(["qid", "cid"])
+        parts = [[language_queries], tables.candidates_by_id(lang, FINGERPRINT_BATCH), [language_qrels]]
         digest = hashlib.sha256()
-        digest.update(b"".join(json_rows([language_queries])))
-        for chunk in json_rows(tables.candidates_by_id(lang, FINGERPRINT_BATCH)):
-            digest.update(chunk)
-        n_candidates = int((tables.candidates["lang"] == lang).sum())
-        digest.update(b"".join(json_rows([language_qrels])))
+        for part in parts:
+            for chunk in json_rows(part):
+                digest.update(chunk)
         rows.append(
             {
                 "dataset": tables.name,
                 "lang": lang,
                 "fingerprint": digest.hexdigest(),
                 "n_queries": len(language_queries),
-                "n_candidates": n_candidates,
+                "n_candidates": int((tables.candidates["lang"] == lang).sum()),
                 "n_qrels": len(language_qrels),
             }
         )

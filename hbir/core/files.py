@@ -28,7 +28,7 @@ def read_file_bytes(path: str | Path) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as error:
-        raise DataError(path, f"cannot be read: {error.strerror or error} (errno {error.errno})") from None
+        raise unreadable(path, error) from None
 
 
 def data_file_digest(path: str | Path) -> bytes:
@@ -37,7 +37,11 @@ def data_file_digest(path: str | Path) -> bytes:
     try:
         return bytes.fromhex(file_sha256(path))
     except OSError as error:
-        raise DataError(path, f"cannot be read: {error.strerror or error} (errno {error.errno})") from None
+        raise unreadable(path, error) from None
+
+
+def unreadable(path: str | Path, error: OSError) -> DataError:
+    return DataError(path, f"cannot be read: {error.strerror or error} (errno {error.errno})")
 
 
 def file_sha256(path: str | Path) -> str:

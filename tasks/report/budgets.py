@@ -21,10 +21,10 @@ from hbir.core.files import write_text
 from hbir.core.names import SETTINGS
 from tasks.comparison import arm_name
 from tasks.report.claims import claims
-from tasks.report.markdown import MISSING, ReportFile, fmt, markdown_table, safe_name
+from tasks.report.markdown import MISSING, ReportFile, markdown_table, mean_std, safe_name
 from tasks.report.plots import plot_budgets
 from tasks.report.study import image_link, latex_tables, plots_folder, report_files, study_sections
-from tasks.report.study_data import HYBRID_ALPHA, StudyData, arm_order, bias_means, cohorts, dotted, setting_value
+from tasks.report.study_data import StudyData, arm_order, bias_means, cohorts, dotted, role_of, setting_value
 
 # The paper's Table 1 (XQuAD-R; its models fine-tuned on large machine-translated QA data, batch 100, lr 3e-5): mAP
 # per setting and, where it gives one, the mean rank distance. Anchors for our hybrid arms trained on MLQA-R.
@@ -48,6 +48,10 @@ def study_label(data: StudyData, studies: list[StudyData]) -> str:
 
     labels = [steps(study) for study in studies]
     return steps(data) if len(set(labels)) == len(labels) else data.study_id
+
+
+def budget_labels(studies: list[StudyData]) -> list[str]:
+    return [study_label(data, studies) for data in studies]
 
 
 def budget_table(studies: list[StudyData]) -> pd.DataFrame:
@@ -108,17 +112,15 @@ def side_by_side(studies: list[StudyData], dataset: str, train: str) -> pd.DataF
     rows = budget_rows(studies, dataset, train)
     order = list(dict.fromkeys(rows["arm"]))
     columns = {}
-    for budget in dict.fromkeys(study_label(data, studies) for data in studies):
+    for budget in budget_labels(studies):
         for setting in SETTINGS:
             cells = rows[(rows["budget"] == budget) & (rows["setting"] == setting)]
-            columns[f"{budget}: {setting}"] = {row.arm: _mean_std(row) for row in cells.itertuples()}
+            columns[f"{budget}: {setting}"] = {
+                row.arm: mean_std(row.mean, row.std, row.n_runs) for row in cells.itertuples()
+            }
     return pd.DataFrame(
         {column: [cells.get(arm, MISSING) for arm in order] for column, cells in columns.items()}, index=order
     )
-
-
-def _mean_std(row) -> str:
-    return fmt(row.mean) + (f" ± {fmt(row.std)}" if row.n_runs > 1 else "")
 
 
 def verdict_table(studies: list[StudyData]) -> pd.DataFrame:
@@ -147,9 +149,8 @@ def anchor_table(studies: list[StudyData]) -> pd.DataFrame:
         label = study_label(data, studies)
         arms = _plain_arms(data)
         runs = data.runs.drop_duplicates("arm")
-        hybrid = runs.loc[(runs["strategy"] == "hybrid") & ((runs["alpha"] - HYBRID_ALPHA).abs() < 1e-9), "arm"]
+        hybrid = [r.arm for r in runs.itertuples() if role_of(r.strategy, r.alpha) == "hybrid"]  # merged or not
         wanted = arms[arms["train"].isna() | ((arms["train"] == PAPER_TRAIN) & arms["arm"].isin(hybrid))]
-        wanted = wanted.sort_values("train", na_position="first", kind="stable")  # zero-shot first
         wanted = wanted.sort_values("train", na_position="first", kind="stable")  # zero-shot first
         found = data.comparison.arms
         found = found[(found["dataset"] == PAPER_DATASET) & (found["metric"] == "map")]
@@ -197,8 +198,7 @@ def overview_lines(studies: list[StudyData], out: Path, folder: Path) -> tuple[l
         lines += markdown_table(side_by_side(studies, dataset, train), "arm") + [""]
         path = folder / f"budgets_{safe_name(dataset)}_{safe_name(train)}.png"
         anchors = dict(PAPER_ROWS) if (dataset, train) == PAPER_KEY else {}
-        budgets = list(dict.fromkeys(study_label(data, studies) for data in studies))
-        plot_budgets(budget_rows(studies, dataset, train), budgets, anchors, dataset, path)
+        plot_budgets(budget_rows(studies, dataset, train), budget_labels(studies), anchors, dataset, path)
         lines += [image_link(path, out, f"mAP by budget, {dataset}, trained on {train}"), ""]
         plots.append(path)
     lines += ["### The paper's claims, per study", "", "Each verdict with its numbers is in the study's section.", ""]

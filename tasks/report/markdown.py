@@ -54,6 +54,11 @@ def fmt(value: float | None) -> str:
     return MISSING if value is None or pd.isna(value) else f"{value:.3f}"
 
 
+def mean_std(mean: float, std: float, n_runs: int) -> str:
+    """ "0.785 ± 0.008" over several runs, the mean alone for one."""
+    return fmt(mean) + (f" ± {fmt(std)}" if n_runs > 1 else "")
+
+
 def fmt_signed(value: float) -> str:
     return f"{value:+.3f}"
 

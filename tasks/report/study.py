@@ -22,7 +22,7 @@ import pandas as pd
 from hbir.core.files import write_text
 from hbir.core.names import METRICS, SETTINGS
 from tasks.report.claims import SIGNIFICANCE, claims
-from tasks.report.markdown import MISSING, ReportFile, fmt, fmt_p, markdown_table, report_file, safe_name
+from tasks.report.markdown import MISSING, ReportFile, fmt_p, markdown_table, mean_std, report_file, safe_name
 from tasks.report.plots import plot_arm_dev_curves, plot_arm_losses, plot_bias, plot_heatmap, plot_map_bars
 from tasks.report.run import map_matrix
 from tasks.report.study_data import (
@@ -129,10 +129,7 @@ def arms_table(data: StudyData, dataset: str) -> pd.DataFrame:
     """Arm x setting: mAP "mean ± std" over seeds (the std only for arms with more than one run)."""
     rows = data.comparison.arms
     rows = rows[(rows["dataset"] == dataset) & (rows["metric"] == "map")]
-    cells = {
-        (row.arm, row.setting): fmt(row.mean) + (f" ± {fmt(row.std)}" if row.n_runs > 1 else "")
-        for row in rows.itertuples()
-    }
+    cells = {(row.arm, row.setting): mean_std(row.mean, row.std, row.n_runs) for row in rows.itertuples()}
     arms = [arm for arm in arm_order(data.runs) if arm in set(rows["arm"])]
     table = pd.DataFrame({s: [cells.get((arm, s), MISSING) for arm in arms] for s in SETTINGS}, index=arms)
     return table.assign(runs=[str(int(rows.loc[rows["arm"] == arm, "n_runs"].max())) for arm in arms])
