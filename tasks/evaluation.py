@@ -181,31 +181,24 @@ def ranks_in(scores: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """Ranks (n, R) of the relevant columns ``rel`` (-1: padding) in rows of ``scores`` (n, N), and for each the
     number of relevant columns scoring at least as high.
 
-    Only candidates scoring at least a query's lowest relevant score can change a rank, so only those are sorted
-    into the thresholds, all rows at once: row i's values are shifted by 4i (scores lie in [-1, 1]), which keeps
-    every row apart in one ascending float64 array.
+    A rank is a count of the candidates scoring at least the relevant one's score, made one relevant column at a
+    time, so that nothing beyond ``scores`` is larger than one (n, N) mask, wherever the relevant candidates sit (a
+    random model's sit mid-pool, half the pool above them). Only candidates scoring at least a query's lowest
+    relevant score can count, so when they are few (a trained model) the counts run over those columns alone.
     """
     n, width = rel.shape
     padding = rel < 0
-    thresholds = np.take_along_axis(scores, np.maximum(rel, 0), axis=1).astype(np.float64)
-    thresholds[padding] = np.inf
-    above = scores >= thresholds.min(axis=1, keepdims=True)  # (n, N)
-    if width == 1:  # one relevant candidate per query: its rank is a count
-        return np.where(padding, np.inf, np.count_nonzero(above, axis=1)[:, None]), (~padding).astype(np.float64)
-    order = np.argsort(thresholds, axis=1)  # ascending, padding last
-    offsets = 4.0 * np.arange(n)
-    flat = (np.minimum(np.take_along_axis(thresholds, order, axis=1), 2.5) + offsets[:, None]).ravel()
-    rows, cols = np.nonzero(above)
-    keys = scores[rows, cols].astype(np.float64) + offsets[rows]
-    below = np.searchsorted(flat, keys, side="right") - rows * width  # thresholds <= each score, 1..R
-    counts = np.bincount(rows * (width + 1) + below, minlength=n * (width + 1)).reshape(n, width + 1)
-    at_least = counts[:, ::-1].cumsum(axis=1)[:, ::-1][:, 1:]  # [j]: candidates scoring >= the j-th threshold
-    n_valid = (~padding).sum(axis=1, keepdims=True)
-    first_equal = np.searchsorted(flat, flat, side="left").reshape(n, width) - np.arange(n)[:, None] * width
-    sorted_padding = np.take_along_axis(padding, order, axis=1)
-    ranks, rel_ge = np.empty((n, width)), np.empty((n, width))
-    np.put_along_axis(ranks, order, np.where(sorted_padding, np.inf, at_least), axis=1)
-    np.put_along_axis(rel_ge, order, np.where(sorted_padding, 0.0, n_valid - first_equal), axis=1)
+    thresholds = np.take_along_axis(scores, np.maximum(rel, 0), axis=1)  # (n, R), the scores' own float32
+    lowest = np.where(padding, np.inf, thresholds).min(axis=1, keepdims=True)
+    columns = np.flatnonzero((scores >= lowest).any(axis=0))
+    contenders = scores[:, columns] if len(columns) < scores.shape[1] // 4 else scores
+    ranks = np.empty((n, width))
+    for j in range(width):
+        ranks[:, j] = np.count_nonzero(contenders >= thresholds[:, j : j + 1], axis=1)
+    ranks[padding] = np.inf
+    valid = np.where(padding, -np.inf, thresholds)
+    rel_ge = (valid[:, None, :] >= thresholds[:, :, None]).sum(axis=2).astype(np.float64)
+    rel_ge[padding] = 0.0
     return ranks, rel_ge
 
 

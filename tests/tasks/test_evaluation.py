@@ -266,3 +266,22 @@ def test_a_large_pool_is_scored_a_few_queries_at_a_time_with_the_same_metrics(xq
     assert evaluation.query_chunk(len(xquad.candidates)) == 7
     chunked = evaluate(xquad, vectors, EvalConfig()).metrics
     pd.testing.assert_frame_equal(whole, chunked)
+
+
+@pytest.mark.parametrize("relevant_score", ["high", "mid-pool"])  # a trained model's ranks; a random model's
+def test_ranks_are_counts_of_candidates_scoring_at_least_as_high_with_ties_and_padding(relevant_score):
+    rng = np.random.default_rng(1)
+    scores = np.round(rng.uniform(-1, 1, (40, 3000)), 2).astype(np.float32)  # rounded: many ties
+    rel = rng.integers(0, 3000, (40, 5))
+    rel[:, 3] = rel[:, 0]  # a relevant score tied with another relevant one
+    rel[:10, 4] = -1  # padding
+    if relevant_score == "high":
+        scores[np.arange(40)[:, None], np.maximum(rel, 0)] = np.round(rng.uniform(0.95, 1, (40, 5)), 2)
+    ranks, rel_ge = evaluation.ranks_in(scores, rel)
+    for i, j in np.ndindex(*rel.shape):
+        if rel[i, j] < 0:
+            assert ranks[i, j] == np.inf and rel_ge[i, j] == 0
+            continue
+        score = scores[i, rel[i, j]]
+        assert ranks[i, j] == np.count_nonzero(scores[i] >= score)
+        assert rel_ge[i, j] == np.count_nonzero(scores[i, rel[i][rel[i] >= 0]] >= score)
