@@ -43,6 +43,7 @@ MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_
 # torch. e5-small zero-shot, torch 0.7989 / 0.6396 / 0.2988: onnx the same to 4 decimals; onnx-int8 0.7969 / 0.6315 /
 # 0.2921 (cross -0.008, multi -0.007: outside the bound, though faster; README, benchmarks/encode_throughput.py)
 AUTO_CPU_BACKEND = "onnx"
+FINGERPRINT_CHUNK = 10_000  # texts serialised at once for a block's fingerprint
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,28 @@ def load_text_encoder(
 
 
 def texts_fingerprint(texts: list[str], contexts: list[str] | None = None) -> str:
-    """SHA-256 of the texts in order (and of their contexts), unambiguous for any text."""
-    return hashlib.sha256(json.dumps([texts, contexts], ensure_ascii=False).encode()).hexdigest()
+    """SHA-256 of the texts in order (and of their contexts), unambiguous for any text: of the bytes of
+    ``json.dumps([texts, contexts], ensure_ascii=False)``, hashed FINGERPRINT_CHUNK texts at a time, so no copy of a
+    block's texts is made whole (a language of a million-passage pool: 650 MB of JSON)."""
+    digest = hashlib.sha256(b"[")
+    _hash_json_list(digest, texts)
+    digest.update(b", ")
+    if contexts is None:
+        digest.update(b"null")
+    else:
+        _hash_json_list(digest, contexts)
+    digest.update(b"]")
+    return digest.hexdigest()
+
+
+def _hash_json_list(digest, items: list[str]) -> None:
+    """Feed ``digest`` the bytes of ``json.dumps(items, ensure_ascii=False)``, a chunk of items at a time."""
+    digest.update(b"[")
+    for start in range(0, len(items), FINGERPRINT_CHUNK):
+        if start:
+            digest.update(b", ")
+        digest.update(json.dumps(items[start : start + FINGERPRINT_CHUNK], ensure_ascii=False)[1:-1].encode())
+    digest.update(b"]")
 
 
 @dataclass(frozen=True)

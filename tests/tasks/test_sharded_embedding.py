@@ -92,3 +92,18 @@ def test_tables_read_back_without_texts_embed_to_the_same_vectors(encoder, lareq
         expected = embed_dataset(encoder, "tiny", tables, mode, BATCH, cache_dir=None, log=lambda _: None)
         got = embed_dataset(encoder, "tiny", loaded, mode, BATCH, cache_dir=None, log=lambda _: None)
         assert np.array_equal(got.candidates, expected.candidates) and np.array_equal(got.queries, expected.queries)
+
+
+@pytest.mark.parametrize("chunk", [7, 10_000])
+def test_a_blocks_fingerprint_is_that_of_its_whole_json_made_a_chunk_at_a_time(german, chunk, monkeypatch):
+    # the cache key of earlier versions (the JSON made whole), so embeddings cached before are found again
+    import hashlib
+    import json
+
+    from tasks import embedding
+
+    monkeypatch.setattr(embedding, "FINGERPRINT_CHUNK", chunk)
+    odd = ['a "quoted" text', "back\\slash", "tab\tnew\nline", "", "中文 ü \u200b", "\x00"]
+    for texts, contexts in [(german, None), (german[:50], german[50:100]), ([], None), (odd, odd[::-1]), ([], [])]:
+        whole = hashlib.sha256(json.dumps([texts, contexts], ensure_ascii=False).encode()).hexdigest()
+        assert embedding.texts_fingerprint(texts, contexts) == whole
