@@ -16,7 +16,7 @@ import pandas as pd
 from data_contracts import suites
 from hbir.core.config import DataConfig
 from hbir.core.errors import shorten
-from tasks.tables import CANDIDATE_COLUMNS, DatasetTables
+from tasks.tables import CANDIDATE_COLUMNS, DatasetTables, positions_in
 
 EXAMPLES_SHOWN = 3
 FAILURES_SHOWN = 5
@@ -210,8 +210,9 @@ def _relevant_candidates(tables: DatasetTables) -> pd.DataFrame:
 
 
 def _queries_checked(tables: DatasetTables) -> pd.DataFrame:
-    candidate_lang = tables.candidates.drop_duplicates("cid").set_index("cid")["lang"]
-    relevant = set(zip(tables.qrels["qid"], tables.qrels["cid"].map(candidate_lang), strict=True))
+    rows = positions_in(tables.qrels["cid"], tables.candidates["cid"])  # a cid's first row; -1: unknown cid
+    langs = tables.candidates["lang"].to_numpy()
+    relevant = {(qid, langs[row]) for qid, row in zip(tables.qrels["qid"], rows, strict=True) if row >= 0}
     df = tables.queries.assign(
         has_relevant_in_own_lang=[
             (qid, lang) in relevant for qid, lang in zip(tables.queries["qid"], tables.queries["lang"], strict=True)
@@ -230,7 +231,7 @@ def _with_visibility(df: pd.DataFrame, tables: DatasetTables) -> pd.DataFrame:
 def _qrels_checked(tables: DatasetTables) -> pd.DataFrame:
     df = tables.qrels.assign(
         qid_known=tables.qrels["qid"].isin(tables.queries["qid"]),
-        cid_known=tables.qrels["cid"].isin(tables.candidates["cid"]),
+        cid_known=positions_in(tables.qrels["cid"], tables.candidates["cid"]) >= 0,
     )
     return _tag(df, tables)
 

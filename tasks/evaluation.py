@@ -29,7 +29,7 @@ from hbir.core.config import EvalConfig
 from hbir.core.names import POOL
 from tasks.embedding import DatasetEmbeddings
 from tasks.indexing import build_index, search
-from tasks.tables import DatasetTables
+from tasks.tables import DatasetTables, positions_in
 
 QUERY_CHUNK = 512  # query rows scored at once against the pool: 512 x 20k candidates = 40 MB of scores
 SCORE_CELLS = 2**25  # at most this many scores at once (128 MB), so that a large pool takes fewer query rows
@@ -98,25 +98,27 @@ def evaluate(
 
 
 def order_corpus(tables: DatasetTables) -> Corpus:
-    langs = tables.candidates["lang"].to_numpy()
-    order = np.argsort(langs, kind="stable")
-    sorted_langs = langs[order]
-    names = sorted(set(sorted_langs))
-    starts = {lang: int(np.searchsorted(sorted_langs, lang, "left")) for lang in names}
-    stops = {lang: int(np.searchsorted(sorted_langs, lang, "right")) for lang in names}
-    return Corpus(order, names, starts, stops)
+    codes, names = pd.factorize(tables.candidates["lang"], sort=True)  # codes, not a Python string per candidate
+    order = np.argsort(codes, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=len(names)))])
+    starts = {str(lang): int(bounds[i]) for i, lang in enumerate(names)}
+    stops = {str(lang): int(bounds[i + 1]) for i, lang in enumerate(names)}
+    return Corpus(order, [str(lang) for lang in names], starts, stops)
 
 
 def relevant_pairs(tables: DatasetTables, corpus: Corpus) -> pd.DataFrame:
     """One row per (query row, relevant candidate): the query's row and language, the candidate's pool position
     and language."""
-    pool_position = pd.Series(np.empty(len(corpus.order), dtype=np.int64), index=tables.candidates["cid"].to_numpy())
-    pool_position.iloc[corpus.order] = np.arange(len(corpus.order))
+    pool_position = np.empty(len(corpus.order), dtype=np.int64)  # candidate row -> pool position
+    pool_position[corpus.order] = np.arange(len(corpus.order))
     queries = tables.queries[["qid", "lang"]].rename(columns={"lang": "query_lang"}).reset_index(drop=True)
     queries["query_row"] = np.arange(len(queries))
     pairs = queries.merge(tables.qrels[["qid", "cid"]], on="qid")
-    pairs["pool_position"] = pool_position.loc[pairs["cid"].to_numpy()].to_numpy()
-    pairs["corpus_lang"] = tables.candidates.set_index("cid").loc[pairs["cid"].to_numpy(), "lang"].to_numpy()
+    rows = positions_in(pairs["cid"], tables.candidates["cid"])
+    if (rows < 0).any():  # the contracts refuse such qrels before any evaluation
+        raise ValueError(f"{tables.name}: a qrel names no candidate, e.g. {pairs['cid'][rows < 0].iloc[0]!r}")
+    pairs["pool_position"] = pool_position[rows]
+    pairs["corpus_lang"] = tables.candidates["lang"].to_numpy()[rows]
     return pairs
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 from hbir.core.errors import DataError
 from tasks.beir import read_beir_dir, read_hf_dataset, write_beir_dir
 from tasks.lareqa import read_lareqa
-from tasks.tables import DatasetTables, save_tables
+from tasks.tables import DatasetTables, positions_in, save_tables
 
 FINGERPRINT_BATCH = 50_000  # candidate rows serialised at once for a fingerprint
 
@@ -76,8 +76,9 @@ def dataset_versions(tables: DatasetTables) -> pd.DataFrame:
     sorted by id as ``DataFrame.to_json(orient="values")`` writes them, the candidates read ``FINGERPRINT_BATCH``
     rows at a time (``json_rows``: the same bytes as the whole table's).
     """
-    candidate_lang = tables.candidates.set_index("cid")["lang"]
-    qrels = tables.qrels.assign(lang=tables.qrels["cid"].map(candidate_lang))
+    rows = positions_in(tables.qrels["cid"], tables.candidates["cid"])
+    known = rows >= 0  # a qrel to no candidate is the contracts' to report; it belongs to no language
+    qrels = tables.qrels[known].assign(lang=tables.candidates["lang"].to_numpy()[rows[known]])
     rows = []
     for lang in tables.languages:
         language_queries = tables.queries[tables.queries["lang"] == lang].sort_values(["qid"])

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hbir.core.files import replace_dir
@@ -25,6 +27,7 @@ CANDIDATE_COLUMNS = ["dataset", "cid", "lang", "doc_id", "text", "context"]
 QREL_COLUMNS = ["dataset", "qid", "cid"]
 TABLES = ("queries", "candidates", "qrels")
 TEXT_COLUMNS = ("text", "context")  # the wide columns: a pool of a million passages holds gigabytes of them
+TEXT_BATCH = 50_000  # candidate rows read at once for one language's texts
 SORT_MEMORY = "512MB"  # DuckDB's memory for sorting a language's candidates by id (beyond it: spilled to disk)
 
 
@@ -73,9 +76,13 @@ class DatasetTables:
             return rows[column].tolist()
         if self.folder is None:
             raise ValueError(f"{self.name}: candidates have no {column!r} column and no folder to read it from")
-        filters = None if lang is None else [("lang", "==", lang)]
-        table = pq.read_table(Path(self.folder) / "candidates.parquet", columns=[column], filters=filters)
-        return table.column(column).to_pylist()
+        texts: list[str] = []
+        for batch in parquet_batches(Path(self.folder) / "candidates.parquet", [column, "lang"], TEXT_BATCH):
+            values = (
+                batch.column(column) if lang is None else batch.filter(pc.equal(batch.column("lang"), lang))[column]
+            )
+            texts += values.to_pylist()
+        return texts
 
     def candidate_batches(self, columns: list[str], batch_size: int) -> Iterator[pd.DataFrame]:
         """The candidates' ``columns``, ``batch_size`` rows at a time in table order (row numbers kept as the
@@ -85,7 +92,7 @@ class DatasetTables:
                 yield self.candidates.iloc[start : start + batch_size][columns]
             return
         start = 0
-        for batch in pq.ParquetFile(Path(self.folder) / "candidates.parquet").iter_batches(batch_size, columns=columns):
+        for batch in parquet_batches(Path(self.folder) / "candidates.parquet", columns, batch_size):
             rows = batch.to_pandas()
             rows.index = pd.RangeIndex(start, start + len(rows))
             start += len(rows)
@@ -111,6 +118,40 @@ class DatasetTables:
                 for batch in con.sql(query, params=[path, lang]).to_arrow_reader(batch_size):
                     if batch.num_rows:
                         yield batch.to_pandas()
+
+
+def parquet_batches(path: Path, columns: list[str], batch_size: int) -> Iterator[pa.Table]:
+    """The file's ``columns``, ``batch_size`` rows at a time (the last batch fewer), read a row group at a time.
+    Not ``ParquetFile.iter_batches``: it kept what it had read (XQuAD-R + 1M distractors, batches of 100k: 870 MB
+    of Arrow memory by the tenth batch), where reading row groups stays at one batch's."""
+    parquet = pq.ParquetFile(path)
+    pending: list[pa.Table] = []
+    held = 0
+    for group in range(parquet.num_row_groups):
+        pending.append(parquet.read_row_group(group, columns=columns))
+        held += pending[-1].num_rows
+        if held >= batch_size:
+            rows = pa.concat_tables(pending)
+            cut = held - held % batch_size
+            for start in range(0, cut, batch_size):
+                yield rows.slice(start, batch_size)
+            pending, held = [rows.slice(cut)], held - cut
+    if held:
+        yield pa.concat_tables(pending)
+
+
+def positions_in(values: pd.Series, keys: pd.Series) -> np.ndarray:
+    """For each of ``values``, the position of the first equal value in ``keys`` (-1: none), by Arrow's hash lookup
+    on the strings as they are: pandas' ``isin`` / ``map`` made a Python string of each key first (a pool of a
+    million candidate ids: 500 MB more)."""
+    found = pc.index_in(_arrow_strings(values), value_set=_arrow_strings(keys))
+    return found.fill_null(-1).to_numpy().astype(np.int64)
+
+
+def _arrow_strings(column: pd.Series) -> pa.ChunkedArray:
+    array = pa.array(column, from_pandas=True)  # an Arrow-backed column as it is; a missing value: null
+    array = array if isinstance(array, pa.ChunkedArray) else pa.chunked_array([array])
+    return array.cast(pa.large_string())
 
 
 def frame(rows: list[dict] | dict, columns: list[str]) -> pd.DataFrame:

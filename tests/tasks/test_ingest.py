@@ -176,3 +176,27 @@ def test_fingerprints_serialise_a_table_in_parts_as_the_whole_table(xquad, tmp_p
     assert [len(batch) for batch in batches] == [500] * (len(german) // 500) + [len(german) % 500]
     assert b"".join(json_rows(batches)) == german.to_json(orient="values", force_ascii=False).encode("utf-8")
     assert dataset_versions(loaded).equals(dataset_versions(xquad))
+
+
+def test_a_parquet_file_is_read_in_batches_across_its_row_groups_in_order(xquad, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.tables import parquet_batches
+
+    table = pa.table({"n": list(range(15)), "s": [f"row {i}" for i in range(15)]})
+    with pq.ParquetWriter(tmp_path / "t.parquet", table.schema) as writer:
+        for start, stop in [(0, 5), (5, 12), (12, 15)]:  # row groups of 5, 7 and 3 rows
+            writer.write_table(table.slice(start, stop - start))
+    assert pq.ParquetFile(tmp_path / "t.parquet").num_row_groups == 3
+    batches = list(parquet_batches(tmp_path / "t.parquet", ["s", "n"], 4))
+    assert [batch.num_rows for batch in batches] == [4, 4, 4, 3]
+    assert pa.concat_tables(batches).to_pydict() == table.select(["s", "n"]).to_pydict()
+    # a language's texts read a batch at a time from a table saved in several row groups, in table order
+    candidates = xquad.candidates
+    parts = [candidates.iloc[start : start + 3000] for start in range(3000, len(candidates), 3000)]
+    save_tables(xquad.__class__(**{**xquad.__dict__, "candidates": candidates.iloc[:3000]}), tmp_path / "x", parts)
+    loaded = load_tables(tmp_path / "x", texts=False)
+    for lang in ("ar", "zh"):
+        assert loaded.candidate_texts("text", lang) == candidates.loc[candidates["lang"] == lang, "text"].tolist()
+    assert loaded.candidate_texts("context") == candidates["context"].tolist()
