@@ -17,7 +17,7 @@ from tasks.beir import read_beir_dir, read_hf_dataset, write_beir_dir
 from tasks.lareqa import read_lareqa
 from tasks.tables import DatasetTables, positions_in, save_tables
 
-FINGERPRINT_BATCH = 50_000  # candidate rows serialised at once for a fingerprint
+FINGERPRINT_BATCH = 10_000  # candidate rows serialised at once for a fingerprint (50k: 400 MB of JSON)
 
 
 def ingest_dataset(
