@@ -133,13 +133,17 @@ class TextEncoder:
         contexts: list[str] | None = None,
         show_progress: bool | None = False,
         label: str = "",
+        lengths: list[int] | None = None,
     ) -> torch.Tensor:
         """Embeddings (N, H) in float32 on the CPU, computed in batches of similar token counts (little padding).
 
         ``contexts``: encode text pairs (see ``tokenize``). ``show_progress``: a progress bar (None: only on a
-        terminal), described as "embedding <label> <kind>s".
+        terminal), described as "embedding <label> <kind>s". ``lengths``: the texts' ``token_lengths``, when the
+        caller has them (a shard of a large block), so the texts are not tokenized once more to sort them.
         """
-        order = sorted(range(len(texts)), key=self.token_lengths(texts, kind, contexts).__getitem__)
+        if lengths is None:
+            lengths = self.token_lengths(texts, kind, contexts)
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
         out = torch.empty(len(texts), self.hidden_size)
         starts = range(0, len(texts), batch_size)
         bar_off = None if show_progress is None else not show_progress  # tqdm: None = only on a terminal

@@ -129,6 +129,7 @@ class EmbeddingJob:
     kind: TextKind
     contexts: list[str] | None
     label: str
+    lengths: list[int] | None = None  # the texts' token counts, when known (a shard's)
 
 
 def dataset_blocks(tables: DatasetTables, candidates: CandidateMode = "sentence") -> Iterator[Block]:
@@ -216,19 +217,23 @@ def block_jobs(
     if shard_size is None or len(texts) <= shard_size:
         path = None if cache_dir is None else Path(cache_dir) / f"{name}.npy"
         return [(slice(None), EmbeddingJob(path, texts, kind, contexts, label))]
-    shards = shard_rows(encoder.token_lengths(texts, kind, contexts), batch_size, shard_size)
+    lengths = encoder.token_lengths(texts, kind, contexts)
+    shards = shard_rows(lengths, batch_size, shard_size)
     pieces = []
     for number, rows in enumerate(shards):
         path = None if cache_dir is None else shard_path(cache_dir, name, batch_size, shards, number)
         part = None if contexts is None else [contexts[i] for i in rows]
         shard_label = f"{label} shard {number + 1}/{len(shards)}".strip()
-        pieces.append((rows, EmbeddingJob(path, [texts[i] for i in rows], kind, part, shard_label)))
+        job = EmbeddingJob(path, [texts[i] for i in rows], kind, part, shard_label, [lengths[i] for i in rows])
+        pieces.append((rows, job))
     return pieces
 
 
 def run_embedding_job(encoder: TextEncoder, job: EmbeddingJob, batch_size: int) -> np.ndarray:
     """Encode a job's texts and write its cache file (whole or not at all; none without a path): (N, H)."""
-    vectors = encoder.embed(job.texts, job.kind, batch_size, job.contexts, show_progress=None, label=job.label)
+    vectors = encoder.embed(
+        job.texts, job.kind, batch_size, job.contexts, show_progress=None, label=job.label, lengths=job.lengths
+    )
     vectors = vectors.numpy()
     if job.path is not None:
         write_file(job.path, lambda tmp: _save_npy(tmp, vectors))
