@@ -18,7 +18,8 @@ stage through ``/proc/self/clear_refs``):
   validate   ``check_contracts``: the data contracts (Great Expectations) on those tables, loaded without their
              texts (read a batch at a time), and ``dataset_versions``: the fingerprints, as ``hbir``'s validate stage
   embed      ``stages.embed_tables``: the tiny model (``random:tiny``, width 32, ``model.max_length`` 128; or
-             ``--model``, e.g. e5-small, whose vectors the recall goal is about) encodes every text, shard by shard (``eval.shard_size``) into the embedding cache
+             ``--model``, e.g. e5-small, whose vectors the recall goal is about) encodes every text, shard by shard
+             (``eval.shard_size``) into the embedding cache
   index      ``build_indexes`` with ``eval.index`` (a faiss factory string): one index per corpus language and one
              for the pool, trained on ``eval.index_train_sample`` vectors, added shard by shard
   recall     the pool index searched to k = 100 for every query at each ``--nprobe``, against exact top-100 lists
