@@ -76,9 +76,9 @@ def dataset_versions(tables: DatasetTables) -> pd.DataFrame:
     sorted by id as ``DataFrame.to_json(orient="values")`` writes them, the candidates read ``FINGERPRINT_BATCH``
     rows at a time (``json_rows``: the same bytes as the whole table's).
     """
-    rows = positions_in(tables.qrels["cid"], tables.candidates["cid"])
-    known = rows >= 0  # a qrel to no candidate is the contracts' to report; it belongs to no language
-    qrels = tables.qrels[known].assign(lang=tables.candidates["lang"].to_numpy()[rows[known]])
+    candidate_rows = positions_in(tables.qrels["cid"], tables.candidates["cid"])
+    known = candidate_rows >= 0  # a qrel to no candidate is the contracts' to report; it belongs to no language
+    qrels = tables.qrels[known].assign(lang=tables.candidates["lang"].to_numpy()[candidate_rows[known]])
     rows = []
     for lang in tables.languages:
         language_queries = tables.queries[tables.queries["lang"] == lang].sort_values(["qid"])
