@@ -97,7 +97,6 @@ def measure(args: argparse.Namespace, n: int, workdir: Path) -> dict:
 
 def run_stages(args: argparse.Namespace, n: int) -> dict:
     import faiss
-    import numpy as np
 
     from data_contracts.validate import check_contracts
     from hbir.app import stages
@@ -135,7 +134,7 @@ def run_stages(args: argparse.Namespace, n: int) -> dict:
     vectors = load_vectors(vectors_path)
     corpus = order_corpus(tables)
     with stage(timings, "index"):
-        pool = np.ascontiguousarray(vectors.candidates[corpus.order])
+        pool = corpus.pool_vectors(vectors.candidates)
         indexes = build_indexes(pool, corpus, config.eval)
     with stage(timings, "recall"):
         _, exact = faiss.knn(vectors.queries, pool, K, metric=faiss.METRIC_INNER_PRODUCT)

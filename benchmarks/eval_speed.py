@@ -61,7 +61,7 @@ def main() -> None:
     settings = EvalConfig(index=args.index, candidates=args.candidates)
     with timed(timings, "index"):
         corpus = order_corpus(tables)
-        indexes = build_indexes(vectors.candidates[corpus.order], corpus, settings)
+        indexes = build_indexes(corpus.pool_vectors(vectors.candidates), corpus, settings)
     with timed(timings, "reference: all scores, queries @ pool.T"):  # the BLAS work a flat evaluate cannot skip
         vectors.queries @ vectors.candidates.T  # (n_queries, n_candidates)
     seconds = []

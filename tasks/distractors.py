@@ -6,7 +6,9 @@ paragraphs in all its languages), drawn at random without repeats: as many as th
 sentences of one language drawn at random from the whole source, no two alike: any number, but not natural text.
 They are unjudged: no query has a qrel to one, so a distractor that happens to answer a question counts as
 non-relevant. With 0 distractors the folder reads back as the base dataset's own tables (the same queries,
-candidates, qrels and translation groups).
+candidates, qrels and translation groups). The corpus is written language by language (each language's base
+candidates, then its distractors), the order evaluation ranks the pool in, so that it needs no reordered copy of the
+pool's vectors.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def beir_with_distractors(
             ),  # fmt: skip
         ],
         ignore_index=True,
-    )
+    ).sort_values("lang", kind="stable", ignore_index=True)  # language by language: pool order, no copy to evaluate
     queries = pd.DataFrame({"_id": base.queries["qid"], "text": base.queries["text"], "lang": base.queries["lang"]})
     qrels = pd.DataFrame({"query-id": base.qrels["qid"], "corpus-id": base.qrels["cid"], "score": 1})
     return {"corpus": corpus, "queries": queries, "qrels": qrels}

@@ -45,7 +45,7 @@ def setting_rankings(
     ranks come from.
     """
     corpus = order_corpus(tables)
-    pool = np.ascontiguousarray(vectors.candidates[corpus.order])
+    pool = corpus.pool_vectors(vectors.candidates)
     rows_at_once = query_chunk(len(pool))
     cids = tables.candidates["cid"].to_numpy()[corpus.order]
     pairs = relevant_pairs(tables, corpus)

@@ -359,7 +359,7 @@ def index(config: Config, run_id: str, dataset: str, tables_dir: str, vectors_pa
         return []
     tables, vectors = load_tables(tables_dir, texts=False), load_vectors(vectors_path)
     corpus = order_corpus(tables)
-    indexes = build_indexes(vectors.candidates[corpus.order], corpus, config.eval)
+    indexes = build_indexes(corpus.pool_vectors(vectors.candidates), corpus, config.eval)
     folder = run_dir(config.output.dir, run_id) / "indexes" / dataset
     paths = {lang: folder / f"{index_file_stem(config.eval.index)}-{lang}.faiss" for lang in indexes}
     artifacts = [{"kind": "index", "path": str(paths[lang]), "sha256": save_index(built, paths[lang])}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from tasks.evaluation import order_corpus
 from tasks.ingest import ingest_dataset
 from tests.helpers import THREE_LANGUAGES
 
@@ -83,6 +84,7 @@ def test_random_draws_give_more_distractors_than_windows_each_of_one_languages_s
     sentences = {lang: set(group["text"]) for lang, group in source.groupby("lang")}
     for row in added.sample(50, random_state=0).itertuples():
         assert joins(row.text, sentences[row.lang], 3), row.text  # three sentences of the passage's language
+    assert order_corpus(pool).in_table_order  # written language by language: evaluated without a copy of its vectors
     shares = added["lang"].value_counts(normalize=True)
     expected = source["lang"].value_counts(normalize=True)
     assert (shares - expected).abs().max() < 0.02  # languages in proportion to their sentences

@@ -285,3 +285,20 @@ def test_ranks_are_counts_of_candidates_scoring_at_least_as_high_with_ties_and_p
         score = scores[i, rel[i, j]]
         assert ranks[i, j] == np.count_nonzero(scores[i] >= score)
         assert rel_ge[i, j] == np.count_nonzero(scores[i, rel[i][rel[i] >= 0]] >= score)
+
+
+def test_candidates_in_any_row_order_give_the_same_metrics_and_a_language_grouped_pool_is_not_copied(xquad):
+    xquad = three_languages(xquad)
+    vectors = informative_vectors(xquad)
+    grouped = order_corpus(xquad)
+    assert grouped.in_table_order  # LAReQA lists its candidates language by language
+    assert np.shares_memory(grouped.pool_vectors(vectors.candidates), vectors.candidates)
+    rows = np.random.default_rng(0).permutation(len(xquad.candidates))  # languages interleaved, as a BEIR corpus may
+    shuffled = DatasetTables(
+        xquad.name, xquad.queries, xquad.candidates.iloc[rows].reset_index(drop=True), xquad.qrels
+    )  # fmt: skip
+    shuffled_vectors = DatasetEmbeddings(vectors.queries, vectors.candidates[rows])
+    assert not order_corpus(shuffled).in_table_order
+    pd.testing.assert_frame_equal(
+        evaluate(xquad, vectors, EvalConfig()).metrics, evaluate(shuffled, shuffled_vectors, EvalConfig()).metrics
+    )
