@@ -239,7 +239,7 @@ class EvalConfig(Section):
     # or any faiss index_factory string (https://github.com/facebookresearch/faiss/wiki/The-index-factory), e.g.
     # IVF4096,PQ48 or OPQ48,IVF16384,PQ48 for pools that do not fit in memory as floats; trained on a sample of at most
     # index_train_sample vectors, searched with ivf_nprobe / hnsw_ef_search. On e5-small's vectors PQ codes lose
-    # recall@100 whatever is probed; IVF256,SQ8 with ivf_nprobe 128 keeps 0.965 of it (README, "Benchmarks")
+    # recall@100 whatever is probed; IVF256,SQ8 with ivf_nprobe 128 keeps it at 0.965 (README, "Benchmarks")
     index: str = "flat"
     index_train_sample: int = Field(100_000, ge=1)
     depth: int = Field(1000, ge=100)  # approximate indexes: candidates retrieved per query (>= 100 for recall@100)
