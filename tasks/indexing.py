@@ -2,7 +2,8 @@
 
     index = build_index(vectors, eval_cfg)          # eval_cfg: the eval config section (index, ivf_*, hnsw_*)
     scores, ids = search(index, queries, k=100)     # (nq, k) each, best first; id -1 where fewer than k were found
-    sha256 = save_index(index, path)                # a run artifact; faiss.read_index(path) loads it back
+    sha256 = save_index(index, path)                # a run artifact
+    index = load_index(path, mmap=True)             # its IVF lists searched from the file, not read into memory
 
 Vectors are L2-normalised, so inner product is cosine similarity.
 """
@@ -100,3 +101,9 @@ def save_index(index: faiss.Index, path: Path) -> str:
     """Write ``index`` to ``path`` (atomically: a temporary file renamed into place); returns the file's SHA-256."""
     write_file(path, lambda tmp: faiss.write_index(index, str(tmp)))
     return file_sha256(path)
+
+
+def load_index(path: Path | str, mmap: bool = False) -> faiss.Index:
+    """An index written by ``save_index``. ``mmap``: an IVF index's inverted lists stay in the file, memory-mapped
+    (faiss ``OnDiskInvertedLists``): the same results, and the lists need not fit in RAM."""
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)

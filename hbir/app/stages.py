@@ -352,18 +352,24 @@ def index(config: Config, run_id: str, dataset: str, tables_dir: str, vectors_pa
     """Build and save the faiss indexes of a dataset (per language and pooled); returns their files. With
     ``eval.save_indexes`` off nothing is built here (the evaluate stage builds what it searches)."""
     from tasks.embedding import load_vectors
-    from tasks.evaluation import build_indexes, order_corpus
-    from tasks.indexing import save_index
+    from tasks.evaluation import order_corpus
+    from tasks.indexing import build_index, save_index
 
     if not config.eval.save_indexes:
         return []
     tables, vectors = load_tables(tables_dir, texts=False), load_vectors(vectors_path)
     corpus = order_corpus(tables)
-    indexes = build_indexes(corpus.pool_vectors(vectors.candidates), corpus, config.eval)
+    pool = corpus.pool_vectors(vectors.candidates)
     folder = run_dir(config.output.dir, run_id) / "indexes" / dataset
-    paths = {lang: folder / f"{index_file_stem(config.eval.index)}-{lang}.faiss" for lang in indexes}
-    artifacts = [{"kind": "index", "path": str(paths[lang]), "sha256": save_index(built, paths[lang])}
-                 for lang, built in indexes.items()]  # fmt: skip
+    paths = {lang: folder / f"{index_file_stem(config.eval.index)}-{lang}.faiss" for lang in [*corpus.langs, POOL]}
+    artifacts = [  # built and saved one at a time: one index in memory, not all of them
+        {
+            "kind": "index",
+            "path": str(path),
+            "sha256": save_index(build_index(pool[corpus.block(lang)], config.eval), path),
+        }
+        for lang, path in paths.items()
+    ]
     for lang in corpus.langs:  # row i of an ids file: the index's id i; one language's texts in memory at a time
         ids = tables.candidates.iloc[corpus.order[corpus.block(lang)]][["cid", "lang", "doc_id"]]
         ids = ids.assign(text=tables.candidate_texts("text", lang))  # the block's rows are in table order
@@ -402,14 +408,13 @@ def evaluate(
 ) -> dict[str, float]:
     """All settings of one dataset; keeps the metrics, per-query values and language bias as the run's rows and
     returns the setting summaries ({'mono map': ..., ...})."""
-    import faiss
-
     from tasks.embedding import load_vectors
     from tasks.evaluation import evaluate
+    from tasks.indexing import load_index
 
     indexes = None  # evaluate builds them when needed and not saved
     if config.eval.index != "flat" and index_paths:  # approximate indexes are searched; flat is a matrix product
-        indexes = {Path(p).stem.split("-", 1)[1]: faiss.read_index(p) for p in index_paths}
+        indexes = {Path(p).stem.split("-", 1)[1]: load_index(p, config.eval.index_mmap) for p in index_paths}
         assert POOL in indexes
     result = evaluate(load_tables(tables_dir, texts=False), load_vectors(vectors_path), config.eval, indexes)
     keep_rows(

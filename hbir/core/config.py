@@ -260,7 +260,19 @@ class EvalConfig(Section):
     dask_address: str | None = None
     dask_workers: int = Field(2, ge=1)
     save_indexes: bool = True  # under <output.dir>/<run_id>/indexes, recorded in artifacts
+    # IVF indexes (ivf or an IVF factory string) searched from their saved files through a memory map (faiss's
+    # OnDiskInvertedLists), their lists not read into memory: for indexes larger than RAM. Needs save_indexes.
+    index_mmap: bool = False
     cache_embeddings: bool = True  # under $HBIR_CACHE_DIR/embeddings, keyed by model, texts, prefix and candidates
+
+    @model_validator(mode="after")
+    def _mmap_needs_saved_ivf_indexes(self) -> EvalConfig:
+        if self.index_mmap and (not (self.index == "ivf" or "IVF" in self.index) or not self.save_indexes):
+            raise ValueError(
+                "eval.index_mmap searches saved IVF indexes from their files: set eval.save_indexes=true and an IVF "
+                f"index (e.g. eval.index=ivf or IVF1024,SQ8), not {self.index!r} with save_indexes={self.save_indexes}"
+            )
+        return self
 
 
 class Config(Section):

@@ -84,6 +84,19 @@ def test_a_second_eval_reads_its_embeddings_from_the_cache(run_hbir, smoke, db_p
     assert not list((cache / "embeddings").glob(".*partial"))
 
 
+def test_saved_ivf_indexes_searched_memory_mapped_give_the_same_metrics(run_hbir, smoke, db_path, tmp_path):
+    ivf = ["--set", "eval.index=IVF8,SQfp16", "--set", "eval.ivf_nprobe=3"]  # 3 of 8 lists: the index's own ranks
+    assert run_hbir("eval", *smoke, *ivf, "--run-id", "read").exit_code == 0
+    result = run_hbir("eval", *smoke, *ivf, "--set", "eval.index_mmap=true", "--run-id", "mapped")
+    assert result.exit_code == 0, result.output
+    same = "SELECT count(*) FROM metrics a JOIN metrics b USING (dataset, setting, query_lang, corpus_lang, metric) "
+    same += "WHERE a.run_id = 'read' AND b.run_id = 'mapped' AND a.value = b.value"
+    assert rows(db_path, same) == [(12 * 6,)]
+    refused = run_hbir("eval", *smoke, "--set", "eval.index_mmap=true", "--run-id", "flat")  # flat: nothing to map
+    assert refused.exit_code != 0 and "eval.index_mmap searches saved IVF indexes" in refused.output
+    assert rows(db_path, "SELECT count(*) FROM runs WHERE run_id = 'flat'") == [(0,)]
+
+
 def test_eval_of_a_trained_runs_model(run_hbir, smoke, db_path, tmp_path):
     assert run_hbir("train", *smoke, "--run-id", "trained", "--set", "train.strategy=cross").exit_code == 0
     result = run_hbir("eval", *smoke, "--run-id", "after", "--model-run", "trained")

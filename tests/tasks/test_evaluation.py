@@ -17,6 +17,7 @@ from models.encoder import BiEncoder
 from tasks import evaluation
 from tasks.embedding import DatasetEmbeddings, embed_dataset
 from tasks.evaluation import build_indexes, evaluate, exact_scores, order_corpus
+from tasks.indexing import build_index, load_index, save_index, search
 from tasks.ingest import ingest_dataset
 from tasks.tables import CANDIDATE_COLUMNS, QREL_COLUMNS, QUERY_COLUMNS, DatasetTables, frame
 
@@ -302,3 +303,13 @@ def test_candidates_in_any_row_order_give_the_same_metrics_and_a_language_groupe
     pd.testing.assert_frame_equal(
         evaluate(xquad, vectors, EvalConfig()).metrics, evaluate(shuffled, shuffled_vectors, EvalConfig()).metrics
     )
+
+
+def test_a_saved_ivf_index_loaded_memory_mapped_searches_its_file_with_the_same_results(xquad, tmp_path):
+    vectors = informative_vectors(three_languages(xquad))
+    built = build_index(vectors.candidates, EvalConfig(index="IVF16,SQ8", ivf_nprobe=4, index_train_sample=2_000))
+    save_index(built, tmp_path / "pool.faiss")
+    mapped = load_index(tmp_path / "pool.faiss", mmap=True)
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(mapped).invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists)  # the codes stay in the file, read through a memory map
+    np.testing.assert_array_equal(search(mapped, vectors.queries, 100)[1], search(built, vectors.queries, 100)[1])
