@@ -20,8 +20,10 @@ retrieved.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 import pandas as pd
 
@@ -266,7 +268,16 @@ def language_bias(ranks: np.ndarray, rel: np.ndarray, corpus: Corpus, query_lang
 
 def build_indexes(pool_vectors: np.ndarray, corpus: Corpus, eval_cfg: EvalConfig) -> dict:
     """One faiss index per corpus language and one for the pool, by corpus_lang ('all' for the pool)."""
-    return {lang: build_index(pool_vectors[corpus.block(lang)], eval_cfg) for lang in [*corpus.langs, POOL]}
+    return dict(indexes_one_at_a_time(pool_vectors, corpus, eval_cfg))
+
+
+def indexes_one_at_a_time(
+    pool_vectors: np.ndarray, corpus: Corpus, eval_cfg: EvalConfig
+) -> Iterator[tuple[str, faiss.Index]]:
+    """(corpus_lang, index) for each corpus language, then the pool ('all'), each built when asked for: a caller
+    that saves and drops each holds one index at a time."""
+    for lang in [*corpus.langs, POOL]:
+        yield lang, build_index(pool_vectors[corpus.block(lang)], eval_cfg)
 
 
 def per_query_frame(blocks: list[tuple[dict, np.ndarray, dict[str, np.ndarray]]]) -> pd.DataFrame:

@@ -122,13 +122,13 @@ def search(
 
 
 def _saved_index(config: Config, run_id: str, dataset: str, lang: str | None):
-    import faiss
+    from tasks.indexing import load_index
 
     folder = run_dir(config.output.dir, run_id) / "indexes" / dataset
     found = sorted(folder.glob(f"*-{lang or POOL}.faiss")) if folder.is_dir() else []
     if not found or not stages.index_ids_path(found[0]).exists():
         return None
-    return faiss.read_index(str(found[0])), pd.read_parquet(stages.index_ids_path(found[0]))
+    return load_index(found[0]), pd.read_parquet(stages.index_ids_path(found[0]))
 
 
 def _built_index(config: Config, model: RunModel, dataset: str, lang: str | None, log):

@@ -352,24 +352,19 @@ def index(config: Config, run_id: str, dataset: str, tables_dir: str, vectors_pa
     """Build and save the faiss indexes of a dataset (per language and pooled); returns their files. With
     ``eval.save_indexes`` off nothing is built here (the evaluate stage builds what it searches)."""
     from tasks.embedding import load_vectors
-    from tasks.evaluation import order_corpus
-    from tasks.indexing import build_index, save_index
+    from tasks.evaluation import indexes_one_at_a_time, order_corpus
+    from tasks.indexing import save_index
 
     if not config.eval.save_indexes:
         return []
     tables, vectors = load_tables(tables_dir, texts=False), load_vectors(vectors_path)
     corpus = order_corpus(tables)
-    pool = corpus.pool_vectors(vectors.candidates)
     folder = run_dir(config.output.dir, run_id) / "indexes" / dataset
-    paths = {lang: folder / f"{index_file_stem(config.eval.index)}-{lang}.faiss" for lang in [*corpus.langs, POOL]}
-    artifacts = [  # built and saved one at a time: one index in memory, not all of them
-        {
-            "kind": "index",
-            "path": str(path),
-            "sha256": save_index(build_index(pool[corpus.block(lang)], config.eval), path),
-        }
-        for lang, path in paths.items()
-    ]
+    paths, artifacts = {}, []
+    for lang, built in indexes_one_at_a_time(corpus.pool_vectors(vectors.candidates), corpus, config.eval):
+        paths[lang] = folder / f"{index_file_stem(config.eval.index)}-{lang}.faiss"
+        artifacts.append({"kind": "index", "path": str(paths[lang]), "sha256": save_index(built, paths[lang])})
+        del built  # dropped before the next is built: one index in memory at a time
     for lang in corpus.langs:  # row i of an ids file: the index's id i; one language's texts in memory at a time
         ids = tables.candidates.iloc[corpus.order[corpus.block(lang)]][["cid", "lang", "doc_id"]]
         ids = ids.assign(text=tables.candidate_texts("text", lang))  # the block's rows are in table order
