@@ -25,7 +25,9 @@ their order reversed every other round) so that other load on the machine falls 
                          ``export_dynamic_quantized_onnx_model(model, "avx512_vnni", dir)`` wrote (optimum's export and
                          ``ORTQuantizer``), made once per benchmark run in the first round's load time. It needs
                          optimum-onnx, which pins transformers < 4.58 (hbir needs 5): give a Python that has it with
-                         ``--peer-python``, e.g. a venv with ``pip install torch==2.13.0 'sentence-transformers[onnx]'``
+                         ``--peer-python``, e.g. a venv with ``pip install torch==2.13.0 'sentence-transformers[onnx]'
+                         transformers==4.57.1 optimum-onnx pandas pyarrow`` (naming transformers saves pip minutes of
+                         downloading every 5.x and 4.x release to find one optimum-onnx accepts)
 The ONNX variants run on the CPU only (left out with ``--device cuda``). Texts: ``--n`` drawn from XQuAD-R with a
 fixed seed, half questions (prefix ``query: ``) and half candidate sentences (``passage: ``), mixed over its 11
 languages; each variant encodes the questions, then the sentences. ``--warmup`` batches of questions are encoded
@@ -119,7 +121,8 @@ def check_peer_python(python: str) -> None:
             f"{ONNX_PEER} needs sentence-transformers with optimum-onnx, which {python} lacks "
             f"({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'import failed'}). optimum-onnx "
             "pins transformers < 4.58, so give it a venv of its own: python -m venv ../peer-venv && "
-            "../peer-venv/bin/pip install torch==2.13.0 'sentence-transformers[onnx]' pandas pyarrow, then pass "
+            "../peer-venv/bin/pip install torch==2.13.0 'sentence-transformers[onnx]' transformers==4.57.1 "
+            "optimum-onnx pandas pyarrow, then pass "
             f"--peer-python ../peer-venv/bin/python (or leave it out: --variants {' '.join(CPU_VARIANTS[:4])})"
         )
 

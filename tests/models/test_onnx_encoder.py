@@ -66,6 +66,35 @@ def test_int8_quantizes_every_weight_matrix_but_the_feed_forward_outputs(tiny_mo
     assert [made_by[node.input[0]] for node in float_products] == ["Gelu"] * layers
 
 
+def test_the_export_has_no_nan_guard_after_the_attention_softmax(tiny_model_dir, onnx_dir):
+    """The float32 vectors above come from a graph whose softmax feeds the attention product directly."""
+    onnx = pytest.importorskip("onnx")
+    onnx_encoder(tiny_model_dir, onnx_dir, "onnx")
+    (float32_file,) = onnx_dir.glob("*-onnx.onnx")
+    graph = onnx.load(str(float32_file)).graph
+    consumers = [node.op_type for node in graph.node for name in node.input if name in softmax_outputs(graph)]
+    assert consumers == ["MatMul"] * 2  # random:tiny: 2 layers
+    assert "IsNaN" not in {node.op_type for node in graph.node}
+
+
+def softmax_outputs(graph) -> set[str]:
+    return {node.output[0] for node in graph.node if node.op_type == "Softmax"}
+
+
+def test_int8_weights_have_7_bits_so_no_cpu_saturates_their_sums(tiny_model_dir, onnx_dir):
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    onnx_encoder(tiny_model_dir, onnx_dir, "onnx-int8")
+    (quantized_file,) = onnx_dir.glob("*-onnx-int8.onnx")
+    weights = [numpy_helper.to_array(tensor) for tensor in onnx.load(str(quantized_file)).graph.initializer]
+    int8 = [array for array in weights if array.dtype == np.int8 and array.ndim == 2]
+    assert len(int8) == 5 * 2  # the quantized products' weight matrices
+    largest = max(int(np.abs(array.astype(np.int16)).max()) for array in int8)
+    assert 2 * 255 * largest <= 32_767  # a pair of uint8 x int8 products fits AVX2's 16-bit sum
+    assert largest > 32  # 7 bits used, not fewer
+
+
 def test_the_export_is_made_once_per_model(tiny_model_dir, onnx_dir):
     onnx_encoder(tiny_model_dir, onnx_dir, "onnx")
     files = {path: path.stat().st_mtime_ns for path in onnx_dir.glob("*.onnx")}
