@@ -163,9 +163,9 @@ def drop_softmax_nan_guards(path: Path) -> int:
 
 
 def _quantize(float32: Path, out: Path) -> None:
-    """Weights in 7 bits (``reduce_range``: -64..64): a CPU without VNNI (AVX2 only) multiplies uint8 activations by int8
-    weights with ``vpmaddubsw``, which adds each pair of products in 16 bits and saturates when both are near full
-    scale (2 x 255 x 127 > 32,767); at 7 bits it cannot. Measured on e5-small, 1,000 XQuAD-R texts, a Zen 3 CPU
+    """Weights in 7 bits (``reduce_range``: -64..64): a CPU without VNNI (AVX2 only) multiplies uint8 activations by
+    int8 weights with ``vpmaddubsw``, which adds each pair of products in 16 bits and saturates when both are near
+    full scale (2 x 255 x 127 > 32,767); at 7 bits it cannot. Measured on e5-small, 1,000 XQuAD-R texts, a Zen 3 CPU
     (AVX2): cosine to float32 mean 0.9973 (min 0.9867) with 8-bit weights, 0.9987 (min 0.9958) with 7, same speed."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
