@@ -44,6 +44,7 @@ load seconds, peak RSS (or peak GPU memory), and each variant's agreement with h
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import resource
 import shutil
@@ -229,9 +230,14 @@ def sentence_transformers_int8(model_dir: Path, args: argparse.Namespace):
         if settings.get("tokenizer_class") == "TokenizersBackend":
             settings["tokenizer_class"] = "PreTrainedTokenizerFast"
             (copy / "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
-        exported = SentenceTransformer(modules=[Transformer(str(copy), args.max_length, backend="onnx")], device="cpu")
-        export_dynamic_quantized_onnx_model(exported, "avx512_vnni", str(copy))
-    return Transformer(str(copy), args.max_length, model_args={"file_name": ST_INT8_FILE}, backend="onnx")
+        transformer = Transformer(str(copy), max_seq_length=args.max_length, backend="onnx")
+        export_dynamic_quantized_onnx_model(
+            SentenceTransformer(modules=[transformer], device="cpu"), "avx512_vnni", str(copy)
+        )
+    # sentence-transformers 5.7 renamed the loading arguments model_args to model_kwargs
+    renamed = "model_kwargs" in inspect.signature(Transformer.__init__).parameters
+    file_name = {"model_kwargs" if renamed else "model_args": {"file_name": ST_INT8_FILE}}
+    return Transformer(str(copy), max_seq_length=args.max_length, backend="onnx", **file_name)
 
 
 ENCODERS = {
