@@ -72,13 +72,10 @@ def test_the_export_has_no_nan_guard_after_the_attention_softmax(tiny_model_dir,
     onnx_encoder(tiny_model_dir, onnx_dir, "onnx")
     (float32_file,) = onnx_dir.glob("*-onnx.onnx")
     graph = onnx.load(str(float32_file)).graph
-    consumers = [node.op_type for node in graph.node for name in node.input if name in softmax_outputs(graph)]
+    softmax_outputs = {node.output[0] for node in graph.node if node.op_type == "Softmax"}
+    consumers = [node.op_type for node in graph.node for name in node.input if name in softmax_outputs]
     assert consumers == ["MatMul"] * 2  # random:tiny: 2 layers
     assert "IsNaN" not in {node.op_type for node in graph.node}
-
-
-def softmax_outputs(graph) -> set[str]:
-    return {node.output[0] for node in graph.node if node.op_type == "Softmax"}
 
 
 def test_int8_weights_have_7_bits_so_no_cpu_saturates_their_sums(tiny_model_dir, onnx_dir):
