@@ -40,8 +40,9 @@ CandidateMode = Literal["sentence", "paragraph"]
 # What makes a model directory's embeddings what they are (the sentence-transformers files do not matter here).
 MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model")
 # model.backend auto on a CPU: the fastest backend whose XQuAD-R mAP mono / cross / multi is within 0.005 of float32
-# torch. e5-small zero-shot, torch 0.7989 / 0.6396 / 0.2988: onnx the same to 4 decimals; onnx-int8 0.7969 / 0.6315 /
-# 0.2921 (cross -0.008, multi -0.007: outside the bound, though faster; README, benchmarks/encode_throughput.py)
+# torch. e5-small zero-shot, torch 0.7989 / 0.6396 / 0.2988: onnx the same to 4 decimals (1.55x torch's texts/s on an
+# AVX-512 CPU, level with it on an AVX2 one); onnx-int8 0.7976 / 0.6311 / 0.2905 (cross -0.0085, multi -0.0083:
+# outside the bound, though faster; README, benchmarks/encode_throughput.py)
 AUTO_CPU_BACKEND = "onnx"
 FINGERPRINT_CHUNK = 10_000  # texts serialised at once for a block's fingerprint
 

@@ -115,9 +115,9 @@ class ModelConfig(Section):
     # lower cap would only shorten the few batches that hold an outlier.
     max_length: int = Field(128, ge=8)
     # What encodes the texts an evaluation embeds (training and its dev evaluations are always PyTorch): torch;
-    # onnx, ONNX Runtime in float32 (torch's vectors, faster on a CPU); onnx-int8, its weights quantized to int8.
-    # auto: torch on a GPU; on a CPU the fastest backend whose XQuAD-R mAP is within 0.005 of float32 torch, onnx
-    # (AUTO_CPU_BACKEND in tasks/embedding.py; int8 costs e5-small 0.008 mAP cross: README, encode_throughput.py).
+    # onnx, ONNX Runtime in float32 (torch's vectors; faster on an AVX-512 CPU, level on AVX2); onnx-int8, its weights
+    # quantized to int8. auto: torch on a GPU; on a CPU the fastest backend whose XQuAD-R mAP is within 0.005 of
+    # float32 torch, onnx (AUTO_CPU_BACKEND in tasks/embedding.py; int8 costs e5-small 0.0085 mAP cross: README).
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
 
     @field_validator("source")
