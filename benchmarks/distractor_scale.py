@@ -20,13 +20,14 @@ stage through ``/proc/self/clear_refs``):
              texts (read a batch at a time), and ``dataset_versions``: the fingerprints, as ``hbir``'s validate stage
   embed      ``stages.embed_tables``: the tiny model (``random:tiny``, width 32, ``model.max_length`` 128; or
              ``--model``, e.g. e5-small, whose vectors the recall goal is about) encodes every text, shard by shard
-             (``eval.shard_size``) into the embedding cache
+             (``eval.shard_size``) into the embedding cache and the dataset's vectors file (written a shard at a
+             time; the candidates' vectors are read from it a block at a time from here on)
   index      ``build_indexes`` with ``eval.index`` (a faiss factory string): one index per corpus language and one
              for the pool, trained on ``eval.index_train_sample`` vectors, added shard by shard
   recall     the pool index searched to k = 100 for every query at each ``--nprobe``, against exact top-100 lists
-             (``faiss.knn``, chunked): recall@100 = mean |approximate & exact| / 100; the smallest nprobe reaching
-             the goal is the one evaluated with (the largest if none does)
-  eval-exact ``evaluate`` with the exact index: every query against the whole pool, a few queries at a time
+             (``faiss.knn`` per block of the pool, a running top-k): recall@100 = mean |approximate & exact| /
+             100; the smallest nprobe reaching the goal is the one evaluated with (the largest if none does)
+  eval-exact ``evaluate`` with the exact index: every query against the whole pool, read once, a block at a time
   eval-ann   ``evaluate`` searching the compressed indexes to ``eval.depth`` at that nprobe
 The mAP of both evaluations (mono, cross, multi) ties the timing to a result: with random weights it is near zero,
 but exact and ANN should agree. Repeated texts tie in score, so the exact top-100 is one of several equally good
@@ -50,6 +51,7 @@ from variants import peak_rss_mib
 RECALL_GOAL = 0.95
 RSS_GOAL_MIB = 4096
 K = 100
+EXACT_BLOCK = 65_536  # pool rows searched exactly at once for the recall's exact top-100
 
 
 def main() -> None:
@@ -138,7 +140,7 @@ def run_stages(args: argparse.Namespace, n: int) -> dict:
         pool = corpus.pool_vectors(vectors.candidates)
         indexes = build_indexes(pool, corpus, config.eval)
     with stage(timings, "recall"):
-        _, exact = faiss.knn(vectors.queries, pool, K, metric=faiss.METRIC_INNER_PRODUCT)
+        exact = exact_top_k(vectors.queries, pool, K)
         ivf = faiss.extract_index_ivf(indexes[POOL])
         recall = {}
         for nprobe in args.nprobe:
@@ -165,6 +167,21 @@ def run_stages(args: argparse.Namespace, n: int) -> dict:
         "vectors_mib": (vectors.queries.nbytes + vectors.candidates.nbytes) / 2**20,
         "process_peak_rss_mib": max(v["peak_rss_mib"] for v in timings.values()),
     }
+
+
+def exact_top_k(queries, pool, k: int):
+    """Ids (nq, k) of each query's k best candidates by inner product, a block of the pool (an array or a
+    ``VectorFile``) at a time: faiss's exact search per block, merged in a running top-k."""
+    import faiss
+    import numpy as np
+
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    for start in range(0, len(pool), EXACT_BLOCK):
+        block = np.asarray(pool[start : start + EXACT_BLOCK], dtype=np.float32)
+        scores, ids = faiss.knn(queries, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(scores, ids + start)
+    heap.finalize()
+    return heap.I
 
 
 @contextmanager

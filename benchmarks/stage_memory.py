@@ -11,9 +11,11 @@ end with a real (tiny or e5-small) model, in one process; this one isolates each
   contracts     ``check_contracts``: Great Expectations on the candidates in batches, ids whole
   fingerprints  ``dataset_versions``: each language's rows sorted by DuckDB and hashed a batch at a time
   embed         ``embed_dataset`` with the random encoder (``--dim``), in shards of ``eval.shard_size``, no cache:
-                each language's texts read, fingerprinted for the cache key, cut into shards, the vectors held
-  evaluate      ``evaluate`` with the exact index: every query against the whole pool, a few at a time (random
-                vectors: the relevant candidates sit mid-pool, the hardest case for ranking)
+                each language's texts read, fingerprinted for the cache key, cut into shards, the vectors written
+                to the dataset's vectors folder a shard at a time (as ``stages.embed_tables``)
+  evaluate      ``evaluate`` with the exact index on that folder's vectors: every query against the whole pool,
+                read a block at a time (random vectors: the relevant candidates sit mid-pool, the hardest case for
+                ranking)
 Each row: the stage's peak RSS (``VmHWM`` of its own process: imports, tables and the stage), and the seconds.
 """
 
@@ -28,7 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from variants import peak_rss_mib
 
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep the folders here (default: a temporary one)")
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # internal: run one stage
     parser.add_argument("--tables", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--vectors", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
         print(json.dumps(run_stage(args)))
@@ -71,9 +73,11 @@ def measure(args: argparse.Namespace, n: int, workdir: Path) -> dict[str, dict]:
     os.environ["HBIR_CACHE_DIR"] = str(workdir / "cache")
     config = load_config("cpu", overrides={"data.dir": str(pools), "data.train": [], "data.eval": [f"xquad-r-{n}"]})
     tables = stages.ingest_tables(config, log=lambda _: None)[f"xquad-r-{n}"]
+    vectors = workdir / f"vectors-{n}-{args.dim}"
     results = {}
     for stage in STAGES:
         command = [sys.executable, __file__, *sys.argv[1:], "--stage", stage, "--tables", str(tables)]
+        command += ["--vectors", str(vectors)]
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
         if done.returncode != 0:
             sys.exit(f"N={n} {stage} failed (its error above)")
@@ -85,7 +89,8 @@ def measure(args: argparse.Namespace, n: int, workdir: Path) -> dict[str, dict]:
 def run_stage(args: argparse.Namespace) -> dict:
     from data_contracts.validate import check_contracts
     from hbir.core.config import load_config
-    from tasks.embedding import DatasetEmbeddings, embed_dataset
+    from hbir.core.files import replace_dir
+    from tasks.embedding import embed_dataset, load_vectors
     from tasks.evaluation import evaluate
     from tasks.ingest import dataset_versions
     from tasks.tables import load_tables
@@ -99,18 +104,15 @@ def run_stage(args: argparse.Namespace) -> dict:
     elif args.stage == "fingerprints":
         dataset_versions(tables)
     elif args.stage == "embed":
-        encoder = RandomEncoder(args.dim)
-        embed_dataset(encoder, "random", tables, "sentence", 64, None, lambda _: None, config.eval.shard_size)
+        encoder, shard_size = RandomEncoder(args.dim), config.eval.shard_size
+
+        def write(folder: Path) -> None:
+            embed_dataset(encoder, "random", tables, "sentence", 64, None, lambda _: None, shard_size, into=folder)
+
+        replace_dir(args.vectors, write)
     elif args.stage == "evaluate":
-        rng = np.random.default_rng(0)
-        queries, candidates = (unit(rng.standard_normal((len(t), args.dim), np.float32)) for t in
-                               (tables.queries, tables.candidates))  # fmt: skip
-        evaluate(tables, DatasetEmbeddings(queries, candidates), config.eval.model_copy(update={"index": "flat"}))
+        evaluate(tables, load_vectors(args.vectors), config.eval.model_copy(update={"index": "flat"}))
     return {"s": time.perf_counter() - began, "peak_rss_mib": peak_rss_mib()}
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 class RandomEncoder(TextEncoder):

@@ -35,6 +35,7 @@ from hbir.core.files import file_sha256, write_file
 from hbir.core.paths import models_cache_dir
 from models.encoder import BiEncoder, TextEncoder, TextKind
 from tasks.tables import DatasetTables
+from tasks.vector_file import VectorFile
 
 CandidateMode = Literal["sentence", "paragraph"]
 # What makes a model directory's embeddings what they are (the sentence-transformers files do not matter here).
@@ -45,12 +46,13 @@ MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_
 # outside the bound, though faster; README, benchmarks/encode_throughput.py)
 AUTO_CPU_BACKEND = "onnx"
 FINGERPRINT_CHUNK = 10_000  # texts serialised at once for a block's fingerprint
+QUERIES, CANDIDATES = "queries.npy", "candidates.npy"  # the files of a dataset's embeddings folder
 
 
 @dataclass(frozen=True)
 class DatasetEmbeddings:
     queries: np.ndarray  # (n_queries, H), row order of tables.queries
-    candidates: np.ndarray  # (n_candidates, H), row order of tables.candidates
+    candidates: np.ndarray | VectorFile  # (n_candidates, H), row order of tables.candidates; in memory or on disk
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -155,27 +157,35 @@ def embed_dataset(
     cache_dir: Path | None = None,
     log: Callable[[str], None] = print,
     shard_size: int | None = None,
+    into: Path | None = None,
 ) -> DatasetEmbeddings:
     """Embed every query and candidate of ``tables`` language by language, reusing blocks (and shards of blocks
     larger than ``shard_size`` texts) cached in ``cache_dir`` (``embeddings_cache_dir()``, i.e.
-    ``$HBIR_CACHE_DIR/embeddings``, for the default; None: no cache)."""
+    ``$HBIR_CACHE_DIR/embeddings``, for the default; None: no cache). With ``into`` (a folder) the candidates'
+    vectors are written to ``into/candidates.npy`` a shard at a time and never held whole, the queries' to
+    ``into/queries.npy`` (``load_vectors``); without it, all are returned in memory."""
     queries, cands = tables.queries, tables.candidates
     log(f"embedding {tables.name}: {len(queries)} queries, {len(cands)} candidates ({candidates})")
+    shape = (len(cands), encoder.hidden_size)
     vectors = {
         "query": np.empty((len(queries), encoder.hidden_size), dtype=np.float32),
-        "passage": np.empty((len(cands), encoder.hidden_size), dtype=np.float32),
+        "passage": np.empty(shape, dtype=np.float32) if into is None else VectorFile.create(into / CANDIDATES, shape),
     }
     done, total, languages = 0, len(queries) + len(cands), tables.languages
     for block in dataset_blocks(tables, candidates):
-        vectors[block.kind][block.rows] = embed_texts(
+        pieces = embedded_pieces(
             encoder, model_fp, block.texts, block.kind, block.contexts, batch_size, cache_dir, block.lang, shard_size
         )
+        for rows, piece in pieces:
+            vectors[block.kind][block.rows[rows]] = piece
         done += len(block.rows)
         language_rows = (queries["lang"] == block.lang).sum() + (cands["lang"] == block.lang).sum()
         if block.kind == "passage" or language_rows == len(block.rows):  # the language's last block
             # a line per language: in a log (a Prefect worker, no terminal) the bars show nothing for minutes
             counted = f"{languages.index(block.lang) + 1}/{len(languages)} languages"
             log(f"embedded {tables.name} {block.lang} ({counted}, {done}/{total} texts)")
+    if into is not None:
+        _save_npy(into / QUERIES, vectors["query"])
     return DatasetEmbeddings(vectors["query"], vectors["passage"])
 
 
@@ -273,16 +283,35 @@ def embed_texts(
     label: str = "",
     shard_size: int | None = None,
 ) -> np.ndarray:
-    """Embeddings (N, H) of ``texts``, read from ``cache_dir`` when this exact block was encoded before; in shards
-    of about ``shard_size`` texts when there are more, each read from the cache when it is there (module doc)."""
+    """Embeddings (N, H) of ``texts``: the pieces of ``embedded_pieces`` put together."""
+    vectors = np.empty((len(texts), encoder.hidden_size), dtype=np.float32)
+    for rows, piece in embedded_pieces(encoder, model_fp, texts, kind, contexts, batch_size, cache_dir, label,
+                                       shard_size):  # fmt: skip
+        vectors[rows] = piece
+    return vectors
+
+
+def embedded_pieces(
+    encoder: TextEncoder,
+    model_fp: str,
+    texts: list[str],
+    kind: TextKind,
+    contexts: list[str] | None,
+    batch_size: int,
+    cache_dir: Path | None,
+    label: str,
+    shard_size: int | None,
+) -> Iterator[tuple[np.ndarray | slice, np.ndarray]]:
+    """The embeddings of ``texts`` a piece at a time, (rows of ``texts``, their vectors): the whole block when
+    ``cache_dir`` holds this exact block, else its shards of about ``shard_size`` texts (the block when it has no
+    more), each read from the cache when it is there and encoded (and cached) when not (module doc)."""
     name = block_name(encoder, model_fp, texts, kind, contexts)
     if cache_dir is not None and (Path(cache_dir) / f"{name}.npy").exists():
-        return np.load(Path(cache_dir) / f"{name}.npy")
-    vectors = np.empty((len(texts), encoder.hidden_size), dtype=np.float32)
+        yield slice(None), np.load(Path(cache_dir) / f"{name}.npy")
+        return
     for rows, job in block_jobs(encoder, name, texts, kind, contexts, batch_size, cache_dir, label, shard_size):
         cached = job.path is not None and job.path.exists()
-        vectors[rows] = np.load(job.path) if cached else run_embedding_job(encoder, job, batch_size)
-    return vectors
+        yield rows, np.load(job.path) if cached else run_embedding_job(encoder, job, batch_size)
 
 
 def shard_rows(lengths: list[int], batch_size: int, shard_size: int) -> list[np.ndarray]:
@@ -298,17 +327,7 @@ def _save_npy(path: Path, vectors: np.ndarray) -> None:
         np.save(stream, vectors)
 
 
-def save_vectors(path: Path, vectors: DatasetEmbeddings) -> Path:
-    """Write a dataset's embeddings to ``path`` (``.npz``: queries, candidates)."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as stream:
-            np.savez(stream, queries=vectors.queries, candidates=vectors.candidates)
-
-    return write_file(path, write)
-
-
-def load_vectors(path: str | Path) -> DatasetEmbeddings:
-    """The embeddings ``save_vectors`` wrote."""
-    with np.load(path) as saved:
-        return DatasetEmbeddings(saved["queries"], saved["candidates"])
+def load_vectors(folder: str | Path) -> DatasetEmbeddings:
+    """The embeddings ``embed_dataset(..., into=folder)`` wrote: the queries' in memory, the candidates' as a
+    ``VectorFile`` (read a block at a time by indexing and evaluation)."""
+    return DatasetEmbeddings(np.load(Path(folder) / QUERIES), VectorFile(Path(folder) / CANDIDATES))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import faiss
 import numpy as np
@@ -33,9 +34,10 @@ from tasks.embedding import DatasetEmbeddings
 from tasks.indexing import build_index, search
 from tasks.tables import DatasetTables, positions_in
 
-QUERY_CHUNK = 512  # query rows scored at once against the pool: 512 x 20k candidates = 40 MB of scores
-SCORE_CELLS = 2**25  # at most this many scores at once (128 MB), so that a large pool takes fewer query rows
-POOL_BLOCK = 32768  # pool rows converted to float64 at once: 512 x 32k float64 products = 128 MB
+POOL_BLOCK = 32768  # pool rows read and converted to float64 at once (384-d: 100 MB)
+QUERY_ROWS = 1024  # query rows scored at once against a block: 1024 x 32k float32 scores = 128 MB
+QUERY_CHUNK = 512  # tasks.rankings: query rows scored at once against the whole pool
+SCORE_CELLS = 2**25  # tasks.rankings: at most this many scores at once (128 MB): a large pool takes fewer queries
 
 
 @dataclass
@@ -79,6 +81,8 @@ def evaluate(
     if eval_cfg.index != "flat" and indexes is None:
         indexes = build_indexes(pool_vectors, corpus, eval_cfg)
     relevant = relevant_pairs(tables, corpus)
+    if eval_cfg.index == "flat":
+        exact = exact_pair_ranks(vectors.queries, pool_vectors, corpus, relevant)
     query_langs = tables.queries["lang"].to_numpy()
     metric_rows, per_query_blocks, bias_rows = [], [], []
     for query_lang in [lang for lang in corpus.langs if (query_langs == lang).any()]:
@@ -86,15 +90,15 @@ def evaluate(
         targets = relevant_by_corpus(relevant[relevant["query_lang"] == query_lang], query_rows, corpus)
         query_vectors = vectors.queries[query_rows]
         if eval_cfg.index == "flat":
-            ranked = exact_ranks(query_vectors, pool_vectors, corpus, targets)
+            ranked = {corpus_lang: exact.ranks_of(target.pair, corpus_lang) for corpus_lang, target in targets.items()}
         else:
             ranked = {
                 corpus_lang: searched_ranks(search(indexes[corpus_lang], query_vectors[keep], eval_cfg.depth)[1], rel)
-                for corpus_lang, (rel, keep) in targets.items()
+                for corpus_lang, (rel, keep, _) in targets.items()
             }
         qids = tables.queries["qid"].to_numpy()[query_rows]
         for corpus_lang, (ranks, rel_ge) in ranked.items():
-            rel, keep = targets[corpus_lang]
+            rel, keep, _ = targets[corpus_lang]
             setting = "multi" if corpus_lang == POOL else "mono" if corpus_lang == query_lang else "cross"
             key = {"dataset": tables.name, "setting": setting, "query_lang": query_lang, "corpus_lang": corpus_lang}
             values = metrics_from_ranks(ranks, rel_ge, (rel >= 0).sum(axis=1))
@@ -135,11 +139,8 @@ def relevant_pairs(tables: DatasetTables, corpus: Corpus) -> pd.DataFrame:
     return pairs
 
 
-def relevant_by_corpus(
-    pairs: pd.DataFrame, query_rows: np.ndarray, corpus: Corpus
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """For each corpus language and the pool: the relevant candidates of the queries that have one there, as
-    columns of that corpus block (n, R) padded with -1, and which of ``query_rows`` they are (a mask)."""
+def relevant_by_corpus(pairs: pd.DataFrame, query_rows: np.ndarray, corpus: Corpus) -> dict[str, Relevant]:
+    """For each corpus language and the pool, the relevant candidates of ``query_rows`` there (``Relevant``)."""
     blocks = dict(tuple(pairs.groupby("corpus_lang", sort=False)))
     targets = {lang: padded(blocks[lang], query_rows, corpus.starts[lang]) for lang in corpus.langs if lang in blocks}
     if len(pairs):
@@ -147,74 +148,128 @@ def relevant_by_corpus(
     return targets
 
 
-def padded(pairs: pd.DataFrame, query_rows: np.ndarray, block_start: int) -> tuple[np.ndarray, np.ndarray]:
+class Relevant(NamedTuple):
+    """The relevant candidates of the queries that have one in a corpus (a language's block, or the pool)."""
+
+    rel: np.ndarray  # (n, R) columns of the corpus block, -1: padding
+    keep: np.ndarray  # which of the query rows asked about are these n (a mask)
+    pair: np.ndarray  # (n, R) rows of ``relevant_pairs``' table, -1: padding
+
+
+def padded(pairs: pd.DataFrame, query_rows: np.ndarray, block_start: int) -> Relevant:
     row = np.searchsorted(query_rows, pairs["query_row"].to_numpy())
     slot = pairs.groupby("query_row").cumcount().to_numpy()
     rel = np.full((len(query_rows), int(slot.max()) + 1), -1, dtype=np.int64)
     rel[row, slot] = pairs["pool_position"].to_numpy() - block_start
+    pair = np.full(rel.shape, -1, dtype=np.int64)
+    pair[row, slot] = pairs.index.to_numpy()  # the labels of relevant_pairs' table: its row numbers
     keep = (rel >= 0).any(axis=1)
-    return rel[keep], keep
+    return Relevant(rel[keep], keep, pair[keep])
 
 
-def exact_ranks(
-    queries: np.ndarray, pool: np.ndarray, corpus: Corpus, targets: dict[str, tuple[np.ndarray, np.ndarray]]
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """For each corpus in ``targets``: the ranks of each query's relevant candidates over the whole corpus (inf for
-    padding), and for each the number of relevant candidates scoring at least as high (AP's numerator). Every query
-    is scored against the pool once; a language's corpus is its block of the pool."""
-    out = {lang: (np.full(rel.shape, np.inf), np.zeros(rel.shape)) for lang, (rel, _) in targets.items()}
-    rows_at_once = query_chunk(len(pool))
-    for start in range(0, len(queries), rows_at_once):
-        chunk = slice(start, start + rows_at_once)
-        scores = exact_scores(queries[chunk], pool)
-        for lang, (rel, keep) in targets.items():
-            rows = slice(int(keep[: chunk.start].sum()), int(keep[: chunk.stop].sum()))  # rel rows of this chunk
-            ranks, rel_ge = out[lang]
-            queried = scores if keep[chunk].all() else scores[keep[chunk]]
-            ranks[rows], rel_ge[rows] = ranks_in(queried[:, corpus.block(lang)], rel[rows])
-    return out
+@dataclass(frozen=True)
+class ExactRanks:
+    """Per row of ``relevant_pairs``' table: the pair's score, and the number of candidates scoring at least as high
+    in the candidate's language (``lang_rank``) and in the pool (``pool_rank``): its ranks there, ties pessimistic."""
+
+    score: np.ndarray  # float32
+    lang_rank: np.ndarray
+    pool_rank: np.ndarray
+
+    def ranks_of(self, pair: np.ndarray, corpus_lang: str) -> tuple[np.ndarray, np.ndarray]:
+        """Ranks (n, R) of the pairs ``pair`` (-1: padding, rank inf) in ``corpus_lang``'s corpus (``'all'``: the
+        pool), and for each the number of its row's pairs scoring at least as high (AP's numerator; padding 0)."""
+        padding = pair < 0
+        ranks = self.pool_rank if corpus_lang == POOL else self.lang_rank
+        thresholds = np.where(padding, -np.inf, self.score[pair])
+        rel_ge = (thresholds[:, None, :] >= thresholds[:, :, None]).sum(axis=2).astype(np.float64)
+        rel_ge[padding] = 0.0
+        return np.where(padding, np.inf, ranks[pair]), rel_ge
+
+
+def exact_pair_ranks(queries: np.ndarray, pool, corpus: Corpus, pairs: pd.DataFrame) -> ExactRanks:
+    """The exact ranks of every relevant pair (row of ``pairs``) in its language and in the pool, in one pass.
+
+    The pool (an array or a ``VectorFile``, in pool order) is read POOL_BLOCK candidates of one language at a time,
+    and each block is scored against every query that has a relevant candidate, QUERY_ROWS of them at once; each
+    pair's counts of candidates scoring at least its score grow block by block (``counts_at_least``). Memory is one
+    block and its scores, whatever the pool's size, and the pool is read once.
+    """
+    if not len(pairs):
+        return ExactRanks(np.empty(0, np.float32), np.empty(0, np.int64), np.empty(0, np.int64))
+    asking = np.unique(pairs["query_row"].to_numpy())
+    slots = padded(pairs, asking, 0).pair  # (n_asking, R); each query asking has a pair, so no row is dropped
+    score = pair_scores(queries, pool, pairs, asking, slots)
+    thresholds = np.where(slots >= 0, score[slots], np.inf)  # inf: a padding slot counts nothing
+    codes = {lang: code for code, lang in enumerate(corpus.langs)}
+    pair_lang = pairs["corpus_lang"].map(codes).to_numpy()
+    lang_rank, pool_rank = np.zeros(len(pairs), dtype=np.int64), np.zeros(len(pairs), dtype=np.int64)
+    for lang in corpus.langs:
+        block = corpus.block(lang)
+        for start in range(block.start, block.stop, POOL_BLOCK):
+            candidates = np.asarray(pool[start : min(start + POOL_BLOCK, block.stop)], dtype=np.float64)
+            for first in range(0, len(asking), QUERY_ROWS):
+                rows = slice(first, first + QUERY_ROWS)
+                scores = (queries[asking[rows]].astype(np.float64) @ candidates.T).astype(np.float32)
+                filled = slots[rows] >= 0
+                ids, counts = slots[rows][filled], counts_at_least(scores, thresholds[rows])[filled]
+                pool_rank[ids] += counts
+                lang_rank[ids] += np.where(pair_lang[ids] == codes[lang], counts, 0)
+    return ExactRanks(score, lang_rank, pool_rank)
+
+
+def pair_scores(queries: np.ndarray, pool, pairs: pd.DataFrame, asking: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """The score (float32) of each row of ``pairs``, as ``exact_scores`` computes it: QUERY_ROWS queries against
+    their relevant candidates at a time (read from ``pool`` together)."""
+    score = np.empty(len(pairs), dtype=np.float32)
+    positions = pairs["pool_position"].to_numpy()
+    for first in range(0, len(asking), QUERY_ROWS):
+        rows = slice(first, first + QUERY_ROWS)
+        filled = slots[rows] >= 0
+        ids = slots[rows][filled]
+        wanted, column = np.unique(positions[ids], return_inverse=True)
+        scores = exact_scores(queries[asking[rows]], pool[wanted])
+        score[ids] = scores[np.nonzero(filled)[0], column]
+    return score
+
+
+def counts_at_least(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """(n, R): per row of ``scores`` (n, N), how many of its scores are at least each of its ``thresholds`` (n, R;
+    inf counts none).
+
+    One threshold column at a time, so that nothing is larger than one (n, N) mask. Only scores at least a row's
+    lowest threshold can count: when they are few (a trained model ranks its relevant candidates high) the counts
+    run over those alone; when many (a random model's relevant candidates sit mid-pool), over the whole rows.
+    """
+    n, width = thresholds.shape
+    above = scores >= thresholds.min(axis=1, keepdims=True)
+    counts = np.empty((n, width), dtype=np.int64)
+    if np.count_nonzero(above) < above.size // 4:
+        row, column = np.nonzero(above)
+        contenders = scores[row, column]
+        for j in range(width):
+            counts[:, j] = np.bincount(row[contenders >= thresholds[row, j]], minlength=n)
+    else:
+        for j in range(width):
+            counts[:, j] = np.count_nonzero(scores >= thresholds[:, j : j + 1], axis=1)
+    return counts
 
 
 def query_chunk(pool_size: int) -> int:
-    """How many queries are scored at once against a pool of ``pool_size``: QUERY_CHUNK, fewer for a pool so large
-    that their scores would pass SCORE_CELLS (1M candidates: 33 queries), so memory does not grow with the pool."""
+    """How many queries ``tasks.rankings`` scores at once against a pool of ``pool_size``: QUERY_CHUNK, fewer for a
+    pool so large that their scores would pass SCORE_CELLS (1M candidates: 33 queries)."""
     return max(1, min(QUERY_CHUNK, SCORE_CELLS // max(pool_size, 1)))
 
 
-def exact_scores(queries: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    """Scores (n, N) float32 of queries (n, d) against the pool (N, d): float64 products rounded to float32, the
-    same for identical vectors at any position (module docstring)."""
+def exact_scores(queries: np.ndarray, pool) -> np.ndarray:
+    """Scores (n, N) float32 of queries (n, d) against the pool (N, d; an array or a ``VectorFile``): float64
+    products rounded to float32, the same for identical vectors at any position (module docstring)."""
     queries64 = queries.astype(np.float64)
     scores = np.empty((len(queries), len(pool)), dtype=np.float32)
     for start in range(0, len(pool), POOL_BLOCK):
         block = slice(start, start + POOL_BLOCK)
-        scores[:, block] = queries64 @ pool[block].astype(np.float64).T
+        scores[:, block] = queries64 @ np.asarray(pool[block], dtype=np.float64).T
     return scores
-
-
-def ranks_in(scores: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks (n, R) of the relevant columns ``rel`` (-1: padding) in rows of ``scores`` (n, N), and for each the
-    number of relevant columns scoring at least as high.
-
-    A rank is a count of the candidates scoring at least the relevant one's score, made one relevant column at a
-    time, so that nothing beyond ``scores`` is larger than one (n, N) mask, wherever the relevant candidates sit (a
-    random model's sit mid-pool, half the pool above them). Only candidates scoring at least a query's lowest
-    relevant score can count, so when they are few (a trained model) the counts run over those columns alone.
-    """
-    n, width = rel.shape
-    padding = rel < 0
-    thresholds = np.take_along_axis(scores, np.maximum(rel, 0), axis=1)  # (n, R), the scores' own float32
-    lowest = np.where(padding, np.inf, thresholds).min(axis=1, keepdims=True)
-    columns = np.flatnonzero((scores >= lowest).any(axis=0))
-    contenders = scores[:, columns] if len(columns) < scores.shape[1] // 4 else scores
-    ranks = np.empty((n, width))
-    for j in range(width):
-        ranks[:, j] = np.count_nonzero(contenders >= thresholds[:, j : j + 1], axis=1)
-    ranks[padding] = np.inf
-    valid = np.where(padding, -np.inf, thresholds)
-    rel_ge = (valid[:, None, :] >= thresholds[:, :, None]).sum(axis=2).astype(np.float64)
-    rel_ge[padding] = 0.0
-    return ranks, rel_ge
 
 
 def searched_ranks(found: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -266,7 +321,7 @@ def language_bias(ranks: np.ndarray, rel: np.ndarray, corpus: Corpus, query_lang
     return summary, spread[has_two], has_two
 
 
-def build_indexes(pool_vectors: np.ndarray, corpus: Corpus, eval_cfg: EvalConfig) -> dict:
+def build_indexes(pool_vectors, corpus: Corpus, eval_cfg: EvalConfig) -> dict:
     """One faiss index per corpus language and one for the pool, by corpus_lang ('all' for the pool)."""
     return dict(indexes_one_at_a_time(pool_vectors, corpus, eval_cfg))
 

@@ -24,8 +24,11 @@ IVF_MIN_POINTS_PER_CLUSTER = 39  # below this faiss's k-means warns and clusters
 ADD_CHUNK = 65_536  # vectors added to a factory index at a time
 
 
-def build_index(vectors: np.ndarray, eval_cfg: EvalConfig, seed: int = 0) -> faiss.Index:
-    """An index of ``eval_cfg.index`` kind holding ``vectors`` (n, d) float32, ids 0..n-1 in row order."""
+def build_index(vectors, eval_cfg: EvalConfig, seed: int = 0) -> faiss.Index:
+    """An index of ``eval_cfg.index`` kind holding ``vectors`` (n, d) float32, ids 0..n-1 in row order; a
+    ``VectorFile`` is read whole, but by a factory index (``factory_index``) a sample and a chunk at a time."""
+    if eval_cfg.index not in ("flat", "hnsw", "ivf"):
+        return factory_index(vectors, eval_cfg, seed)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     if eval_cfg.index == "flat":
@@ -34,8 +37,6 @@ def build_index(vectors: np.ndarray, eval_cfg: EvalConfig, seed: int = 0) -> fai
         index = faiss.IndexHNSWFlat(dim, eval_cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = eval_cfg.hnsw_ef_construction
         index.hnsw.efSearch = eval_cfg.hnsw_ef_search
-    elif eval_cfg.index != "ivf":
-        return factory_index(vectors, eval_cfg, seed)
     else:
         nlist = ivf_nlist(n, eval_cfg.ivf_nlist)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -46,7 +47,7 @@ def build_index(vectors: np.ndarray, eval_cfg: EvalConfig, seed: int = 0) -> fai
     return index
 
 
-def factory_index(vectors: np.ndarray, eval_cfg: EvalConfig, seed: int = 0) -> faiss.Index:
+def factory_index(vectors, eval_cfg: EvalConfig, seed: int = 0) -> faiss.Index:
     """An index of the faiss ``index_factory`` string ``eval.index``, trained on at most ``eval.index_train_sample``
     of ``vectors`` (drawn with ``seed``), holding all of them, with nprobe / efSearch from the config."""
     n, dim = vectors.shape
@@ -58,11 +59,10 @@ def factory_index(vectors: np.ndarray, eval_cfg: EvalConfig, seed: int = 0) -> f
         if hasattr(ivf, "do_polysemous_training"):  # IVF-PQ: polysemous codes (faiss's default) take 5x longer
             ivf.do_polysemous_training = False  # to train, and hbir never searches with them
         if not index.is_trained:
-            sample = vectors
+            rows = np.arange(n)
             if n > eval_cfg.index_train_sample:
-                rows = np.random.default_rng(seed).choice(n, eval_cfg.index_train_sample, replace=False)
-                sample = vectors[np.sort(rows)]
-            index.train(sample)
+                rows = np.sort(np.random.default_rng(seed).choice(n, eval_cfg.index_train_sample, replace=False))
+            index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
     except RuntimeError as error:
         reason = str(error).strip().split("Error: ")[-1][:200]
         raise ConfigError(
@@ -76,7 +76,7 @@ def factory_index(vectors: np.ndarray, eval_cfg: EvalConfig, seed: int = 0) -> f
     if "HNSW" in eval_cfg.index:
         space.set_index_parameter(index, "efSearch", eval_cfg.hnsw_ef_search)
     for start in range(0, n, ADD_CHUNK):  # added in chunks: no second copy of the pool in faiss's format at once
-        index.add(vectors[start : start + ADD_CHUNK])
+        index.add(np.ascontiguousarray(vectors[start : start + ADD_CHUNK], dtype=np.float32))
     return index
 
 

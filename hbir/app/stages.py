@@ -273,9 +273,9 @@ def embed(config: Config, run_id: str, model_dir: str, tables_dir: str, log: Log
 
 
 def embed_tables(config: Config, model_dir: str, tables_dir: str, log: Log = print) -> str:
-    """Embeddings of a dataset's queries and candidates (``.npz``: queries, candidates), read from the embedding
-    cache when the model, texts, prefixes and candidate mode are unchanged; returns the file."""
-    from tasks.embedding import embed_dataset, load_text_encoder, model_fingerprint, save_vectors
+    """Embeddings of a dataset's queries and candidates (a folder: ``tasks.embedding.load_vectors``), read from the
+    embedding cache when the model, texts, prefixes and candidate mode are unchanged; returns the folder."""
+    from tasks.embedding import embed_dataset, load_text_encoder, model_fingerprint
     from tasks.training import pick_device
 
     tables = load_tables(tables_dir, texts=False)  # the candidates' texts are read a language at a time
@@ -285,11 +285,15 @@ def embed_tables(config: Config, model_dir: str, tables_dir: str, log: Log = pri
     eval_cfg = config.eval
     # on a Dask cluster the workers hand their vectors back through the cache: it is read whatever cache_embeddings
     cache_dir = embeddings_cache_dir() if eval_cfg.cache_embeddings or eval_cfg.task_runner == "dask" else None
-    vectors = embed_dataset(
-        encoder, fingerprint, tables, eval_cfg.candidates, eval_cfg.batch_size, cache_dir, log, eval_cfg.shard_size
-    )
     key = embed_key(fingerprint, tables_dir, config, encoder.encoding)
-    return str(save_vectors(embeddings_cache_dir() / "datasets" / f"{key}.npz", vectors))
+
+    def write(folder: Path) -> None:
+        embed_dataset(
+            encoder, fingerprint, tables, eval_cfg.candidates, eval_cfg.batch_size, cache_dir, log,
+            eval_cfg.shard_size, into=folder,
+        )  # fmt: skip
+
+    return str(replace_dir(embeddings_cache_dir() / "datasets" / key, write))
 
 
 def embedding_jobs(config: Config, model_dir: str, tables_dir: str) -> list:

@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 
+from tasks.embedding import load_vectors
 from tests.flows.test_train_eval import hbir_run, rows
 
 pytest.importorskip("prefect_dask")
@@ -18,9 +19,9 @@ ON_DASK = ("--set", "eval.task_runner=dask", "--set", "eval.dask_workers=2")
 
 
 def dataset_vectors(cache) -> dict[str, np.ndarray]:
-    (path,) = (cache / "embeddings" / "datasets").glob("*.npz")
-    with np.load(path) as saved:
-        return {name: saved[name] for name in ("queries", "candidates")}
+    (folder,) = (cache / "embeddings" / "datasets").iterdir()
+    vectors = load_vectors(folder)
+    return {"queries": vectors.queries, "candidates": np.asarray(vectors.candidates)}
 
 
 def test_dask_gives_the_in_process_vectors_and_reembeds_only_missing_shards(three_language_data, tmp_path):

@@ -20,6 +20,7 @@ from tasks.evaluation import build_indexes, evaluate, exact_scores, order_corpus
 from tasks.indexing import build_index, load_index, save_index, search
 from tasks.ingest import ingest_dataset
 from tasks.tables import CANDIDATE_COLUMNS, QREL_COLUMNS, QUERY_COLUMNS, DatasetTables, frame
+from tasks.vector_file import VectorFile
 
 IR_MEASURES = {"mrr@10": RR @ 10, "recall@1": R @ 1, "recall@10": R @ 10, "recall@100": R @ 100, "ndcg@10": nDCG @ 10}
 
@@ -258,15 +259,36 @@ def test_a_repeated_candidate_ties_with_its_copy_wherever_it_sits():
         np.testing.assert_array_equal(scores[:, row], scores[:, 0])
 
 
-def test_a_large_pool_is_scored_a_few_queries_at_a_time_with_the_same_metrics(xquad, monkeypatch):
+def test_a_pool_read_a_block_at_a_time_from_its_file_gives_the_same_metrics(xquad, tmp_path, monkeypatch):
     xquad = three_languages(xquad)
     vectors = informative_vectors(xquad)
-    assert evaluation.query_chunk(13_090) == 512 and evaluation.query_chunk(1_000_000) == 33  # 128 MB of scores
     whole = evaluate(xquad, vectors, EvalConfig()).metrics
-    monkeypatch.setattr(evaluation, "SCORE_CELLS", 7 * len(xquad.candidates))  # 7 queries at a time
-    assert evaluation.query_chunk(len(xquad.candidates)) == 7
-    chunked = evaluate(xquad, vectors, EvalConfig()).metrics
-    pd.testing.assert_frame_equal(whole, chunked)
+    np.save(tmp_path / "candidates.npy", vectors.candidates)
+    on_disk = DatasetEmbeddings(vectors.queries, VectorFile(tmp_path / "candidates.npy"))
+    monkeypatch.setattr(evaluation, "POOL_BLOCK", 500)  # blocks that end inside a language and at its end
+    monkeypatch.setattr(evaluation, "QUERY_ROWS", 7)
+    pd.testing.assert_frame_equal(whole, evaluate(xquad, on_disk, EvalConfig()).metrics)
+    exhaustive = EvalConfig(index="IVF8,Flat", ivf_nprobe=8, depth=len(xquad.candidates))  # read by the index too
+    pd.testing.assert_frame_equal(
+        evaluate(xquad, vectors, exhaustive).metrics, evaluate(xquad, on_disk, exhaustive).metrics
+    )
+
+
+def test_a_vector_file_reads_rows_as_numpy_indexes_them(tmp_path):
+    rows = np.random.default_rng(0).standard_normal((100, 4)).astype(np.float32)
+    np.save(tmp_path / "v.npy", rows)
+    file = VectorFile(tmp_path / "v.npy")
+    view = file[10:60][5:]  # views of views: nothing read yet
+    assert isinstance(view, VectorFile) and view.shape == (45, 4) and len(file[90:200]) == 10
+    np.testing.assert_array_equal(np.asarray(view), rows[15:60])
+    np.testing.assert_array_equal(view[[0, 44, 3]], rows[[15, 59, 18]])
+    np.testing.assert_array_equal(np.asarray(view, dtype=np.float64), rows[15:60].astype(np.float64))
+    written = VectorFile.create(tmp_path / "w.npy", (100, 4))
+    written[np.arange(50, 100)] = rows[50:]
+    written[10:20][np.arange(10)] = rows[10:20]
+    expected = np.zeros_like(rows)
+    expected[10:20], expected[50:] = rows[10:20], rows[50:]
+    np.testing.assert_array_equal(np.load(tmp_path / "w.npy"), expected)
 
 
 @pytest.mark.parametrize("relevant_score", ["high", "mid-pool"])  # a trained model's ranks; a random model's
@@ -278,14 +300,10 @@ def test_ranks_are_counts_of_candidates_scoring_at_least_as_high_with_ties_and_p
     rel[:10, 4] = -1  # padding
     if relevant_score == "high":
         scores[np.arange(40)[:, None], np.maximum(rel, 0)] = np.round(rng.uniform(0.95, 1, (40, 5)), 2)
-    ranks, rel_ge = evaluation.ranks_in(scores, rel)
+    thresholds = np.where(rel >= 0, np.take_along_axis(scores, np.maximum(rel, 0), axis=1), np.inf)
+    counts = evaluation.counts_at_least(scores, thresholds)
     for i, j in np.ndindex(*rel.shape):
-        if rel[i, j] < 0:
-            assert ranks[i, j] == np.inf and rel_ge[i, j] == 0
-            continue
-        score = scores[i, rel[i, j]]
-        assert ranks[i, j] == np.count_nonzero(scores[i] >= score)
-        assert rel_ge[i, j] == np.count_nonzero(scores[i, rel[i][rel[i] >= 0]] >= score)
+        assert counts[i, j] == (np.count_nonzero(scores[i] >= scores[i, rel[i, j]]) if rel[i, j] >= 0 else 0)
 
 
 def test_candidates_in_any_row_order_give_the_same_metrics_and_a_language_grouped_pool_is_not_copied(xquad):

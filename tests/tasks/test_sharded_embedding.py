@@ -6,9 +6,10 @@ import pytest
 
 from hbir.core.config import DEFAULT_LANGUAGES
 from models.encoder import BiEncoder
-from tasks.embedding import embed_dataset, embed_texts, shard_rows
+from tasks.embedding import embed_dataset, embed_texts, load_vectors, shard_rows
 from tasks.ingest import ingest_dataset
 from tasks.tables import DatasetTables, load_tables, save_tables
+from tasks.vector_file import VectorFile
 
 BATCH = 16
 
@@ -73,6 +74,15 @@ def test_a_dataset_embedded_in_shards_equals_one_embedded_at_once(encoder, lareq
     sharded = embed_dataset(encoder, "tiny", tables, "sentence", BATCH, tmp_path, quiet, shard_size=250)
     assert np.array_equal(at_once.queries, sharded.queries)
     assert np.array_equal(at_once.candidates, sharded.candidates)
+    # written to a folder shard by shard (the stages' way), read back: the same vectors, the candidates on disk
+    (tmp_path / "vectors").mkdir()
+    embed_dataset(
+        encoder, "tiny", tables, "sentence", BATCH, tmp_path, quiet, shard_size=250, into=tmp_path / "vectors"
+    )
+    on_disk = load_vectors(tmp_path / "vectors")
+    assert isinstance(on_disk.candidates, VectorFile) and on_disk.candidates.shape == at_once.candidates.shape
+    assert np.array_equal(on_disk.queries, at_once.queries)
+    assert np.array_equal(np.asarray(on_disk.candidates), at_once.candidates)
 
 
 def test_tables_read_back_without_texts_embed_to_the_same_vectors(encoder, lareqa_dir, tmp_path):
