@@ -4,6 +4,8 @@
     vectors = embed_dataset(encoder, model_fingerprint(model_dir), tables, "sentence", cache_dir=embeddings_cache_dir())
     vectors.queries[i]     # the embedding of tables.queries row i, float32, unit length
     vectors.candidates[j]  # of tables.candidates row j
+    embed_dataset(encoder, fingerprint, tables, into=folder)   # the same, written to folder (candidates shard by
+    vectors = load_vectors(folder)                             # shard), read back: candidates as a VectorFile
 
 The encoder is the one ``model.backend`` names (``resolve_backend``): PyTorch's ``BiEncoder``, or ONNX Runtime's
 ``OnnxEncoder`` in float32 or int8. Each (dataset, language, queries | candidates) block is one cache file named by
@@ -13,7 +15,8 @@ renamed (``hbir.core.files``), so a killed run leaves no half-written cache.
 
 A block of more than ``shard_size`` texts is embedded in shards, each its own cache file (the block's key, the shard
 number, the shard and batch sizes), so a killed run started again embeds only the shards that are missing; peak
-memory is that of one shard's encoding. The texts are put in the order ``BiEncoder.embed`` batches them in (by token
+memory is that of one shard's encoding (with ``into``: the candidates' vectors go to disk a shard at a time, and the
+pool is never whole in memory). The texts are put in the order ``BiEncoder.embed`` batches them in (by token
 count) and cut at multiples of the batch size, so every encoder batch is the one the one-shot path makes and the
 vectors are identical.
 """

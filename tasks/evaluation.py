@@ -13,7 +13,10 @@ the whole corpus is known and mAP is exact. Ranks are 1-based and ties are pessi
 is the number of candidates scoring at least as high, and average precision takes a tie group at once, as sklearn's
 ``average_precision_score`` (LAReQA's mAP) does. A score is the dot product of the float32 vectors computed in
 float64 and rounded to float32, so that identical vectors (repeated texts) tie wherever they sit: float32 matrix
-products sum in an order that depends on a row's position and break such ties by an ulp. With an approximate index
+products sum in an order that depends on a row's position and break such ties by an ulp (a relevant candidate's own
+score, computed apart from the pass over the pool, is the one that pass gives it for the same reason). The pool is
+read once, a block at a time (``exact_pair_ranks``), so it may be a ``VectorFile`` larger than memory. With an
+approximate index
 (``ivf``, ``hnsw``) the ranks come from a faiss search to ``eval.depth``; relevant candidates below it count as not
 retrieved.
 """

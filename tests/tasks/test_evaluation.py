@@ -274,7 +274,7 @@ def test_a_pool_read_a_block_at_a_time_from_its_file_gives_the_same_metrics(xqua
     )
 
 
-def test_a_vector_file_reads_rows_as_numpy_indexes_them(tmp_path):
+def test_a_vector_file_reads_rows_as_numpy_indexes_them_from_the_file_it_opened(tmp_path):
     rows = np.random.default_rng(0).standard_normal((100, 4)).astype(np.float32)
     np.save(tmp_path / "v.npy", rows)
     file = VectorFile(tmp_path / "v.npy")
@@ -283,6 +283,11 @@ def test_a_vector_file_reads_rows_as_numpy_indexes_them(tmp_path):
     np.testing.assert_array_equal(np.asarray(view), rows[15:60])
     np.testing.assert_array_equal(view[[0, 44, 3]], rows[[15, 59, 18]])
     np.testing.assert_array_equal(np.asarray(view, dtype=np.float64), rows[15:60].astype(np.float64))
+    with pytest.raises(IndexError, match="outside 0..44"):
+        view[[45]]
+    (tmp_path / "v.npy").unlink()  # the folder replaced by another run meanwhile: the open file is still read
+    np.save(tmp_path / "v.npy", -rows)
+    np.testing.assert_array_equal(np.asarray(view), rows[15:60])
     written = VectorFile.create(tmp_path / "w.npy", (100, 4))
     written[np.arange(50, 100)] = rows[50:]
     written[10:20][np.arange(10)] = rows[10:20]
