@@ -4,6 +4,8 @@ with N shows without a model's constant share or the minutes of encoding.
 
     python benchmarks/stage_memory.py                       # N = 100k and 1M: ~15 min on 2 cores
     python benchmarks/stage_memory.py --n 20000 100000      # a quick run
+    python benchmarks/stage_memory.py --dim 384 --n 1000000 --memory-limit-mib 2048   # e5-small's width, each
+                                                            # stage in a memory cgroup of 2 GiB (as root)
 
 The issue's goal (15): peak RSS flat in N from 100k to 1M. ``distractor_scale.py`` measures the same stages end to
 end with a real (tiny or e5-small) model, in one process; this one isolates each stage:
@@ -45,6 +47,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=32, help="the random vectors' width (the tiny model's: 32)")
     parser.add_argument("--shard-size", type=int, default=50_000, help="eval.shard_size")
     parser.add_argument("--workdir", type=Path, help="keep the folders here (default: a temporary one)")
+    parser.add_argument(
+        "--memory-limit-mib", type=int, help="run each stage in a memory cgroup capped here (RSS and page cache; root)"
+    )
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # internal: run one stage
     parser.add_argument("--tables", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--vectors", type=Path, help=argparse.SUPPRESS)
@@ -74,16 +79,29 @@ def measure(args: argparse.Namespace, n: int, workdir: Path) -> dict[str, dict]:
     config = load_config("cpu", overrides={"data.dir": str(pools), "data.train": [], "data.eval": [f"xquad-r-{n}"]})
     tables = stages.ingest_tables(config, log=lambda _: None)[f"xquad-r-{n}"]
     vectors = workdir / f"vectors-{n}-{args.dim}"
+    limit = memory_cgroup(args.memory_limit_mib) if args.memory_limit_mib else None
+    join = (lambda: (limit / "cgroup.procs").write_text(str(os.getpid()))) if limit else None
     results = {}
     for stage in STAGES:
         command = [sys.executable, __file__, *sys.argv[1:], "--stage", stage, "--tables", str(tables)]
         command += ["--vectors", str(vectors)]
-        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False, preexec_fn=join)
         if done.returncode != 0:
-            sys.exit(f"N={n} {stage} failed (its error above)")
+            killed = f", killed at the {args.memory_limit_mib} MiB limit" if done.returncode == -9 and limit else ""
+            sys.exit(f"N={n} {stage} failed (its error above{killed})")
         results[stage] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"N={n:,} {stage}: {results[stage]['peak_rss_mib']:,.0f} MiB, {results[stage]['s']:.0f} s", flush=True)
     return results
+
+
+def memory_cgroup(limit_mib: int) -> Path:
+    """A new memory cgroup (v2, else v1) capped at ``limit_mib``: what the process maps and the page cache it
+    fills count, and the kernel reclaims file pages (a memory-mapped index, the vectors file) before it kills."""
+    unified = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    group = Path("/sys/fs/cgroup" if unified else "/sys/fs/cgroup/memory") / f"hbir-stage-memory-{os.getpid()}"
+    group.mkdir(exist_ok=True)
+    (group / ("memory.max" if unified else "memory.limit_in_bytes")).write_text(str(limit_mib * 2**20))
+    return group
 
 
 def run_stage(args: argparse.Namespace) -> dict:

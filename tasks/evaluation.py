@@ -68,9 +68,10 @@ class Corpus:
         pools), so that pool position and table row are one."""
         return bool((self.order == np.arange(len(self.order))).all())
 
-    def pool_vectors(self, candidates: np.ndarray) -> np.ndarray:
-        """The candidates' vectors (table row order) in pool order: ``candidates`` itself when the tables list
-        them language by language, else a reordered copy (for a 384-d model at 1M candidates, 1.5 GB more)."""
+    def pool_vectors(self, candidates):
+        """The candidates' vectors (table row order; an array or a ``VectorFile``) in pool order: ``candidates``
+        itself when the tables list them language by language, else a reordered copy in memory (a 384-d model's at
+        1M candidates: 1.5 GB)."""
         return candidates if self.in_table_order else np.ascontiguousarray(candidates[self.order])
 
 
