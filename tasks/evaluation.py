@@ -13,10 +13,10 @@ the whole corpus is known and mAP is exact. Ranks are 1-based and ties are pessi
 is the number of candidates scoring at least as high, and average precision takes a tie group at once, as sklearn's
 ``average_precision_score`` (LAReQA's mAP) does. A score is the dot product of the float32 vectors computed in
 float64 and rounded to float32, so that identical vectors (repeated texts) tie wherever they sit: float32 matrix
-products sum in an order that depends on a row's position and break such ties by an ulp (a relevant candidate's own
-score, computed apart from the pass over the pool, is the one that pass gives it for the same reason). The pool is
-read once, a block at a time (``exact_pair_ranks``), so it may be a ``VectorFile`` larger than memory. With an
-approximate index
+products sum in an order that depends on a row's position and break such ties by an ulp. The pool is read once, a
+block at a time (``exact_pair_ranks``), so it may be a ``VectorFile`` larger than memory; a relevant candidate's own
+score is computed apart (its rank counts those at least that score, itself always included). With an approximate
+index
 (``ivf``, ``hnsw``) the ranks come from a faiss search to ``eval.depth``; relevant candidates below it count as not
 retrieved.
 """
@@ -37,8 +37,8 @@ from tasks.embedding import DatasetEmbeddings
 from tasks.indexing import build_index, search
 from tasks.tables import DatasetTables, positions_in
 
-POOL_BLOCK = 32768  # pool rows read and converted to float64 at once (384-d: 100 MB)
-QUERY_ROWS = 1024  # query rows scored at once against a block: 1024 x 32k float32 scores = 128 MB
+POOL_BLOCK = 32768  # pool rows read and converted to float64 at once (384-d: 96 MiB)
+QUERY_ROWS = 1024  # query rows scored at once against a block: 256 MiB of float64 products, 128 MiB once rounded
 QUERY_CHUNK = 512  # tasks.rankings: query rows scored at once against the whole pool
 SCORE_CELLS = 2**25  # tasks.rankings: at most this many scores at once (128 MB): a large pool takes fewer queries
 
@@ -140,7 +140,7 @@ def relevant_pairs(tables: DatasetTables, corpus: Corpus) -> pd.DataFrame:
         raise ValueError(f"{tables.name}: a qrel names no candidate, e.g. {pairs['cid'][rows < 0].iloc[0]!r}")
     pairs["pool_position"] = pool_position[rows]
     pairs["corpus_lang"] = tables.candidates["lang"].to_numpy()[rows]
-    return pairs
+    return pairs.reset_index(drop=True)  # its labels are its row numbers (``Relevant.pair``, ``ExactRanks``)
 
 
 def relevant_by_corpus(pairs: pd.DataFrame, query_rows: np.ndarray, corpus: Corpus) -> dict[str, Relevant]:
@@ -207,11 +207,14 @@ def exact_pair_ranks(queries: np.ndarray, pool, corpus: Corpus, pairs: pd.DataFr
     thresholds = np.where(slots >= 0, score[slots], np.inf)  # inf: a padding slot counts nothing
     codes = {lang: code for code, lang in enumerate(corpus.langs)}
     pair_lang = pairs["corpus_lang"].map(codes).to_numpy()
+    asker, positions = np.searchsorted(asking, pairs["query_row"].to_numpy()), pairs["pool_position"].to_numpy()
     lang_rank, pool_rank = np.zeros(len(pairs), dtype=np.int64), np.zeros(len(pairs), dtype=np.int64)
     for lang in corpus.langs:
         block = corpus.block(lang)
         for start in range(block.start, block.stop, POOL_BLOCK):
-            candidates = np.asarray(pool[start : min(start + POOL_BLOCK, block.stop)], dtype=np.float64)
+            stop = min(start + POOL_BLOCK, block.stop)
+            candidates = np.asarray(pool[start:stop], dtype=np.float64)
+            inside = np.flatnonzero((positions >= start) & (positions < stop))  # pairs whose candidate is here
             for first in range(0, len(asking), QUERY_ROWS):
                 rows = slice(first, first + QUERY_ROWS)
                 scores = (queries[asking[rows]].astype(np.float64) @ candidates.T).astype(np.float32)
@@ -219,6 +222,12 @@ def exact_pair_ranks(queries: np.ndarray, pool, corpus: Corpus, pairs: pd.DataFr
                 ids, counts = slots[rows][filled], counts_at_least(scores, thresholds[rows])[filled]
                 pool_rank[ids] += counts
                 lang_rank[ids] += np.where(pair_lang[ids] == codes[lang], counts, 0)
+                # a relevant candidate counts itself even when it scores an ulp below its own score here (a
+                # product of another shape can round apart): a rank is never below 1
+                mine = inside[(asker[inside] >= first) & (asker[inside] < first + QUERY_ROWS)]
+                missed = mine[scores[asker[mine] - first, positions[mine] - start] < score[mine]]
+                pool_rank[missed] += 1
+                lang_rank[missed] += 1
     return ExactRanks(score, lang_rank, pool_rank)
 
 

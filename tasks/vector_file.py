@@ -62,7 +62,14 @@ class VectorFile:
             if step != 1:
                 raise ValueError(f"{self.path}: rows are sliced with step 1, not {step}")
             return VectorFile(self.path, self.start + start, self.start + max(start, stop), self._file)
-        rows = np.asarray(key, dtype=np.int64).reshape(-1)
+        if isinstance(key, int | np.integer):
+            return self[[key]][0]
+        rows = np.asarray(key)
+        if rows.dtype == bool:
+            if rows.shape != (len(self),):
+                raise IndexError(f"{self.path}: a mask of {rows.shape} rows for a view of {len(self)}")
+            rows = np.flatnonzero(rows)
+        rows = rows.astype(np.int64).reshape(-1)
         rows = np.where(rows < 0, rows + len(self), rows)
         if not len(rows):
             return np.empty((0, self.dim), dtype=self.dtype)
@@ -96,4 +103,5 @@ class _OpenFile:
         self.stream = open(path, mode)  # open for the views' lifetime (module doc), not in a with block
 
     def __del__(self) -> None:
-        self.stream.close()
+        if hasattr(self, "stream"):  # not when open() failed
+            self.stream.close()

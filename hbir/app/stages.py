@@ -32,7 +32,7 @@ import pandas as pd
 from hbir.app.records import keep_rows, kept_rows, records_failure, source_fingerprint
 from hbir.core.config import MERGE_GRID, Config, EvalConfig, ModelConfig
 from hbir.core.errors import ContractError, HbirError
-from hbir.core.files import file_sha256, replace_dir, write_file
+from hbir.core.files import build_once, file_sha256, replace_dir, write_file
 from hbir.core.names import POOL
 from hbir.core.paths import embeddings_cache_dir, run_dir, tables_cache_dir
 from hbir.core.torchrun import under_torchrun
@@ -274,8 +274,10 @@ def embed(config: Config, run_id: str, model_dir: str, tables_dir: str, log: Log
 
 def embed_tables(config: Config, model_dir: str, tables_dir: str, log: Log = print) -> str:
     """Embeddings of a dataset's queries and candidates (a folder: ``tasks.embedding.load_vectors``), read from the
-    embedding cache when the model, texts, prefixes and candidate mode are unchanged; returns the folder."""
-    from tasks.embedding import embed_dataset, load_text_encoder, model_fingerprint
+    embedding cache when the model, texts, prefixes and candidate mode are unchanged; returns the folder. Its name
+    says what its vectors depend on, so with the cache on a folder already there is used as it is (a run reading it
+    is never pulled from under); with ``eval.cache_embeddings`` off it is embedded and written again."""
+    from tasks.embedding import QUERIES, embed_dataset, load_text_encoder, model_fingerprint
     from tasks.training import pick_device
 
     tables = load_tables(tables_dir, texts=False)  # the candidates' texts are read a language at a time
@@ -293,7 +295,12 @@ def embed_tables(config: Config, model_dir: str, tables_dir: str, log: Log = pri
             eval_cfg.shard_size, into=folder,
         )  # fmt: skip
 
-    return str(replace_dir(embeddings_cache_dir() / "datasets" / key, write))
+    folder = embeddings_cache_dir() / "datasets" / key
+    if cache_dir is None:
+        return str(replace_dir(folder, write))
+    if (folder / QUERIES).exists():
+        log(f"{tables.name}: its vectors by this model and settings are cached in {folder}")
+    return str(build_once(folder, write, marker=QUERIES))
 
 
 def embedding_jobs(config: Config, model_dir: str, tables_dir: str) -> list:

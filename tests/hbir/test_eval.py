@@ -73,11 +73,19 @@ def test_a_second_eval_reads_its_embeddings_from_the_cache(run_hbir, smoke, db_p
     assert run_hbir("eval", *smoke, "--run-id", "first").exit_code == 0
     blocks = {path: path.stat().st_mtime_ns for path in (cache / "embeddings").glob("*.npy")}
     assert len(blocks) == 2 * len(LANGUAGES)  # queries and candidates of each XQuAD-R language
+    (vectors,) = (cache / "embeddings" / "datasets").iterdir()  # the dataset's vectors, put together from them
+    written = (vectors / "candidates.npy").stat().st_mtime_ns
     assert run_hbir("eval", *smoke, "--run-id", "second").exit_code == 0
     assert {path: path.stat().st_mtime_ns for path in (cache / "embeddings").glob("*.npy")} == blocks
+    assert (vectors / "candidates.npy").stat().st_mtime_ns == written  # used as it is
     same = "SELECT count(*) FROM metrics a JOIN metrics b USING (dataset, setting, query_lang, corpus_lang, metric) "
-    same += "WHERE a.run_id = 'first' AND b.run_id = 'second' AND a.value = b.value"
-    assert rows(db_path, same) == [(12 * 6,)]
+    same += "WHERE a.run_id = 'first' AND b.run_id = '{}' AND a.value = b.value"
+    assert rows(db_path, same.format("second")) == [(12 * 6,)]
+    # with the cache off every text is encoded again and the dataset's vectors written again; the blocks stay
+    assert run_hbir("eval", *smoke, "--run-id", "uncached", "--set", "eval.cache_embeddings=false").exit_code == 0
+    assert (vectors / "candidates.npy").stat().st_mtime_ns != written
+    assert {path: path.stat().st_mtime_ns for path in (cache / "embeddings").glob("*.npy")} == blocks
+    assert rows(db_path, same.format("uncached")) == [(12 * 6,)]
     # the paragraph mode encodes other texts: new candidate blocks, the query blocks are reused
     assert run_hbir("eval", *smoke, "--run-id", "paragraph", "--set", "eval.candidates=paragraph").exit_code == 0
     assert len(list((cache / "embeddings").glob("*.npy"))) == len(blocks) + len(LANGUAGES)

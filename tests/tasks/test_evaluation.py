@@ -274,6 +274,34 @@ def test_a_pool_read_a_block_at_a_time_from_its_file_gives_the_same_metrics(xqua
     )
 
 
+def test_a_relevant_candidate_counts_itself_when_another_product_shape_rounds_its_score_apart():
+    # a candidate whose float64 dot product rounds to float32 differently as a 1 x 1 product (its own score) and
+    # inside the pass's (1 x 8) product: ranks must still count it, so its rank is 1, not 0 (mAP 1, not inf)
+    dim, rng = 384, np.random.default_rng(1)
+    for _ in range(3000):
+        where = rng.choice(dim, 4, replace=False)
+        query, pool = np.zeros((1, dim), np.float32), np.zeros((8, dim), np.float32)
+        query[0, where], pool[0, where] = 1.0, [1.0, 2.0**-24, 2.0**-53, 2.0**-53]
+        if exact_scores(query, pool[[0]])[0, 0] != exact_scores(query, pool)[0, 0]:
+            break
+    else:
+        pytest.skip("this BLAS rounds both product shapes alike here")
+    tables = DatasetTables(
+        "t",
+        frame([{"dataset": "t", "qid": "q", "lang": "en", "text": "?"}], QUERY_COLUMNS),
+        frame(
+            [
+                {"dataset": "t", "cid": f"c{i}", "lang": "en", "doc_id": "d", "text": "t", "context": "t"}
+                for i in range(8)
+            ],
+            CANDIDATE_COLUMNS,
+        ),  # fmt: skip
+        frame([{"dataset": "t", "qid": "q", "cid": "c0"}], QREL_COLUMNS),
+    )
+    metrics = evaluate(tables, DatasetEmbeddings(query, pool), EvalConfig()).metrics.set_index(["setting", "metric"])
+    assert metrics.loc[("multi", "map"), "value"] == 1.0 and metrics.loc[("mono", "recall@1"), "value"] == 1.0
+
+
 def test_a_vector_file_reads_rows_as_numpy_indexes_them_from_the_file_it_opened(tmp_path):
     rows = np.random.default_rng(0).standard_normal((100, 4)).astype(np.float32)
     np.save(tmp_path / "v.npy", rows)
@@ -283,6 +311,10 @@ def test_a_vector_file_reads_rows_as_numpy_indexes_them_from_the_file_it_opened(
     np.testing.assert_array_equal(np.asarray(view), rows[15:60])
     np.testing.assert_array_equal(view[[0, 44, 3]], rows[[15, 59, 18]])
     np.testing.assert_array_equal(np.asarray(view, dtype=np.float64), rows[15:60].astype(np.float64))
+    np.testing.assert_array_equal(view[-1], rows[59])  # an integer: one row, as numpy gives it
+    mask = np.zeros(45, dtype=bool)
+    mask[[2, 40]] = True
+    np.testing.assert_array_equal(view[mask], rows[[17, 55]])
     with pytest.raises(IndexError, match="outside 0..44"):
         view[[45]]
     (tmp_path / "v.npy").unlink()  # the folder replaced by another run meanwhile: the open file is still read
