@@ -91,6 +91,8 @@ def measure(args: argparse.Namespace, n: int, workdir: Path) -> dict[str, dict]:
             sys.exit(f"N={n} {stage} failed (its error above{killed})")
         results[stage] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"N={n:,} {stage}: {results[stage]['peak_rss_mib']:,.0f} MiB, {results[stage]['s']:.0f} s", flush=True)
+    if limit:
+        limit.rmdir()  # empty again: its processes have ended
     return results
 
 

@@ -39,8 +39,6 @@ from tasks.tables import DatasetTables, positions_in
 
 POOL_BLOCK = 32768  # pool rows read and converted to float64 at once (384-d: 96 MiB)
 QUERY_ROWS = 1024  # query rows scored at once against a block: 256 MiB of float64 products, 128 MiB once rounded
-QUERY_CHUNK = 512  # tasks.rankings: query rows scored at once against the whole pool
-SCORE_CELLS = 2**25  # tasks.rankings: at most this many scores at once (128 MB): a large pool takes fewer queries
 
 
 @dataclass
@@ -266,12 +264,6 @@ def counts_at_least(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
         for j in range(width):
             counts[:, j] = np.count_nonzero(scores >= thresholds[:, j : j + 1], axis=1)
     return counts
-
-
-def query_chunk(pool_size: int) -> int:
-    """How many queries ``tasks.rankings`` scores at once against a pool of ``pool_size``: QUERY_CHUNK, fewer for a
-    pool so large that their scores would pass SCORE_CELLS (1M candidates: 33 queries)."""
-    return max(1, min(QUERY_CHUNK, SCORE_CELLS // max(pool_size, 1)))
 
 
 def exact_scores(queries: np.ndarray, pool) -> np.ndarray:

@@ -16,13 +16,14 @@ import json
 from pathlib import Path
 from typing import Literal
 
+import faiss
 import numpy as np
 import pandas as pd
 
 from hbir.core.files import write_file, write_text
 from hbir.core.names import POOL
 from tasks.embedding import DatasetEmbeddings
-from tasks.evaluation import exact_scores, order_corpus, query_chunk, relevant_pairs
+from tasks.evaluation import POOL_BLOCK, QUERY_ROWS, Corpus, exact_scores, order_corpus, relevant_pairs
 from tasks.tables import DatasetTables
 
 Setting = Literal["mono", "cross", "multi"]
@@ -40,45 +41,42 @@ def setting_rankings(
     """The ``depth`` best candidates of every query of ``setting``, and the qrels of those queries:
     (query_id, qid, query_lang, corpus_lang, cid, rank, score) and (query_id, cid, relevance).
 
-    Scores are computed as the evaluation computes them (each query language's queries in chunks of
-    ``query_chunk`` against the whole pool, a corpus being its block of columns), so they are the very numbers its
-    ranks come from.
+    Scores are computed as the evaluation computes them (float64 products rounded to float32). Each corpus (a
+    language's block of the pool, or the pool) is read once, a block of POOL_BLOCK candidates at a time (the pool may
+    be a ``VectorFile``), scored against the queries ranked in it, QUERY_ROWS at a time, and merged into their running
+    top ``depth`` (faiss's ``ResultHeap``): memory is the block, its scores and the lists, whatever the pool's size.
     """
     corpus = order_corpus(tables)
     pool = corpus.pool_vectors(vectors.candidates)
-    rows_at_once = query_chunk(len(pool))
     cids = tables.candidates["cid"].to_numpy()[corpus.order]
     pairs = relevant_pairs(tables, corpus)
-    query_langs = tables.queries["lang"].to_numpy()
     qids = tables.queries["qid"].to_numpy()
-    ranked, judged = [], []
-    for query_lang in [lang for lang in corpus.langs if (query_langs == lang).any()]:
-        query_rows = np.flatnonzero(query_langs == query_lang)
+    query_langs = [lang for lang in corpus.langs if (tables.queries["lang"] == lang).any()]
+    asked = []  # (query_lang, corpus_lang, the query rows with a relevant candidate there, their qrels)
+    for query_lang in query_langs:
         of_lang = pairs[pairs["query_lang"] == query_lang]
-        corpora = {"mono": [query_lang], "cross": [y for y in corpus.langs if y != query_lang], "multi": [POOL]}[
-            setting
-        ]
-        relevant = {y: of_lang if y == POOL else of_lang[of_lang["corpus_lang"] == y] for y in corpora}
-        with_relevant = {y: np.isin(query_rows, rows["query_row"].to_numpy()) for y, rows in relevant.items()}
-        query_vectors = vectors.queries[query_rows]
-        for start in range(0, len(query_rows), rows_at_once):
-            chunk = slice(start, start + rows_at_once)
-            scores = exact_scores(query_vectors[chunk], pool)  # (n, N) float32, as tasks.evaluation.exact_ranks
-            for corpus_lang in corpora:
-                keep = with_relevant[corpus_lang][chunk]
-                if not keep.any():
-                    continue
-                block = corpus.block(corpus_lang)
-                rows = query_rows[chunk][keep]
-                suffix = _query_id_suffix(setting, query_lang, corpus_lang)
-                ranked.append(
-                    _top(scores[keep][:, block], cids[block], qids[rows], suffix, depth, query_lang, corpus_lang)
-                )
-        for corpus_lang, rows in relevant.items():
+        others = [y for y in corpus.langs if y != query_lang]
+        for corpus_lang in {"mono": [query_lang], "cross": others, "multi": [POOL]}[setting]:
+            judged = of_lang if corpus_lang == POOL else of_lang[of_lang["corpus_lang"] == corpus_lang]
+            asked.append((query_lang, corpus_lang, np.unique(judged["query_row"].to_numpy()), judged))
+    ranked = []
+    for corpus_lang in dict.fromkeys(corpus_lang for _, corpus_lang, _, _ in asked):  # each corpus read once
+        here = [(x, rows) for x, y, rows, _ in asked if y == corpus_lang and len(rows)]
+        if not here:
+            continue
+        rows = np.unique(np.concatenate([rows for _, rows in here]))
+        found = top_candidates(vectors.queries[rows], pool, corpus, corpus_lang, depth)
+        for query_lang, asked_rows in here:
+            where = np.searchsorted(rows, asked_rows)
             suffix = _query_id_suffix(setting, query_lang, corpus_lang)
-            judged.append(
-                pd.DataFrame({"query_id": rows["qid"].astype(str) + suffix, "cid": rows["cid"], "relevance": 1})
-            )
+            ranked.append(_ranking_rows(found.D[where], found.I[where], cids, qids[asked_rows], suffix, query_lang,
+                                        corpus_lang))  # fmt: skip
+    judged = [
+        pd.DataFrame(
+            {"query_id": rows["qid"].astype(str) + _query_id_suffix(setting, x, y), "cid": rows["cid"], "relevance": 1}
+        )
+        for x, y, _, rows in asked
+    ]
     columns = ["query_id", "qid", "query_lang", "corpus_lang", "cid", "rank", "score"]
     ranked_frame = pd.concat(ranked, ignore_index=True) if ranked else pd.DataFrame(columns=columns)
     judged_frame = (
@@ -87,23 +85,36 @@ def setting_rankings(
     return ranked_frame, judged_frame
 
 
-def _top(
-    scores: np.ndarray, cids: np.ndarray, qids: np.ndarray, suffix: str, depth: int, query_lang: str, corpus_lang: str
-) -> pd.DataFrame:
-    """The ``depth`` best columns of each row of ``scores``, best first, as ranking rows."""
-    depth = min(depth, scores.shape[1])
-    best = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
-    order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1, kind="stable")
-    best = np.take_along_axis(best, order, axis=1)
+def top_candidates(queries: np.ndarray, pool, corpus: Corpus, corpus_lang: str, depth: int) -> faiss.ResultHeap:
+    """Each query's ``depth`` best candidates of ``corpus_lang``'s corpus ('all': the pool), best first: a finalised
+    ``faiss.ResultHeap`` (``.D`` scores, ``.I`` pool positions), the corpus read once, a block at a time."""
+    block = corpus.block(corpus_lang)
+    found = faiss.ResultHeap(len(queries), min(depth, block.stop - block.start), keep_max=True)
+    for start in range(block.start, block.stop, POOL_BLOCK):
+        stop = min(start + POOL_BLOCK, block.stop)
+        candidates = np.asarray(pool[start:stop], dtype=np.float32)
+        for first in range(0, len(queries), QUERY_ROWS):
+            rows = np.arange(first, min(first + QUERY_ROWS, len(queries)))
+            found.add_result_subset(rows, exact_scores(queries[rows], candidates), np.arange(start, stop))
+    found.finalize()
+    return found
+
+
+def _ranking_rows(
+    scores: np.ndarray, positions: np.ndarray, cids: np.ndarray, qids: np.ndarray, suffix: str, query_lang: str,
+    corpus_lang: str,
+) -> pd.DataFrame:  # fmt: skip
+    """Ranking rows from each query's best scores and pool positions (n, depth), best first."""
+    depth = scores.shape[1]
     return pd.DataFrame(
         {
             "query_id": np.repeat(qids.astype(str), depth) + suffix,
             "qid": np.repeat(qids, depth),
             "query_lang": query_lang,
             "corpus_lang": corpus_lang,
-            "cid": cids[best].ravel(),
+            "cid": cids[positions].ravel(),
             "rank": np.tile(np.arange(1, depth + 1), len(qids)),
-            "score": np.take_along_axis(scores, best, axis=1).ravel(),
+            "score": scores.ravel(),
         }
     )
 

@@ -368,3 +368,28 @@ def test_a_saved_ivf_index_loaded_memory_mapped_searches_its_file_with_the_same_
     lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(mapped).invlists)
     assert isinstance(lists, faiss.OnDiskInvertedLists)  # the codes stay in the file, read through a memory map
     np.testing.assert_array_equal(search(mapped, vectors.queries, 100)[1], search(built, vectors.queries, 100)[1])
+
+
+@pytest.mark.parametrize("setting", ["cross", "multi"])
+def test_rankings_read_from_a_file_a_block_at_a_time_are_each_corpus_best_candidates(xquad, setting, tmp_path):
+    from tasks import rankings
+
+    xquad = three_languages(xquad)
+    vectors = informative_vectors(xquad)
+    np.save(tmp_path / "candidates.npy", vectors.candidates)
+    on_disk = DatasetEmbeddings(vectors.queries, VectorFile(tmp_path / "candidates.npy"))
+    with pytest.MonkeyPatch.context() as patch:  # blocks that end inside a language, a few queries at a time
+        patch.setattr(rankings, "POOL_BLOCK", 300)
+        patch.setattr(rankings, "QUERY_ROWS", 100)
+        ranked, qrels = rankings.setting_rankings(xquad, on_disk, setting, depth=50)
+    for query_id in ranked["query_id"].drop_duplicates().sample(40, random_state=0):
+        mine = ranked[ranked["query_id"] == query_id]
+        qid, query_lang, corpus_lang = mine.iloc[0][["qid", "query_lang", "corpus_lang"]]
+        row = np.flatnonzero((xquad.queries["qid"] == qid) & (xquad.queries["lang"] == query_lang))
+        in_corpus = (xquad.candidates["lang"] == corpus_lang).to_numpy() if corpus_lang != "all" else slice(None)
+        scores = exact_scores(vectors.queries[row], vectors.candidates[in_corpus])[0]
+        best = np.argsort(-scores, kind="stable")[:50]
+        assert mine["cid"].tolist() == xquad.candidates["cid"].to_numpy()[in_corpus][best].tolist()
+        np.testing.assert_array_equal(mine["score"].to_numpy(), scores[best])
+        assert mine["rank"].tolist() == list(range(1, 51))
+    assert set(qrels["query_id"]) == set(ranked["query_id"])
