@@ -25,8 +25,9 @@ stage through ``/proc/self/clear_refs``):
   index      ``build_indexes`` with ``eval.index`` (a faiss factory string): one index per corpus language and one
              for the pool, trained on ``eval.index_train_sample`` vectors, added shard by shard
   recall     the pool index searched to k = 100 for every query at each ``--nprobe``, against exact top-100 lists
-             (``faiss.knn`` per block of the pool, a running top-k): recall@100 = mean |approximate & exact| /
-             100; the smallest nprobe reaching the goal is the one evaluated with (the largest if none does)
+             (``tasks.rankings.top_candidates``: the pool read a block at a time into running top-100 lists, as
+             ``hbir export`` ranks): recall@100 = mean |approximate & exact| / 100; the smallest nprobe reaching
+             the goal is the one evaluated with (the largest if none does)
   eval-exact ``evaluate`` with the exact index: every query against the whole pool, read once, a block at a time
   eval-ann   ``evaluate`` searching the compressed indexes to ``eval.depth`` at that nprobe
 The mAP of both evaluations (mono, cross, multi) ties the timing to a result: with random weights it is near zero,
@@ -51,7 +52,6 @@ from variants import peak_rss_mib
 RECALL_GOAL = 0.95
 RSS_GOAL_MIB = 4096
 K = 100
-EXACT_BLOCK = 65_536  # pool rows searched exactly at once for the recall's exact top-100
 
 
 def main() -> None:
@@ -109,6 +109,7 @@ def run_stages(args: argparse.Namespace, n: int) -> dict:
     from tasks.evaluation import build_indexes, evaluate, order_corpus
     from tasks.indexing import search
     from tasks.ingest import dataset_versions
+    from tasks.rankings import top_candidates
     from tasks.tables import load_tables
 
     config = load_config(
@@ -140,7 +141,7 @@ def run_stages(args: argparse.Namespace, n: int) -> dict:
         pool = corpus.pool_vectors(vectors.candidates)
         indexes = build_indexes(pool, corpus, config.eval)
     with stage(timings, "recall"):
-        exact = exact_top_k(vectors.queries, pool, K)
+        exact = top_candidates(vectors.queries, pool, corpus, POOL, K).I  # as `hbir export` ranks, a block at a time
         ivf = faiss.extract_index_ivf(indexes[POOL])
         recall = {}
         for nprobe in args.nprobe:
@@ -167,21 +168,6 @@ def run_stages(args: argparse.Namespace, n: int) -> dict:
         "vectors_mib": (vectors.queries.nbytes + vectors.candidates.nbytes) / 2**20,
         "process_peak_rss_mib": max(v["peak_rss_mib"] for v in timings.values()),
     }
-
-
-def exact_top_k(queries, pool, k: int):
-    """Ids (nq, k) of each query's k best candidates by inner product, a block of the pool (an array or a
-    ``VectorFile``) at a time: faiss's exact search per block, merged in a running top-k."""
-    import faiss
-    import numpy as np
-
-    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
-    for start in range(0, len(pool), EXACT_BLOCK):
-        block = np.asarray(pool[start : start + EXACT_BLOCK], dtype=np.float32)
-        scores, ids = faiss.knn(queries, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
-        heap.add_result(scores, ids + start)
-    heap.finalize()
-    return heap.I
 
 
 @contextmanager

@@ -215,7 +215,7 @@ def exact_pair_ranks(queries: np.ndarray, pool, corpus: Corpus, pairs: pd.DataFr
             inside = np.flatnonzero((positions >= start) & (positions < stop))  # pairs whose candidate is here
             for first in range(0, len(asking), QUERY_ROWS):
                 rows = slice(first, first + QUERY_ROWS)
-                scores = (queries[asking[rows]].astype(np.float64) @ candidates.T).astype(np.float32)
+                scores = exact_scores(queries[asking[rows]], candidates)
                 filled = slots[rows] >= 0
                 ids, counts = slots[rows][filled], counts_at_least(scores, thresholds[rows])[filled]
                 pool_rank[ids] += counts

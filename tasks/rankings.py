@@ -92,7 +92,7 @@ def top_candidates(queries: np.ndarray, pool, corpus: Corpus, corpus_lang: str, 
     found = faiss.ResultHeap(len(queries), min(depth, block.stop - block.start), keep_max=True)
     for start in range(block.start, block.stop, POOL_BLOCK):
         stop = min(start + POOL_BLOCK, block.stop)
-        candidates = np.asarray(pool[start:stop], dtype=np.float32)
+        candidates = np.asarray(pool[start:stop], dtype=np.float64)  # converted once, not per query chunk
         for first in range(0, len(queries), QUERY_ROWS):
             rows = np.arange(first, min(first + QUERY_ROWS, len(queries)))
             found.add_result_subset(rows, exact_scores(queries[rows], candidates), np.arange(start, stop))

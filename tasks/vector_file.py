@@ -29,15 +29,8 @@ class VectorFile:
     def __init__(self, path: str | Path, start: int = 0, stop: int | None = None, _file: _OpenFile | None = None):
         self.path = Path(path)
         self._file = _file or _OpenFile(self.path, "rb")
-        stream = self._file.stream
-        stream.seek(0)
-        version = np.lib.format.read_magic(stream)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(stream)
-        if len(shape) != 2 or fortran_order or dtype != self.dtype:
-            raise ValueError(f"{self.path}: not a (rows, dim) float32 matrix in C order: {shape} {dtype}")
-        self._offset, (rows, self.dim) = stream.tell(), shape
-        self.start, self.stop = start, rows if stop is None else stop
+        self.dim = self._file.dim
+        self.start, self.stop = start, self._file.rows if stop is None else stop
 
     @classmethod
     def create(cls, path: str | Path, shape: tuple[int, int]) -> VectorFile:
@@ -89,7 +82,7 @@ class VectorFile:
 
     def _map(self, mode: str, low: int, high: int) -> np.memmap:
         """Rows ``low`` to ``high`` of this view, memory-mapped until the array returned is dropped."""
-        offset = self._offset + (self.start + low) * self.dim * self.dtype.itemsize
+        offset = self._file.offset + (self.start + low) * self.dim * self.dtype.itemsize
         return np.memmap(self._file.stream, self.dtype, mode, offset, (high - low, self.dim))
 
     def __repr__(self) -> str:
@@ -97,10 +90,17 @@ class VectorFile:
 
 
 class _OpenFile:
-    """A file kept open by the ``VectorFile`` views that share it, closed when the last is dropped."""
+    """A ``.npy`` file kept open by the ``VectorFile`` views that share it, closed when the last is dropped; its
+    header read once: where the rows start, how many, how wide."""
 
     def __init__(self, path: Path, mode: str) -> None:
         self.stream = open(path, mode)  # open for the views' lifetime (module doc), not in a with block
+        version = np.lib.format.read_magic(self.stream)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(self.stream)
+        if len(shape) != 2 or fortran_order or dtype != VectorFile.dtype:
+            raise ValueError(f"{path}: not a (rows, dim) float32 matrix in C order: {shape} {dtype}")
+        self.offset, (self.rows, self.dim) = self.stream.tell(), shape
 
     def __del__(self) -> None:
         if hasattr(self, "stream"):  # not when open() failed
