@@ -152,20 +152,33 @@ def torchrun_command(train: TrainConfig, run_id: str, spec_path: Path) -> list[s
 
 
 def failure_message(tail: list[str], returncode: int) -> str:
-    """What a failed torchrun means for the user: the rank torchrun names as the root cause, with its exit code
-    and how to continue."""
+    """What a failed torchrun means for the user: the rank that failed first, with its exit code and how to continue.
+
+    That is the rank torchrun names as the root cause, unless torchrun stopped that one itself (SIGTERM) and another
+    rank died of a signal: a rank killed (SIGKILL, out of memory) makes the others' collectives fail at once, and one
+    of them can record its error before torchrun sees the kill and so be named the root cause."""
     text = "\n".join(tail)
-    cause = text.split("Root Cause", 1)[-1]
-    rank = re.search(r"rank\s*:\s*(\d+)", cause)
-    host = re.search(r"host\s*:\s*(\S+)", cause)
-    code = re.search(r"exitcode\s*:\s*(-?\d+)[^\n]*?(\(SIG\w+\))?\s*$", cause, re.MULTILINE)
-    where = f"rank {rank.group(1)}" + (f" on {host.group(1)}" if host else "") if rank else "a rank"
-    how = f"exit code {code.group(1)}{' ' + code.group(2) if code and code.group(2) else ''}" if code else (
-        f"torchrun exit code {returncode}")  # fmt: skip
+    report = text.split("Failures:", 1)[-1]
+    root_cause = _failure(report.split("Root Cause", 1)[-1])
+    others = [_failure(block) for block in re.split(r"^\[\d+\]:", report.split("Root Cause", 1)[0], flags=re.M)]
+    killed = [failure for failure in others if failure["rank"] and failure["signal"] not in (None, "SIGTERM")]
+    failure = killed[0] if root_cause["signal"] == "SIGTERM" and killed else root_cause
+    rank, host, code, signal = failure["rank"], failure["host"], failure["exitcode"], failure["signal"]
+    where = (f"rank {rank}" + (f" on {host}" if host else "")) if rank else "a rank"
+    how = f"exit code {code}{f' ({signal})' if signal else ''}" if code else f"torchrun exit code {returncode}"
     return (
         f"training failed: {where} stopped ({how}); the other ranks were stopped; run the same command again to "
         "continue from the last checkpoint (any number of ranks)"
     )
+
+
+def _failure(block: str) -> dict[str, str | None]:
+    """One failure of torchrun's report (its rank, host, exit code and signal; None where the block has none)."""
+    rank = re.search(r"rank\s*:\s*(\d+)", block)
+    host = re.search(r"host\s*:\s*(\S+)", block)
+    code = re.search(r"exitcode\s*:\s*(-?\d+)[^\n]*?(?:\((SIG\w+)\))?\s*$", block, re.MULTILINE)
+    return {"rank": rank and rank.group(1), "host": host and host.group(1), "exitcode": code and code.group(1),
+            "signal": code and code.group(2)}  # fmt: skip
 
 
 def _rank_environment(train: TrainConfig) -> dict[str, str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hbir.app.train_ranks import failure_message
 from tests.helpers import db_rows
 
 
@@ -68,6 +69,35 @@ def test_a_killed_rank_fails_the_run_and_the_same_command_resumes_it(smoke, db_p
         ("completed", 2, None)
     ]
     assert (tmp_path / "runs" / "ranks" / "model" / "model.safetensors").is_file()
+
+
+def _torchrun_report(root_cause: tuple[int, str], other: tuple[int, str]) -> list[str]:
+    """The end of torchrun's output when two ranks failed: (rank, exitcode line) of the root cause and the other."""
+
+    def failure(index: int, rank: int, exitcode: str) -> list[str]:
+        return [f"[{index}]:", "  time      : 2026-12-05_16:41:17", "  host      : node-3",
+                f"  rank      : {rank} (local_rank: {rank})", f"  exitcode  : {exitcode}", "  error_file: <N/A>",
+                "  traceback : ..."]  # fmt: skip
+
+    return ["hbir.app.train_ranks FAILED", "-" * 60, "Failures:", *failure(0, *other), "-" * 60,
+            "Root Cause (first observed failure):", *failure(1, *root_cause), "=" * 60]  # fmt: skip
+
+
+@pytest.mark.parametrize("root_cause, other", [
+    ((1, "-9 (pid: 5485)  (SIGKILL)"), (0, "-15 (pid: 5484)  (SIGTERM)")),
+    # rank 0's collective failed when rank 1 died, and its error was recorded before torchrun saw the kill
+    ((0, "-15 (pid: 5484)  (SIGTERM)"), (1, "-9 (pid: 5485)  (SIGKILL)")),
+])  # fmt: skip
+def test_the_failure_names_the_killed_rank_whichever_torchrun_calls_the_root_cause(root_cause, other):
+    message = failure_message(_torchrun_report(root_cause, other), 1)
+    assert message.startswith("training failed: rank 1 on node-3 stopped (exit code -9 (SIGKILL))")
+    assert "run the same command again" in message
+
+
+def test_a_rank_that_raised_is_the_failure_even_when_another_was_stopped_by_a_signal():
+    report = _torchrun_report((0, "1 (pid: 5484)"), (1, "-6 (pid: 5485)  (SIGABRT)"))
+    assert failure_message(report, 1).startswith("training failed: rank 0 on node-3 stopped (exit code 1)")
+    assert failure_message(["no report"], 3).startswith("training failed: a rank stopped (torchrun exit code 3)")
 
 
 def _free_port() -> int:
