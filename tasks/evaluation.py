@@ -37,8 +37,8 @@ from tasks.embedding import DatasetEmbeddings
 from tasks.indexing import build_index, search
 from tasks.tables import DatasetTables, positions_in
 
-POOL_BLOCK = 32768  # pool rows read and converted to float64 at once (384-d: 96 MiB)
-QUERY_ROWS = 1024  # query rows scored at once against a block: 256 MiB of float64 products, 128 MiB once rounded
+POOL_BLOCK = 16384  # pool rows read and converted to float64 at once (384-d: 48 MiB)
+QUERY_ROWS = 256  # query rows scored at once against a block: 32 MiB of float64 products, 16 MiB once rounded
 
 
 @dataclass
