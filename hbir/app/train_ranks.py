@@ -158,9 +158,9 @@ def failure_message(tail: list[str], returncode: int) -> str:
     rank died of a signal: a rank killed (SIGKILL, out of memory) makes the others' collectives fail at once, and one
     of them can record its error before torchrun sees the kill and so be named the root cause."""
     text = "\n".join(tail)
-    report = text.split("Failures:", 1)[-1]
-    root_cause = _failure(report.split("Root Cause", 1)[-1])
-    others = [_failure(block) for block in re.split(r"^\[\d+\]:", report.split("Root Cause", 1)[0], flags=re.M)]
+    listed, _, cause = text.split("Failures:", 1)[-1].rpartition("Root Cause")  # no root cause: all is searched
+    root_cause = _failure(cause)
+    others = [_failure(block) for block in re.split(r"^\[\d+\]:", listed, flags=re.M)]
     killed = [failure for failure in others if failure["rank"] and failure["signal"] not in (None, "SIGTERM")]
     failure = killed[0] if root_cause["signal"] == "SIGTERM" and killed else root_cause
     rank, host, code, signal = failure["rank"], failure["host"], failure["exitcode"], failure["signal"]
