@@ -24,6 +24,6 @@ def embed_shard(config: Config, model_dir: str, job) -> str:
 
 @flow(name="embed-shards")
 def embed_shards(config: Config, model_dir: str, tables_dir: str) -> list[str]:
-    jobs = plan_shards(config, model_dir, tables_dir)  # here, in the flow's process: the texts go to the workers
+    jobs = plan_shards(config, model_dir, tables_dir)  # here, in the flow's process; a worker reads its shard's texts
     futures = embed_shard.map(unmapped(config), unmapped(model_dir), jobs)
     return [future.result() for future in futures]

@@ -109,14 +109,12 @@ class TextEncoder:
     def token_lengths(self, texts: list[str], kind: TextKind, contexts: list[str] | None = None) -> list[int]:
         """Tokens per text as ``tokenize`` would encode it (truncated): sorting by this, not by characters, keeps the
         padding small across scripts (measured on XQuAD-R: 31% fewer padded positions than sorting by characters)."""
-        prefixed = [self.prefixes[kind] + text for text in texts]
         truncation = "longest_first" if contexts is not None else True
         lengths = []
         for start in range(0, len(texts), LENGTH_CHUNK):  # a tokenizer holds every full pair before truncating it
+            prefixed = [self.prefixes[kind] + text for text in texts[start : start + LENGTH_CHUNK]]
             pairs = None if contexts is None else self.cut_contexts(contexts[start : start + LENGTH_CHUNK])
-            encoded = self.tokenizer(
-                prefixed[start : start + LENGTH_CHUNK], pairs, truncation=truncation, max_length=self.max_length
-            )
+            encoded = self.tokenizer(prefixed, pairs, truncation=truncation, max_length=self.max_length)
             lengths += [len(ids) for ids in encoded["input_ids"]]
         return lengths
 

@@ -18,7 +18,9 @@ number, the shard and batch sizes), so a killed run started again embeds only th
 memory is that of one shard's encoding (with ``into``: the candidates' vectors go to disk a shard at a time, and the
 pool is never whole in memory). The texts are put in the order ``BiEncoder.embed`` batches them in (by token
 count) and cut at multiples of the batch size, so every encoder batch is the one the one-shot path makes and the
-vectors are identical.
+vectors are identical. Candidates whose texts stay in the tables' folder (``load_tables(..., texts=False)``) are
+read a batch at a time for the block's key and token counts, and a shard's texts alone when it is encoded
+(``tasks.tables.TextColumn``): a language's texts are never whole in memory.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from hbir.core.config import ModelConfig
 from hbir.core.files import file_sha256, write_file
 from hbir.core.paths import models_cache_dir
 from models.encoder import BiEncoder, TextEncoder, TextKind
-from tasks.tables import DatasetTables
+from tasks.tables import DatasetTables, TextColumn, TextList
 from tasks.vector_file import VectorFile
 
 CandidateMode = Literal["sentence", "paragraph"]
@@ -50,6 +52,7 @@ MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_
 AUTO_CPU_BACKEND = "onnx"
 FINGERPRINT_CHUNK = 10_000  # texts serialised at once for a block's fingerprint
 QUERIES, CANDIDATES = "queries.npy", "candidates.npy"  # the files of a dataset's embeddings folder
+Texts = TextList | TextColumn  # a block's texts: in memory, or read from the tables' folder when needed
 
 
 @dataclass(frozen=True)
@@ -88,29 +91,35 @@ def load_text_encoder(
     return OnnxEncoder.from_config(model_dir, model_cfg, backend, models_cache_dir() / "onnx", model_fp)
 
 
-def texts_fingerprint(texts: list[str], contexts: list[str] | None = None) -> str:
+def texts_fingerprint(texts: list[str] | Texts, contexts: list[str] | Texts | None = None) -> str:
     """SHA-256 of the texts in order (and of their contexts), unambiguous for any text: of the bytes of
     ``json.dumps([texts, contexts], ensure_ascii=False)``, hashed FINGERPRINT_CHUNK texts at a time, so no copy of a
     block's texts is made whole (a language of a million-passage pool: 650 MB of JSON)."""
     digest = hashlib.sha256(b"[")
-    _hash_json_list(digest, texts)
+    _hash_json_list(digest, as_texts(texts))
     digest.update(b", ")
     if contexts is None:
         digest.update(b"null")
     else:
-        _hash_json_list(digest, contexts)
+        _hash_json_list(digest, as_texts(contexts))
     digest.update(b"]")
     return digest.hexdigest()
 
 
-def _hash_json_list(digest, items: list[str]) -> None:
-    """Feed ``digest`` the bytes of ``json.dumps(items, ensure_ascii=False)``, a chunk of items at a time."""
+def _hash_json_list(digest, texts: Texts) -> None:
+    """Feed ``digest`` the bytes of ``json.dumps(list(texts), ensure_ascii=False)``, a batch of texts at a time."""
     digest.update(b"[")
-    for start in range(0, len(items), FINGERPRINT_CHUNK):
-        if start:
-            digest.update(b", ")
-        digest.update(json.dumps(items[start : start + FINGERPRINT_CHUNK], ensure_ascii=False)[1:-1].encode())
+    first = True
+    for batch in texts.batches(FINGERPRINT_CHUNK):
+        if batch:
+            digest.update((b"" if first else b", ") + json.dumps(batch, ensure_ascii=False)[1:-1].encode())
+            first = False
     digest.update(b"]")
+
+
+def as_texts(texts: list[str] | Texts) -> Texts:
+    """``texts`` to read a batch at a time or by rows: a plain list becomes a ``TextList``."""
+    return texts if isinstance(texts, TextList | TextColumn) else TextList(texts)
 
 
 @dataclass(frozen=True)
@@ -120,8 +129,8 @@ class Block:
     lang: str
     kind: TextKind
     rows: np.ndarray
-    texts: list[str]
-    contexts: list[str] | None  # paragraphs, in paragraph mode
+    texts: Texts
+    contexts: Texts | None  # paragraphs, in paragraph mode
 
 
 @dataclass(frozen=True)
@@ -131,24 +140,25 @@ class EmbeddingJob:
     then reads."""
 
     path: Path | None  # None: not cached
-    texts: list[str]
+    texts: Texts  # read when the job runs (a shard of a ``TextColumn``: only its rows, by whoever runs it)
     kind: TextKind
-    contexts: list[str] | None
+    contexts: Texts | None
     label: str
     lengths: list[int] | None = None  # the texts' token counts, when known (a shard's)
 
 
 def dataset_blocks(tables: DatasetTables, candidates: CandidateMode = "sentence") -> Iterator[Block]:
-    """The non-empty blocks of ``tables``, language by language, queries before candidates; one at a time, so a
-    table loaded without its candidate texts (``load_tables(..., texts=False)``) holds one language's in memory."""
+    """The non-empty blocks of ``tables``, language by language, queries before candidates; a table loaded without
+    its candidate texts (``load_tables(..., texts=False)``) gives blocks whose candidate texts are read from its
+    folder when needed (``tasks.tables.TextColumn``)."""
     for lang in tables.languages:
         query_rows = np.flatnonzero((tables.queries["lang"] == lang).to_numpy())
         if len(query_rows):
-            yield Block(lang, "query", query_rows, tables.queries["text"].iloc[query_rows].tolist(), None)
+            yield Block(lang, "query", query_rows, TextList(tables.queries["text"].iloc[query_rows].tolist()), None)
         rows = np.flatnonzero((tables.candidates["lang"] == lang).to_numpy())
         if len(rows):
-            contexts = tables.candidate_texts("context", lang) if candidates == "paragraph" else None
-            yield Block(lang, "passage", rows, tables.candidate_texts("text", lang), contexts)
+            contexts = tables.text_column("context", lang) if candidates == "paragraph" else None
+            yield Block(lang, "passage", rows, tables.text_column("text", lang), contexts)
 
 
 def embed_dataset(
@@ -217,9 +227,9 @@ def embedding_jobs(
 def block_jobs(
     encoder: TextEncoder,
     name: str,
-    texts: list[str],
+    texts: Texts,
     kind: TextKind,
-    contexts: list[str] | None,
+    contexts: Texts | None,
     batch_size: int,
     cache_dir: Path | None,
     label: str,
@@ -231,22 +241,34 @@ def block_jobs(
     if shard_size is None or len(texts) <= shard_size:
         path = None if cache_dir is None else Path(cache_dir) / f"{name}.npy"
         return [(slice(None), EmbeddingJob(path, texts, kind, contexts, label))]
-    lengths = encoder.token_lengths(texts, kind, contexts)
+    lengths = block_token_lengths(encoder, texts, kind, contexts)
     shards = shard_rows(lengths, batch_size, shard_size)
     pieces = []
     for number, rows in enumerate(shards):
         path = None if cache_dir is None else shard_path(cache_dir, name, batch_size, shards, number)
-        part = None if contexts is None else [contexts[i] for i in rows]
+        part = None if contexts is None else contexts.subset(rows)
         shard_label = f"{label} shard {number + 1}/{len(shards)}".strip()
-        job = EmbeddingJob(path, [texts[i] for i in rows], kind, part, shard_label, [lengths[i] for i in rows])
+        job = EmbeddingJob(path, texts.subset(rows), kind, part, shard_label, [lengths[i] for i in rows])
         pieces.append((rows, job))
     return pieces
 
 
+def block_token_lengths(encoder: TextEncoder, texts: Texts, kind: TextKind, contexts: Texts | None) -> list[int]:
+    """``encoder.token_lengths`` of a block's texts, read and tokenized a batch at a time."""
+    lengths: list[int] = []
+    pairs = None if contexts is None else contexts.batches()  # the same batches as the texts'
+    for batch in texts.batches():
+        lengths += encoder.token_lengths(batch, kind, None if pairs is None else next(pairs))
+    if len(lengths) != len(texts):
+        raise ValueError(f"{len(lengths)} token counts for a block of {len(texts)} texts")  # unequal text batches
+    return lengths
+
+
 def run_embedding_job(encoder: TextEncoder, job: EmbeddingJob, batch_size: int) -> np.ndarray:
     """Encode a job's texts and write its cache file (whole or not at all; none without a path): (N, H)."""
+    contexts = None if job.contexts is None else job.contexts.read()
     vectors = encoder.embed(
-        job.texts, job.kind, batch_size, job.contexts, show_progress=None, label=job.label, lengths=job.lengths
+        job.texts.read(), job.kind, batch_size, contexts, show_progress=None, label=job.label, lengths=job.lengths
     )
     vectors = vectors.numpy()
     if job.path is not None:
@@ -255,7 +277,7 @@ def run_embedding_job(encoder: TextEncoder, job: EmbeddingJob, batch_size: int) 
 
 
 def block_name(
-    encoder: TextEncoder, model_fp: str, texts: list[str], kind: TextKind, contexts: list[str] | None
+    encoder: TextEncoder, model_fp: str, texts: list[str] | Texts, kind: TextKind, contexts: list[str] | Texts | None
 ) -> str:
     """The cache name of a block: the SHA-256 of what its vectors depend on (module doc)."""
     key = {
@@ -288,8 +310,9 @@ def embed_texts(
 ) -> np.ndarray:
     """Embeddings (N, H) of ``texts``: the pieces of ``embedded_pieces`` put together."""
     vectors = np.empty((len(texts), encoder.hidden_size), dtype=np.float32)
-    for rows, piece in embedded_pieces(encoder, model_fp, texts, kind, contexts, batch_size, cache_dir, label,
-                                       shard_size):  # fmt: skip
+    contexts = None if contexts is None else as_texts(contexts)
+    for rows, piece in embedded_pieces(encoder, model_fp, as_texts(texts), kind, contexts, batch_size, cache_dir,
+                                       label, shard_size):  # fmt: skip
         vectors[rows] = piece
     return vectors
 
@@ -297,9 +320,9 @@ def embed_texts(
 def embedded_pieces(
     encoder: TextEncoder,
     model_fp: str,
-    texts: list[str],
+    texts: Texts,
     kind: TextKind,
-    contexts: list[str] | None,
+    contexts: Texts | None,
     batch_size: int,
     cache_dir: Path | None,
     label: str,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
@@ -71,18 +71,27 @@ class DatasetTables:
     def candidate_texts(self, column: str, lang: str | None = None) -> list[str]:
         """Column ``column`` (``text`` or ``context``) of the candidates of language ``lang`` (all: None), in table
         order; from the folder when the table was loaded without it."""
+        if lang is not None:
+            return self.text_column(column, lang).read()
         if column in self.candidates:
-            rows = self.candidates if lang is None else self.candidates[self.candidates["lang"] == lang]
-            return rows[column].tolist()
+            return self.candidates[column].tolist()
         if self.folder is None:
             raise ValueError(f"{self.name}: candidates have no {column!r} column and no folder to read it from")
         texts: list[str] = []
-        for batch in parquet_batches(Path(self.folder) / "candidates.parquet", [column, "lang"], TEXT_BATCH):
-            values = (
-                batch.column(column) if lang is None else batch.filter(pc.equal(batch.column("lang"), lang))[column]
-            )
-            texts += values.to_pylist()
+        for batch in parquet_batches(Path(self.folder) / "candidates.parquet", [column], TEXT_BATCH):
+            texts += batch.column(column).to_pylist()
         return texts
+
+    def text_column(self, column: str, lang: str) -> TextList | TextColumn:
+        """Column ``column`` of the candidates of language ``lang``, in table order, to read a batch at a time or
+        at given rows: the values themselves when the table holds them, else a ``TextColumn`` of the folder's
+        Parquet file (a language's texts never whole in memory)."""
+        if column in self.candidates:
+            return TextList(self.candidates.loc[self.candidates["lang"] == lang, column].tolist())
+        if self.folder is None:
+            raise ValueError(f"{self.name}: candidates have no {column!r} column and no folder to read it from")
+        count = int((self.candidates["lang"] == lang).sum())
+        return TextColumn(Path(self.folder) / "candidates.parquet", column, lang, count)
 
     def candidate_batches(self, columns: list[str], batch_size: int) -> Iterator[pd.DataFrame]:
         """The candidates' ``columns``, ``batch_size`` rows at a time in table order (row numbers kept as the
@@ -120,14 +129,18 @@ class DatasetTables:
                         yield batch.to_pandas()
 
 
-def parquet_batches(path: Path, columns: list[str], batch_size: int) -> Iterator[pa.Table]:
+def parquet_batches(path: Path, columns: list[str], batch_size: int, lang: str | None = None) -> Iterator[pa.Table]:
     """The file's ``columns``, ``batch_size`` rows at a time (the last batch fewer), read a row group at a time.
     Not ``ParquetFile.iter_batches``: it kept what it had read (XQuAD-R + 1M distractors, batches of 100k: 870 MB
-    of Arrow memory by the tenth batch), where reading row groups stays at one batch's."""
+    of Arrow memory by the tenth batch), where reading row groups stays at one batch's. ``lang``: only the row groups
+    whose statistics say they may hold candidates of that language (a table written language by language: the
+    language's own; its rows are still to be filtered)."""
     parquet = pq.ParquetFile(path)
     pending: list[pa.Table] = []
     held = 0
     for group in range(parquet.num_row_groups):
+        if lang is not None and not _may_hold(parquet.metadata.row_group(group), "lang", lang):
+            continue
         pending.append(parquet.read_row_group(group, columns=columns))
         held += pending[-1].num_rows
         if held >= batch_size:
@@ -138,6 +151,78 @@ def parquet_batches(path: Path, columns: list[str], batch_size: int) -> Iterator
             pending, held = [rows.slice(cut)], held - cut
     if held:
         yield pa.concat_tables(pending)
+
+
+def _may_hold(group: pq.RowGroupMetaData, column: str, value: str) -> bool:
+    """Whether a row group may hold ``value`` in ``column`` by its min / max statistics (no statistics: it may)."""
+    for index in range(group.num_columns):
+        if group.column(index).path_in_schema == column:
+            stats = group.column(index).statistics
+            return stats is None or not stats.has_min_max or stats.min <= value <= stats.max
+    return True
+
+
+class TextList(list):
+    """Texts in memory, read the way a ``TextColumn`` is: ``batches``, ``subset``, ``read``."""
+
+    def batches(self, size: int = TEXT_BATCH) -> Iterator[list[str]]:
+        for start in range(0, len(self), size):
+            yield self[start : start + size]
+
+    def subset(self, rows: np.ndarray) -> TextList:
+        return TextList(self[i] for i in rows)
+
+    def read(self) -> list[str]:
+        return self
+
+
+@dataclass(frozen=True, eq=False)
+class TextColumn:
+    """Column ``column`` of the candidates of language ``lang`` in the Parquet file ``path`` (``count`` rows), or
+    of their rows ``rows`` (positions among the language's candidates, in that order): read a batch at a time
+    (``batches``) or a subset's rows alone (``read``, one pass over the language's row groups), never the whole
+    column at once. Small to pickle: a Dask worker reads its shard's texts itself."""
+
+    path: Path
+    column: str
+    lang: str
+    count: int
+    rows: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.count if self.rows is None else len(self.rows)
+
+    def batches(self, size: int = TEXT_BATCH) -> Iterator[list[str]]:
+        if self.rows is not None:
+            yield from TextList(self.read()).batches(size)
+            return
+        for values in self._language_batches(size):
+            yield values.to_pylist()
+
+    def subset(self, rows: np.ndarray) -> TextColumn:
+        rows = np.asarray(rows, dtype=np.int64)
+        return replace(self, count=len(rows), rows=rows if self.rows is None else self.rows[rows])
+
+    def read(self) -> list[str]:
+        if self.rows is None:
+            return [text for batch in self.batches() for text in batch]
+        order = np.argsort(self.rows, kind="stable")
+        wanted = self.rows[order]  # ascending: taken in one pass
+        texts: list[str | None] = [None] * len(wanted)
+        taken = offset = 0
+        for values in self._language_batches(TEXT_BATCH):
+            end = offset + len(values)
+            stop = int(np.searchsorted(wanted, end))
+            for at, text in zip(order[taken:stop], values.take(wanted[taken:stop] - offset).to_pylist(), strict=True):
+                texts[at] = text
+            taken, offset = stop, end
+            if taken == len(wanted):
+                break
+        return texts
+
+    def _language_batches(self, size: int) -> Iterator[pa.ChunkedArray]:
+        for batch in parquet_batches(self.path, [self.column, "lang"], size, self.lang):
+            yield batch.filter(pc.equal(batch.column("lang"), self.lang))[self.column]
 
 
 def positions_in(values: pd.Series, keys: pd.Series) -> np.ndarray:

@@ -200,3 +200,34 @@ def test_a_parquet_file_is_read_in_batches_across_its_row_groups_in_order(xquad,
     for lang in ("ar", "zh"):
         assert loaded.candidate_texts("text", lang) == candidates.loc[candidates["lang"] == lang, "text"].tolist()
     assert loaded.candidate_texts("context") == candidates["context"].tolist()
+
+
+def test_a_languages_texts_are_read_from_its_own_row_groups_at_any_rows(xquad, tmp_path, monkeypatch):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from tasks import tables as tables_module
+
+    # saved language by language in parts of 1,000 rows (row groups), the way a distractor pool is written
+    candidates = xquad.candidates.sort_values("lang", kind="stable").reset_index(drop=True)
+    parts = [candidates.iloc[start : start + 1000] for start in range(1000, len(candidates), 1000)]
+    save_tables(xquad.__class__(**{**xquad.__dict__, "candidates": candidates.iloc[:1000]}), tmp_path / "x", parts)
+    loaded = load_tables(tmp_path / "x", texts=False)
+    read_groups = []
+    real_read = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(
+        pq.ParquetFile,
+        "read_row_group",
+        lambda self, group, **kw: read_groups.append(group) or real_read(self, group, **kw),
+    )
+    monkeypatch.setattr(tables_module, "TEXT_BATCH", 700)  # batches that cut across row groups
+    greek = candidates.loc[candidates["lang"] == "el", "text"].tolist()
+    column = loaded.text_column("text", "el")
+    assert len(column) == len(greek) and column.read() == greek
+    holding = {i // 1000 for i in np.flatnonzero((candidates["lang"] == "el").to_numpy())}
+    assert set(read_groups) == holding  # the other languages' row groups are not read
+    rows = np.random.default_rng(0).permutation(len(greek))[:300]
+    shard = column.subset(rows)
+    assert len(shard) == 300 and shard.read() == [greek[i] for i in rows]
+    assert shard.subset(np.arange(299, -1, -1)).read() == [greek[i] for i in rows[::-1]]
+    assert [text for batch in shard.batches(7) for text in batch] == [greek[i] for i in rows]

@@ -117,3 +117,26 @@ def test_a_blocks_fingerprint_is_that_of_its_whole_json_made_a_chunk_at_a_time(g
     for texts, contexts in [(german, None), (german[:50], german[50:100]), ([], None), (odd, odd[::-1]), ([], [])]:
         whole = hashlib.sha256(json.dumps([texts, contexts], ensure_ascii=False).encode()).hexdigest()
         assert embedding.texts_fingerprint(texts, contexts) == whole
+
+
+@pytest.mark.parametrize("mode", ["sentence", "paragraph"])
+def test_candidates_left_in_the_folder_are_read_a_shard_at_a_time(encoder, lareqa_dir, tmp_path, monkeypatch, mode):
+    from tasks.tables import TextColumn
+
+    full = ingest_dataset(lareqa_dir, "xquad-r", DEFAULT_LANGUAGES)
+    keep = lambda frame: frame[frame["lang"].isin(["de", "el"])].reset_index(drop=True)  # noqa: E731
+    # every 10th sentence (paragraphs make the tiny model's byte tokenizer slow), languages as saved
+    tables = DatasetTables("xquad-r", keep(full.queries).iloc[::20], keep(full.candidates).iloc[::10], full.qrels)
+    save_tables(tables, tmp_path / "tables")
+    loaded = load_tables(tmp_path / "tables", texts=False)
+    one_shot = embed_dataset(encoder, "tiny", tables, mode, BATCH, cache_dir=None, log=lambda _: None)
+
+    read, real_read = [], TextColumn.read
+    monkeypatch.setattr(TextColumn, "read", lambda self: read.append(len(self)) or real_read(self))
+    monkeypatch.setattr(type(loaded), "candidate_texts", lambda *args: pytest.fail("a language's texts read whole"))
+    sharded = embed_dataset(encoder, "tiny", loaded, mode, BATCH, tmp_path / "cache", lambda _: None, shard_size=30)
+    assert np.array_equal(sharded.candidates, one_shot.candidates)
+    assert np.array_equal(sharded.queries, one_shot.queries)
+    # each shard's texts (and paragraphs) read on their own: 119 German and 121 Greek sentences, shards of 32
+    assert read and max(read) == 32
+    assert sum(read) == (2 if mode == "paragraph" else 1) * len(tables.candidates)
