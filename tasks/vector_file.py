@@ -1,20 +1,17 @@
 """A matrix of float32 vectors in a ``.npy`` file, read and written a piece at a time: never whole in memory.
 
     out = VectorFile.create(path, (n, 384))   # zeros on disk
-    out[rows] = vectors                       # rows written in order, a window of the file mapped at a time
+    out[rows] = vectors                       # rows written through a memory map made for this write alone
     pool = VectorFile(path)
     block = pool[1000:51000]                  # a view of rows 1000..50999: nothing read (numpy's slice semantics)
     array = np.asarray(block)                 # read now: (50000, 384) float32
     some = pool[[3, 7, 12]]                   # read now, as numpy's fancy indexing copies
 
 Indexing follows numpy's: a slice is a view (here: of the file), an array of rows is a copy (here: read). Each read
-maps only the rows it needs and only while it lasts, so the pages it touched leave the process when it returns: a
-sweep over a 1.5 GB pool holds one block of it, where a ``np.load(mmap_mode="r")`` array would keep every page it
-touched in the process's resident memory. A write maps WRITE_ROWS rows of the file at a time: a shard's rows lie
-scattered over its language's (they are cut by token count), and one map over all of them kept every page written
-resident until the shard was done (384-d, English's 306k rows of a 1M pool: up to 450 MB). The file stays open
-while a ``VectorFile`` (or a view of it) exists, so a folder replaced meanwhile (``hbir.core.files.replace_dir``)
-does not pull it away mid-read.
+or write maps only the rows it needs and only while it lasts, so the pages it touched leave the process when it
+returns: a sweep over a 1.5 GB pool holds one block of it, where a ``np.load(mmap_mode="r")`` array would keep every
+page it touched in the process's resident memory. The file stays open while a ``VectorFile`` (or a view of it)
+exists, so a folder replaced meanwhile (``hbir.core.files.replace_dir``) does not pull it away mid-read.
 """
 
 from __future__ import annotations
@@ -22,8 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-WRITE_ROWS = 16_384  # rows of the file mapped at once by a write (384-d: 24 MiB)
 
 
 class VectorFile:
@@ -62,29 +57,6 @@ class VectorFile:
             return VectorFile(self.path, self.start + start, self.start + max(start, stop), self._file)
         if isinstance(key, int | np.integer):
             return self[[key]][0]
-        rows = self._row_numbers(key)
-        if not len(rows):
-            return np.empty((0, self.dim), dtype=self.dtype)
-        low, high = int(rows.min()), int(rows.max()) + 1
-        return np.asarray(self._map("r", low, high)[rows - low])
-
-    def __setitem__(self, key, values: np.ndarray) -> None:
-        rows = np.arange(len(self))[key] if isinstance(key, slice) else self._row_numbers(key)
-        values = np.broadcast_to(np.asarray(values, dtype=self.dtype), (len(rows), self.dim))
-        order = np.argsort(rows, kind="stable")  # a row given twice: the last value, as numpy's
-        ordered = rows[order]
-        begin = 0
-        while begin < len(ordered):
-            low = int(ordered[begin])
-            end = int(np.searchsorted(ordered, low + WRITE_ROWS))
-            window = self._map("r+", low, int(ordered[end - 1]) + 1)
-            window[ordered[begin:end] - low] = values[order[begin:end]]
-            window.flush()
-            del window  # unmapped: its pages leave the process
-            begin = end
-
-    def _row_numbers(self, key) -> np.ndarray:
-        """The row numbers an array of rows or a mask names, negative ones counted from the end, checked."""
         rows = np.asarray(key)
         if rows.dtype == bool:
             if rows.shape != (len(self),):
@@ -92,9 +64,17 @@ class VectorFile:
             rows = np.flatnonzero(rows)
         rows = rows.astype(np.int64).reshape(-1)
         rows = np.where(rows < 0, rows + len(self), rows)
-        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+        if not len(rows):
+            return np.empty((0, self.dim), dtype=self.dtype)
+        if rows.min() < 0 or rows.max() >= len(self):
             raise IndexError(f"{self.path}: rows {rows.min()}..{rows.max()} outside 0..{len(self) - 1}")
-        return rows
+        low, high = int(rows.min()), int(rows.max()) + 1
+        return np.asarray(self._map("r", low, high)[rows - low])
+
+    def __setitem__(self, key, values: np.ndarray) -> None:
+        rows = self._map("r+", 0, len(self))
+        rows[key] = values
+        rows.flush()
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         rows = np.array(self._map("r", 0, len(self))) if len(self) else np.empty((0, self.dim), self.dtype)

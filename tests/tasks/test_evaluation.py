@@ -328,26 +328,6 @@ def test_a_vector_file_reads_rows_as_numpy_indexes_them_from_the_file_it_opened(
     np.testing.assert_array_equal(np.load(tmp_path / "w.npy"), expected)
 
 
-def test_scattered_rows_are_written_a_window_of_the_file_at_a_time(tmp_path, monkeypatch):
-    from tasks import vector_file
-
-    rows = np.random.default_rng(0).standard_normal((1000, 4)).astype(np.float32)
-    monkeypatch.setattr(vector_file, "WRITE_ROWS", 64)
-    mapped, real_map = [], VectorFile._map
-    monkeypatch.setattr(
-        VectorFile, "_map", lambda self, mode, low, high: mapped.append(high - low) or real_map(self, mode, low, high)
-    )
-    written = VectorFile.create(tmp_path / "w.npy", (1000, 4))
-    shard = np.random.default_rng(1).permutation(1000)[:400]  # a shard's rows: scattered, in no order
-    written[shard] = rows[shard]
-    written[[-1, 999]] = [rows[0], rows[1]]  # a row given twice: the last value, as numpy's
-    written[100:103] = 7.0
-    expected = np.zeros_like(rows)
-    expected[shard], expected[999], expected[100:103] = rows[shard], rows[1], 7.0
-    np.testing.assert_array_equal(np.load(tmp_path / "w.npy"), expected)
-    assert max(mapped) <= 64 and len(mapped) > 1000 // 64
-
-
 @pytest.mark.parametrize("relevant_score", ["high", "mid-pool"])  # a trained model's ranks; a random model's
 def test_ranks_are_counts_of_candidates_scoring_at_least_as_high_with_ties_and_padding(relevant_score):
     rng = np.random.default_rng(1)
