@@ -36,6 +36,7 @@ from hbir.core.names import POOL
 from tasks.embedding import DatasetEmbeddings
 from tasks.indexing import build_index, search
 from tasks.tables import DatasetTables, positions_in
+from tasks.vector_file import VectorFile
 
 POOL_BLOCK = 16384  # pool rows read and converted to float64 at once (384-d: 48 MiB)
 QUERY_ROWS = 256  # query rows scored at once against a block: 32 MiB of float64 products, 16 MiB once rounded
@@ -68,9 +69,14 @@ class Corpus:
 
     def pool_vectors(self, candidates):
         """The candidates' vectors (table row order; an array or a ``VectorFile``) in pool order: ``candidates``
-        itself when the tables list them language by language, else a reordered copy in memory (a 384-d model's at
-        1M candidates: 1.5 GB)."""
-        return candidates if self.in_table_order else np.ascontiguousarray(candidates[self.order])
+        itself when the tables list them language by language, else a reordered copy: in memory for an array, in a
+        file of its own for a ``VectorFile`` (``VectorFile.reordered``: a 384-d model's at 1M candidates are 1.5 GB,
+        never whole in memory)."""
+        if self.in_table_order:
+            return candidates
+        if isinstance(candidates, VectorFile):
+            return candidates.reordered(self.order)
+        return np.ascontiguousarray(candidates[self.order])
 
 
 def evaluate(

@@ -360,6 +360,24 @@ def test_candidates_in_any_row_order_give_the_same_metrics_and_a_language_groupe
     )
 
 
+def test_candidates_on_disk_in_any_row_order_are_put_in_pool_order_in_a_file_of_their_own(xquad, tmp_path):
+    xquad = three_languages(xquad)
+    vectors = informative_vectors(xquad)
+    rows = np.random.default_rng(0).permutation(len(xquad.candidates))  # languages interleaved
+    shuffled = DatasetTables(xquad.name, xquad.queries, xquad.candidates.iloc[rows].reset_index(drop=True), xquad.qrels)
+    (tmp_path / "vectors").mkdir()
+    np.save(tmp_path / "vectors" / "candidates.npy", vectors.candidates[rows])
+    on_disk = DatasetEmbeddings(vectors.queries, VectorFile(tmp_path / "vectors" / "candidates.npy"))
+    corpus = order_corpus(shuffled)
+    pooled = corpus.pool_vectors(on_disk.candidates)
+    assert isinstance(pooled, VectorFile)  # not a copy in memory
+    np.testing.assert_array_equal(np.asarray(pooled), vectors.candidates[rows][corpus.order])
+    assert [path.name for path in (tmp_path / "vectors").iterdir()] == ["candidates.npy"]  # nothing left behind
+    pd.testing.assert_frame_equal(
+        evaluate(xquad, vectors, EvalConfig()).metrics, evaluate(shuffled, on_disk, EvalConfig()).metrics
+    )
+
+
 def test_a_saved_ivf_index_loaded_memory_mapped_searches_its_file_with_the_same_results(xquad, tmp_path):
     vectors = informative_vectors(three_languages(xquad))
     built = build_index(vectors.candidates, EvalConfig(index="IVF16,SQ8", ivf_nprobe=4, index_train_sample=2_000))
