@@ -180,8 +180,8 @@ class TextList(list):
 class TextColumn:
     """Column ``column`` of the candidates of language ``lang`` in the Parquet file ``path`` (``count`` rows), or
     of their rows ``rows`` (positions among the language's candidates, in that order): read a batch at a time
-    (``batches``) or a subset's rows alone (``read``, one pass over the language's row groups), never the whole
-    column at once. Small to pickle: a Dask worker reads its shard's texts itself."""
+    (``batches``), or whole (``read``): a subset's rows alone, in one pass over the language's row groups. Small to
+    pickle: a Dask worker reads its shard's texts itself."""
 
     path: Path
     column: str
