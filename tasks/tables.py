@@ -178,8 +178,8 @@ class TextList(list):
 
 @dataclass(frozen=True, eq=False)
 class TextColumn:
-    """Column ``column`` of the candidates of language ``lang`` in the Parquet file ``path`` (``count`` rows), or
-    of their rows ``rows`` (positions among the language's candidates, in that order): read a batch at a time
+    """Column ``column`` of the candidates of language ``lang`` in the Parquet file ``path`` (``count`` of them),
+    or of their rows ``rows`` (positions among the language's candidates, in that order): read a batch at a time
     (``batches``), or whole (``read``): a subset's rows alone, in one pass over the language's row groups. Small to
     pickle: a Dask worker reads its shard's texts itself."""
 
@@ -201,7 +201,7 @@ class TextColumn:
 
     def subset(self, rows: np.ndarray) -> TextColumn:
         rows = np.asarray(rows, dtype=np.int64)
-        return replace(self, count=len(rows), rows=rows if self.rows is None else self.rows[rows])
+        return replace(self, rows=rows if self.rows is None else self.rows[rows])
 
     def read(self) -> list[str]:
         if self.rows is None:
