@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import faiss
 import ir_measures
 import numpy as np
@@ -310,6 +312,7 @@ def test_a_vector_file_reads_rows_as_numpy_indexes_them_from_the_file_it_opened(
     assert isinstance(view, VectorFile) and view.shape == (45, 4) and len(file[90:200]) == 10
     np.testing.assert_array_equal(np.asarray(view), rows[15:60])
     np.testing.assert_array_equal(view[[0, 44, 3]], rows[[15, 59, 18]])
+    np.testing.assert_array_equal(view[[7, 5, 6, 6, -45, 30]], rows[[22, 20, 21, 21, 15, 45]])  # runs, repeats
     np.testing.assert_array_equal(np.asarray(view, dtype=np.float64), rows[15:60].astype(np.float64))
     np.testing.assert_array_equal(view[-1], rows[59])  # an integer: one row, as numpy gives it
     mask = np.zeros(45, dtype=bool)
@@ -323,9 +326,18 @@ def test_a_vector_file_reads_rows_as_numpy_indexes_them_from_the_file_it_opened(
     written = VectorFile.create(tmp_path / "w.npy", (100, 4))
     written[np.arange(50, 100)] = rows[50:]
     written[10:20][np.arange(10)] = rows[10:20]
+    written[[33, 31, 32, 40, 31]] = rows[:5]  # in any order; a row given twice keeps its last value, as numpy's
+    written[95:] = 0
     expected = np.zeros_like(rows)
     expected[10:20], expected[50:] = rows[10:20], rows[50:]
+    expected[[33, 31, 32, 40, 31]] = rows[:5]
+    expected[95:] = 0
     np.testing.assert_array_equal(np.load(tmp_path / "w.npy"), expected)
+    np.testing.assert_array_equal(np.asarray(VectorFile(tmp_path / "w.npy")), expected)
+    with open(tmp_path / "v.npy", "r+b") as stream:  # cut short by a full disk or a copy stopped halfway
+        stream.truncate(stream.seek(0, os.SEEK_END) - 4 * 4 * 3)
+    with pytest.raises(ValueError, match="v.npy: ends before row 100 of 100"):
+        np.asarray(VectorFile(tmp_path / "v.npy")[90:])
 
 
 @pytest.mark.parametrize("relevant_score", ["high", "mid-pool"])  # a trained model's ranks; a random model's
