@@ -191,6 +191,7 @@ def embed_dataset(
         )
         for rows, piece in pieces:
             vectors[block.kind][block.rows[rows]] = piece
+            del piece  # not held while the next shard is encoded
         done += len(block.rows)
         language_rows = (queries["lang"] == block.lang).sum() + (cands["lang"] == block.lang).sum()
         if block.kind == "passage" or language_rows == len(block.rows):  # the language's last block
@@ -314,6 +315,7 @@ def embed_texts(
     for rows, piece in embedded_pieces(encoder, model_fp, as_texts(texts), kind, contexts, batch_size, cache_dir,
                                        label, shard_size):  # fmt: skip
         vectors[rows] = piece
+        del piece  # not held while the next shard is encoded
     return vectors
 
 
