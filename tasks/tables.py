@@ -8,6 +8,7 @@ qrels(dataset, qid, cid)                             relevance, whatever the que
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,25 @@ TABLES = ("queries", "candidates", "qrels")
 TEXT_COLUMNS = ("text", "context")  # the wide columns: a pool of a million passages holds gigabytes of them
 TEXT_BATCH = 50_000  # candidate rows read at once for one language's texts
 SORT_MEMORY = "512MB"  # DuckDB's memory for sorting a language's candidates by id (beyond it: spilled to disk)
+
+
+def return_arrow_memory_when_freed() -> None:
+    """Arrow's buffers from jemalloc, given back to the system as soon as they are freed (decay 0), unless
+    ``ARROW_DEFAULT_MEMORY_POOL`` names a pool, or this build of pyarrow has no jemalloc (its default stays).
+    Arrow's default pool (mimalloc) keeps much of what it frees: reading Parquet a row group at a time, for the
+    contracts' batches and for each shard's texts, grew the process by hundreds of MiB that Arrow no longer used.
+    XQuAD-R + 1M distractors, 384-d (``benchmarks/stage_memory.py``): embed stage 1,342 -> 1,016 MiB, contracts
+    ~1,250 -> ~1,060 MiB but ~9 s slower (26-30 s -> 34-44 s: jemalloc maps and unmaps its large buffers)."""
+    if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
+        return
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+        pa.jemalloc_set_decay_ms(0)
+    except NotImplementedError:
+        pass
+
+
+return_arrow_memory_when_freed()
 
 
 @dataclass

@@ -1,7 +1,10 @@
 """Ingestion into the canonical tables: real LAReQA counts, BEIR folders, the Hugging Face datasets path."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -9,6 +12,7 @@ from hbir.core.config import DEFAULT_LANGUAGES
 from hbir.core.errors import DataError
 from tasks.ingest import dataset_versions, ingest_dataset, json_rows
 from tasks.tables import load_tables, save_tables
+from tests.helpers import PROJECT_ROOT
 
 # LAReQA's table (github.com/google-research-datasets/lareqa): candidates per language in XQuAD-R.
 XQUAD_R_CANDIDATES = {
@@ -231,3 +235,23 @@ def test_a_languages_texts_are_read_from_its_own_row_groups_at_any_rows(xquad, t
     assert len(shard) == 300 and shard.read() == [greek[i] for i in rows]
     assert shard.subset(np.arange(299, -1, -1)).read() == [greek[i] for i in rows[::-1]]
     assert [text for batch in shard.batches(7) for text in batch] == [greek[i] for i in rows]
+
+
+def test_arrow_memory_is_given_back_as_freed_unless_the_user_names_a_pool():
+    import pyarrow as pa
+
+    def pool(environ: dict) -> str:
+        code = "import pyarrow as pa, tasks.tables; print(pa.default_memory_pool().backend_name)"
+        command = [sys.executable, "-c", code]
+        done = subprocess.run(command, cwd=PROJECT_ROOT, env=environ, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip()
+
+    environ = {key: value for key, value in os.environ.items() if key != "ARROW_DEFAULT_MEMORY_POOL"}
+    try:
+        pa.jemalloc_memory_pool()
+        expected = "jemalloc"
+    except NotImplementedError:  # a pyarrow built without it keeps its default
+        expected = pa.default_memory_pool().backend_name
+    assert pool(environ) == expected
+    assert pool({**environ, "ARROW_DEFAULT_MEMORY_POOL": "system"}) == "system"
