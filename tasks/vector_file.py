@@ -12,10 +12,10 @@ Indexing follows numpy's: a slice is a view (here: of the file), an array of row
 read into and written from the process's own arrays by positional reads and writes (``os.pread`` / ``os.pwrite``),
 each run of consecutive rows at once: the file's pages stay in the kernel's page cache and never count in the
 process's resident memory. A memory map would bring every page it touched in, and with it its neighbours
-(fault-around): a shard of 50k rows scattered over a language's 300k, written through one map, held the pages of all
-300k (1M pool, 384-d: +220 MiB), and reading 3 x 1,000 scattered rows added 470 MiB. The file stays open while a
-``VectorFile`` (or a view of it) exists, so a folder replaced meanwhile (``hbir.core.files.replace_dir``) does not
-pull it away mid-read.
+(fault-around): a shard of 50k rows scattered over a language's 300k, written through one map, brought in the pages
+of nearly all 300k (1M pool, 384-d: +150-220 MiB), and reading 3 x 1,000 scattered rows added 470 MiB. The file
+stays open while a ``VectorFile`` (or a view of it) exists, so a folder replaced meanwhile
+(``hbir.core.files.replace_dir``) does not pull it away mid-read.
 """
 
 from __future__ import annotations
