@@ -67,24 +67,21 @@ class VectorFile:
         if isinstance(key, int | np.integer):
             return self[[key]][0]
         rows = self._positions(key)
-        if len(rows) and (np.diff(rows) == 1).all():  # consecutive rows: read straight into the result
-            return np.asarray(self[int(rows[0]) : int(rows[-1]) + 1])
         present, where = np.unique(rows, return_inverse=True)  # each row read once, runs of them at a time
         found = np.empty((len(present), self.dim), dtype=self.dtype)
         for first, last in _runs(present):
             self._file.read_into(found[first:last], self.start + int(present[first]))
-        return found[where]
+        return found if np.array_equal(present, rows) else found[where]  # rows ascending: already in their order
 
     def __setitem__(self, key, values: np.ndarray) -> None:
         rows = self._positions(np.arange(len(self))[key] if isinstance(key, slice | int | np.integer) else key)
         values = np.broadcast_to(np.asarray(values, dtype=self.dtype), (len(rows), self.dim))
-        if (np.diff(rows) > 0).all():  # ascending (a slice, a shard in file order): written as they are
-            for first, last in _runs(rows):
-                self._file.write(self.start + int(rows[first]), values[first:last])
-            return
-        order = np.argsort(rows, kind="stable")  # a row given twice: the last value wins, as numpy's
-        for first, last in _runs(rows[order]):
-            self._file.write(self.start + int(rows[order[first]]), values[order[first:last]])
+        ascending = (np.diff(rows) > 0).all()  # a slice, a block in file order: written from views, not copies
+        order = slice(None) if ascending else np.argsort(rows, kind="stable")  # a row given twice: the last wins
+        placed = rows[order]
+        for first, last in _runs(placed):
+            piece = values[first:last] if ascending else values[order[first:last]]
+            self._file.write(self.start + int(placed[first]), piece)
 
     def _positions(self, key) -> np.ndarray:
         """The rows of this view ``key`` names (an array of rows, negative from the end, or a mask), checked."""
