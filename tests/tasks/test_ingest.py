@@ -10,7 +10,8 @@ import pytest
 
 from hbir.core.config import DEFAULT_LANGUAGES
 from hbir.core.errors import DataError
-from tasks.ingest import dataset_versions, ingest_dataset, json_rows
+from tasks.beir import json_blocks
+from tasks.ingest import dataset_versions, ingest_dataset, ingest_to_folder, json_rows
 from tasks.tables import load_tables, save_tables
 from tests.helpers import PROJECT_ROOT
 
@@ -141,6 +142,37 @@ def test_a_standard_beir_folder_takes_its_language_from_the_config_and_joins_tit
         "Microstructural development Alterations of the architecture.",
         "Induction of myelodysplasia.",
     ]
+
+
+def test_a_corpus_is_read_in_blocks_of_whole_lines_with_the_first_blocks_columns(tmp_path, monkeypatch):
+    """Blocks of a few lines: the same rows as one block, a line longer than a block kept whole, blank lines
+    skipped; a field or a type the first block did not have is an error naming the file, as pyarrow's streaming
+    reader has it."""
+    folder = tmp_path / "pool"
+    (folder / "qrels").mkdir(parents=True)
+    corpus = [
+        {"_id": f"d{i}", "text": f"passage {i} " + "long " * (500 if i == 7 else 1), "lang": "en"} for i in range(30)
+    ]
+    lines = [json.dumps(row) for row in corpus]
+    (folder / "corpus.jsonl").write_text("\n".join(lines[:10] + ["", "  "] + lines[10:]) + "\n\n", encoding="utf-8")
+    _write_jsonl(folder / "queries.jsonl", [{"_id": "q1", "text": "Which passage?", "lang": "en"}])
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td7\t1\n")
+    whole = ingest_dataset(tmp_path, "pool", ["en"]).candidates
+
+    monkeypatch.setattr("tasks.beir.CORPUS_BLOCK_BYTES", 200)  # about 3 lines; line 7 is 2.5 KB
+    blocks = list(json_blocks(folder / "corpus.jsonl", 200))
+    assert len(blocks) > 8 and max(len(block) for block in blocks) < 6
+    save = tmp_path / "saved"
+    ingest_to_folder(tmp_path, "pool", ["en"], save)
+    assert load_tables(save).candidates.equals(whole)
+    assert whole["cid"].tolist() == [row["_id"] for row in corpus]
+    assert whole["text"].tolist() == [row["text"] for row in corpus]
+
+    for bad, message in [({"title": "new"}, "unexpected field"), ({"text": 5}, "changed from string to number")]:
+        (folder / "corpus.jsonl").write_text("\n".join(lines + [json.dumps({**corpus[0], **bad})]), encoding="utf-8")
+        with pytest.raises(DataError, match=f"corpus.jsonl.*{message}"):
+            ingest_to_folder(tmp_path, "pool", ["en"], tmp_path / "failed")
+        assert not (tmp_path / "failed").exists()
 
 
 def test_hub_dataset_path_on_a_local_dataset_repo(tmp_path):
