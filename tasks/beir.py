@@ -84,18 +84,14 @@ def json_blocks(path: Path, size: int) -> Iterator[pa.Table]:
     first = next((batch for batch in map(_parse_json, blocks) if batch.num_rows), None)  # blank lines: no columns
     if first is None:
         return
-    with ThreadPoolExecutor(max_workers=1) as parser:
-        batch, ahead = first, parser.submit(_parse_next, blocks, first.schema)
+    with ThreadPoolExecutor(max_workers=1) as parser:  # read here, parsed there: the thread allocates no bytes
+        batch = first
         while batch is not None:
+            block = next(blocks, None)
+            ahead = None if block is None else parser.submit(_parse_json, block, first.schema)
             if batch.num_rows:
                 yield batch
-            batch = ahead.result()
-            ahead = parser.submit(_parse_next, blocks, first.schema)
-
-
-def _parse_next(blocks: Iterator[bytes], schema: pa.Schema) -> pa.Table | None:
-    block = next(blocks, None)
-    return None if block is None else _parse_json(block, schema)
+            batch = None if ahead is None else ahead.result()
 
 
 def _parse_json(block: bytes, schema: pa.Schema | None = None) -> pa.Table:
