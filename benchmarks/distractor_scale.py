@@ -14,7 +14,7 @@ tiny model's near-identical vectors reach ~0.45 whatever is probed, ``SQ8`` ~0.8
 For each N, ``hbir distractors --draw random`` writes the BEIR folder (XQuAD-R's 13,090 queries and 13,014
 candidates plus N passages of 3 MLQA-R sentences of one language), then a fresh process (its peak memory its own)
 runs the pipeline's stages as ``hbir eval`` does, each timed and with its own peak RSS (``VmHWM``, reset before the
-stage through ``/proc/self/clear_refs``):
+stage through ``/proc/self/clear_refs``), printed with the RSS it starts from (what the stages before it left):
   ingest     ``stages.ingest_tables``: the BEIR folder read into canonical tables (Parquet)
   validate   ``check_contracts``: the data contracts (Great Expectations) on those tables, loaded without their
              texts (read a batch at a time), and ``dataset_versions``: the fingerprints, as ``hbir``'s validate stage
@@ -176,10 +176,12 @@ def stage(timings: dict[str, dict], name: str) -> Iterator[None]:
     clear_refs = Path("/proc/self/clear_refs")
     if clear_refs.exists():
         clear_refs.write_text("5")  # resets VmHWM to the current RSS
+    start = peak_rss_mib()  # the RSS it starts from: what the stages before it left in the process
     began = time.perf_counter()
     yield
-    timings[name] = {"s": time.perf_counter() - began, "peak_rss_mib": peak_rss_mib()}
-    print(f"  {name}: {timings[name]['s']:.1f} s, peak RSS {timings[name]['peak_rss_mib']:,.0f} MiB", file=sys.stderr)
+    timings[name] = {"s": time.perf_counter() - began, "peak_rss_mib": peak_rss_mib(), "start_rss_mib": start}
+    entry = timings[name]
+    print(f"  {name}: {entry['s']:.1f} s, peak RSS {entry['peak_rss_mib']:,.0f} MiB from {start:,.0f}", file=sys.stderr)
 
 
 def recall_at_k(found, exact) -> float:
