@@ -158,8 +158,10 @@ def _id_ranges(con: duckdb.DuckDBPyConnection, path: str, lang: str) -> Iterator
     """The candidates of language ``lang`` in the Parquet file ``path`` cut into ranges of ``SORT_ROWS`` ids, in
     order, each as an SQL condition and its parameters; the last range also takes the rows without an id (NULLS
     LAST, where a sort of the whole language puts them)."""
-    numbered = "SELECT cid, row_number() OVER (ORDER BY cid) - 1 AS n FROM read_parquet(?) WHERE lang = ?"
-    query = f"SELECT cid FROM ({numbered} AND cid IS NOT NULL) WHERE n > 0 AND n % ? = 0 ORDER BY cid"
+    query = (
+        "SELECT cid FROM (SELECT cid, row_number() OVER (ORDER BY cid) - 1 AS n FROM read_parquet(?)"
+        " WHERE lang = ? AND cid IS NOT NULL) WHERE n > 0 AND n % ? = 0 ORDER BY cid"
+    )
     cuts = [cid for (cid,) in con.execute(query, [path, lang, SORT_ROWS]).fetchall()]
     for low, high in zip([None, *cuts], [*cuts, None], strict=True):
         if low is None:
