@@ -33,6 +33,7 @@ from hbir.app.records import keep_rows, kept_rows, records_failure, source_finge
 from hbir.core.config import MERGE_GRID, Config, EvalConfig, ModelConfig
 from hbir.core.errors import ContractError, HbirError
 from hbir.core.files import build_once, file_sha256, replace_dir, write_file
+from hbir.core.memory import gives_back_freed_memory
 from hbir.core.names import POOL
 from hbir.core.paths import embeddings_cache_dir, run_dir, tables_cache_dir
 from hbir.core.torchrun import under_torchrun
@@ -48,6 +49,7 @@ def ingest(config: Config, run_id: str, log: Log = print) -> dict[str, str]:
     return ingest_tables(config, log)
 
 
+@gives_back_freed_memory
 def ingest_tables(config: Config, log: Log = print) -> dict[str, str]:
     """Read every dataset of ``data.train`` and ``data.eval`` into canonical tables saved under
     ``$HBIR_CACHE_DIR/tables/<source fingerprint>``; returns {dataset: folder}. Unchanged files are not read again."""
@@ -66,6 +68,7 @@ def ingest_tables(config: Config, log: Log = print) -> dict[str, str]:
 
 
 @records_failure
+@gives_back_freed_memory
 def validate(config: Config, run_id: str, tables: dict[str, str]) -> None:
     """Check the data contracts; keep their outcomes and the dataset versions as the run's rows. Raises
     ContractError (the run recorded as failed, with the outcomes) when a contract fails."""
@@ -120,6 +123,7 @@ def build_batches(config: Config, run_id: str, tables: dict[str, str]) -> str | 
 
 
 @records_failure
+@gives_back_freed_memory
 def train(config: Config, run_id: str, pairs_path: str | None, log: Log = print):
     """Fine-tune ``model.source`` on the pairs (resuming from a checkpoint), measuring the dev split every
     ``train.eval_every`` steps; returns the ``TrainResult``, whose ``model_dir`` is that of ``model.source`` itself
@@ -246,6 +250,7 @@ def model_to_evaluate(config: Config, run_id: str, model_run: str | None = None)
 
 
 @records_failure
+@gives_back_freed_memory
 def merge(config: Config, run_id: str, parent_run: str, weight: float | str, log: Log = print) -> str:
     """Merge the model run ``parent_run`` trained with the base model it was trained from (its ``model.source``),
     at ``weight`` on the fine-tuned model (``auto``: chosen on that run's dev split); returns the merged model's
@@ -272,6 +277,7 @@ def embed(config: Config, run_id: str, model_dir: str, tables_dir: str, log: Log
     return embed_tables(config, model_dir, tables_dir, log)
 
 
+@gives_back_freed_memory
 def embed_tables(config: Config, model_dir: str, tables_dir: str, log: Log = print) -> str:
     """Embeddings of a dataset's queries and candidates (a folder: ``tasks.embedding.load_vectors``), read from the
     embedding cache when the model, texts, prefixes and candidate mode are unchanged; returns the folder. Its name
@@ -359,6 +365,7 @@ def embed_key(model_fp: str, tables_dir: str, config: Config, encoding: str) -> 
 
 
 @records_failure
+@gives_back_freed_memory
 def index(config: Config, run_id: str, dataset: str, tables_dir: str, vectors_path: str) -> list[str]:
     """Build and save the faiss indexes of a dataset (per language and pooled); returns their files. With
     ``eval.save_indexes`` off nothing is built here (the evaluate stage builds what it searches)."""
@@ -409,6 +416,7 @@ def index_ids_path(index_path: str | Path) -> Path:
 
 
 @records_failure
+@gives_back_freed_memory
 def evaluate(
     config: Config, run_id: str, dataset: str, tables_dir: str, vectors_path: str, index_paths: list[str]
 ) -> dict[str, float]:
