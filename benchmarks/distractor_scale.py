@@ -28,8 +28,10 @@ stage through ``/proc/self/clear_refs``), printed with the RSS it starts from (w
              (``tasks.rankings.top_candidates``: the pool read a block at a time into running top-100 lists, as
              ``hbir export`` ranks): recall@100 = mean |approximate & exact| / 100; the smallest nprobe reaching
              the goal is the one evaluated with (the largest if none does)
+  eval-ann   ``evaluate`` searching the compressed indexes to ``eval.depth`` at that nprobe; then the indexes are
+             dropped (a run evaluates one way)
   eval-exact ``evaluate`` with the exact index: every query against the whole pool, read once, a block at a time
-  eval-ann   ``evaluate`` searching the compressed indexes to ``eval.depth`` at that nprobe
+Each stage ends as the pipeline's stages do (``hbir.core.memory``): what it freed is given back to the system.
 The mAP of both evaluations (mono, cross, multi) ties the timing to a result: with random weights it is near zero,
 but exact and ANN should agree. Repeated texts tie in score, so the exact top-100 is one of several equally good
 lists and recall slightly understates the index.
@@ -48,6 +50,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from variants import peak_rss_mib
+
+from hbir.core.memory import give_back_freed_memory
 
 RECALL_GOAL = 0.95
 RSS_GOAL_MIB = 4096
@@ -150,13 +154,14 @@ def run_stages(args: argparse.Namespace, n: int) -> dict:
         reaching = [p for p in args.nprobe if recall[p] >= RECALL_GOAL]
         chosen = min(reaching) if reaching else max(args.nprobe)
         del pool, exact
-    with stage(timings, "eval-exact"):
-        exact_maps = setting_maps(evaluate(tables, vectors, config.eval.model_copy(update={"index": "flat"})))
     with stage(timings, "eval-ann"):
         ann_cfg = config.eval.model_copy(update={"ivf_nprobe": chosen})
         for built in indexes.values():
             faiss.extract_index_ivf(built).nprobe = chosen
         ann_maps = setting_maps(evaluate(tables, vectors, ann_cfg, indexes))
+        del indexes, built  # a run evaluates one way: the exact evaluation does not hold the indexes
+    with stage(timings, "eval-exact"):
+        exact_maps = setting_maps(evaluate(tables, vectors, config.eval.model_copy(update={"index": "flat"})))
     return {
         "pool": len(tables.candidates),
         "queries": len(tables.queries),
@@ -179,6 +184,7 @@ def stage(timings: dict[str, dict], name: str) -> Iterator[None]:
     start = peak_rss_mib()  # the RSS it starts from: what the stages before it left in the process
     began = time.perf_counter()
     yield
+    give_back_freed_memory()  # as the pipeline's stages do when they end
     timings[name] = {"s": time.perf_counter() - began, "peak_rss_mib": peak_rss_mib(), "start_rss_mib": start}
     entry = timings[name]
     print(f"  {name}: {entry['s']:.1f} s, peak RSS {entry['peak_rss_mib']:,.0f} MiB from {start:,.0f}", file=sys.stderr)
