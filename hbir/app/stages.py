@@ -326,6 +326,7 @@ def embedding_jobs(config: Config, model_dir: str, tables_dir: str) -> list:
     )  # fmt: skip
 
 
+@gives_back_freed_memory  # a Dask worker encodes shard after shard
 def run_embedding_job(config: Config, model_dir: str, job) -> str:
     """Encode one ``embedding_jobs`` job and write its cache file, with this process's copy of the encoder (loaded
     by its first job: a Dask worker loads its model once); returns the file."""
