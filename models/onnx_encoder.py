@@ -10,14 +10,17 @@ quantization (``quantize_dynamic``: weights per output channel in 7 bits, activa
 the matrix products with a weight matrix but the feed-forward output projections (``quantized_matmuls``), which runs
 them with the CPU's integer instructions (AVX-512 VNNI, AVX2); 7-bit weights cannot saturate AVX2's 16-bit sums, so
 every CPU computes the same int8 vectors (``_quantize``). The exported files are cached by the model's fingerprint,
-so a model is exported once (e5-small: ~15 s, ~10 s more to quantize). Float32 ONNX gives BiEncoder's vectors to
-~1e-6; int8 moves them (cosine ~0.9987 to float32 on e5-small) and what that costs in retrieval quality is measured
-in ``benchmarks/encode_throughput.py`` and the README.
+so a model is exported once (e5-small: ~15 s, ~10 s more to quantize), in a process of its own (``in_own_process``).
+Float32 ONNX gives BiEncoder's vectors to ~1e-6; int8 moves them (cosine ~0.9987 to float32 on e5-small) and what
+that costs in retrieval quality is measured in ``benchmarks/encode_throughput.py`` and the README.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -103,9 +106,25 @@ def export_onnx(model_dir: Path, backend: OnnxBackend, path: Path) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     if backend == "onnx":
-        return write_file(path, lambda tmp: _export_float32(model_dir, tmp))
+        return write_file(path, lambda tmp: in_own_process("_export_float32", model_dir, tmp))
     float32 = export_onnx(model_dir, "onnx", path.with_name(path.name.replace("-onnx-int8.onnx", "-onnx.onnx")))
-    return write_file(path, lambda tmp: _quantize(float32, tmp))
+    return write_file(path, lambda tmp: in_own_process("_quantize", float32, tmp))
+
+
+def in_own_process(function: str, source: Path, out: Path) -> None:
+    """``function(source, out)`` of this module in a Python process of its own, so the process that embeds never
+    holds what exporting takes: e5-small's export peaked 2.2 GiB above where the process began and left it 580 MiB
+    higher (the exporter's modules, the pages its allocator kept), through every stage after it; the tiny model's
+    left 115 MiB. It costs the new process's imports (~7 s on 2 cores). Its error is raised here with the end of
+    what the process wrote."""
+    code = f"import sys, pathlib; from {__name__} import {function}; {function}(*map(pathlib.Path, sys.argv[1:]))"
+    path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)  # this process's modules, wherever they are
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(source), str(out)], env={**os.environ, "PYTHONPATH": path},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"{function}({source}) failed (exit status {done.returncode}):\n{done.stderr[-3000:]}")
 
 
 def _export_float32(model_dir: Path, out: Path) -> None:
