@@ -115,10 +115,11 @@ def in_own_process(function: str, source: Path, out: Path) -> None:
     """``function(source, out)`` of this module in a Python process of its own, so the process that embeds never
     holds what exporting takes: e5-small's export peaked 2.2 GiB above where the process began and left it 580 MiB
     higher (the exporter's modules, the pages its allocator kept), through every stage after it; the tiny model's
-    left 115 MiB. It costs the new process's imports (~7 s on 2 cores). Its error is raised here with the end of
+    left ~130 MiB. It costs the new process's imports (~7 s on 2 cores). Its error is raised here with the end of
     what the process wrote."""
     code = f"import sys, pathlib; from {__name__} import {function}; {function}(*map(pathlib.Path, sys.argv[1:]))"
-    path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)  # this process's modules, wherever they are
+    root = str(Path(__file__).resolve().parents[1])  # where models/ (and hbir/) were imported from, installed or not
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     done = subprocess.run(
         [sys.executable, "-c", code, str(source), str(out)], env={**os.environ, "PYTHONPATH": path},
         capture_output=True, text=True, check=False,
