@@ -18,7 +18,6 @@ that costs in retrieval quality is measured in ``benchmarks/encode_throughput.py
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import warnings
@@ -118,12 +117,8 @@ def in_own_process(function: str, source: Path, out: Path) -> None:
     left ~130 MiB. It costs the new process's imports (~7 s on 2 cores). Its error is raised here with the end of
     what the process wrote."""
     code = f"import sys, pathlib; from {__name__} import {function}; {function}(*map(pathlib.Path, sys.argv[1:]))"
-    root = str(Path(__file__).resolve().parents[1])  # where models/ (and hbir/) were imported from, installed or not
-    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(source), str(out)], env={**os.environ, "PYTHONPATH": path},
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    # the installed project, as the ranks torchrun starts (hbir/app/train_ranks.py)
+    done = subprocess.run([sys.executable, "-c", code, str(source), str(out)], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{function}({source}) failed (exit status {done.returncode}):\n{done.stderr[-3000:]}")
 

@@ -33,15 +33,12 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return getattr(libc, "malloc_trim", None)
 
 
-def give_back_freed_memory() -> bool:
-    """Collect unreachable Python objects, then hand the C heap's free pages back to the system; False where the
-    C library cannot (not glibc)."""
+def give_back_freed_memory() -> None:
+    """Collect unreachable Python objects, then hand the C heap's free pages back to the system (glibc only)."""
     gc.collect()
     trim = _malloc_trim()
-    if trim is None:
-        return False
-    trim(0)
-    return True
+    if trim is not None:
+        trim(0)
 
 
 def gives_back_freed_memory(stage: Callable[P, R]) -> Callable[P, R]:
