@@ -4,7 +4,7 @@ writes its block's or shard's cache file; the ``embed`` step then reads the data
 
 from __future__ import annotations
 
-from prefect import flow, task, unmapped
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from hbir.app import stages
@@ -13,7 +13,7 @@ from hbir.core.config import Config
 
 @task(name="plan-shards", cache_policy=NO_CACHE)
 def plan_shards(config: Config, model_dir: str, tables_dir: str) -> list:
-    return stages.embedding_jobs(config, model_dir, tables_dir)
+    return stages.embedding_jobs(config, model_dir, tables_dir, log=get_run_logger().info)
 
 
 @task(name="embed-shard", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)

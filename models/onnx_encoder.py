@@ -20,7 +20,9 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -64,11 +66,18 @@ class OnnxEncoder(TextEncoder):
 
     @classmethod
     def from_config(
-        cls, model_dir: str | Path, model_cfg: ModelConfig, backend: OnnxBackend, cache_dir: Path, model_fp: str
+        cls,
+        model_dir: str | Path,
+        model_cfg: ModelConfig,
+        backend: OnnxBackend,
+        cache_dir: Path,
+        model_fp: str,
+        log: Callable[[str], None] | None = None,
     ) -> OnnxEncoder:
-        """The model of ``model_dir`` (fingerprint ``model_fp``) exported for ``backend`` under ``cache_dir`` (once),
-        with the prefixes and maximum length of the ``model`` config section."""
-        path = export_onnx(Path(model_dir), backend, Path(cache_dir) / f"{model_fp}-v{EXPORT_VERSION}-{backend}.onnx")
+        """The model of ``model_dir`` (fingerprint ``model_fp``) exported for ``backend`` under ``cache_dir`` (once,
+        saying so to ``log``), with the prefixes and maximum length of the ``model`` config section."""
+        path = Path(cache_dir) / f"{model_fp}-v{EXPORT_VERSION}-{backend}.onnx"
+        path = export_onnx(Path(model_dir), backend, path, log)
         return cls(path, AutoTokenizer.from_pretrained(model_dir), backend, **text_settings(model_cfg))
 
     @property
@@ -98,16 +107,25 @@ class PooledEncoder(nn.Module):
         return F.normalize(mean_pool(hidden, features["attention_mask"]), dim=-1)
 
 
-def export_onnx(model_dir: Path, backend: OnnxBackend, path: Path) -> Path:
+def export_onnx(model_dir: Path, backend: OnnxBackend, path: Path, log: Callable[[str], None] | None = None) -> Path:
     """``path``, after exporting the model of ``model_dir`` to it if it is not there yet (float32 for ``onnx``, then
-    quantized for ``onnx-int8``); written to a temporary file and renamed, so a killed export leaves nothing."""
+    quantized for ``onnx-int8``); written to a temporary file and renamed, so a killed export leaves nothing. An
+    export says to ``log`` when it starts and how long it took (e5-small: ~30 s, with nothing else on screen)."""
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    log = log or (lambda line: None)
     if backend == "onnx":
-        return write_file(path, lambda tmp: in_own_process("_export_float32", model_dir, tmp))
-    float32 = export_onnx(model_dir, "onnx", path.with_name(path.name.replace("-onnx-int8.onnx", "-onnx.onnx")))
-    return write_file(path, lambda tmp: in_own_process("_quantize", float32, tmp))
+        function, source = "_export_float32", model_dir
+        log(f"exporting {model_dir} to ONNX (float32), once for this model: {path}")
+    else:
+        float32 = path.with_name(path.name.replace("-onnx-int8.onnx", "-onnx.onnx"))
+        function, source = "_quantize", export_onnx(model_dir, "onnx", float32, log)
+        log(f"quantizing {float32.name} to int8, once for this model: {path}")
+    start = time.perf_counter()
+    write_file(path, lambda tmp: in_own_process(function, source, tmp))
+    log(f"{'exported' if backend == 'onnx' else 'quantized'} in {time.perf_counter() - start:.0f} s")
+    return path
 
 
 def in_own_process(function: str, source: Path, out: Path) -> None:

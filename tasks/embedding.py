@@ -79,16 +79,20 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def load_text_encoder(
-    model_dir: str | Path, model_cfg: ModelConfig, device: torch.device, model_fp: str
+    model_dir: str | Path,
+    model_cfg: ModelConfig,
+    device: torch.device,
+    model_fp: str,
+    log: Callable[[str], None] | None = None,
 ) -> TextEncoder:
     """The encoder that embeds for an evaluation: ``model_cfg.backend`` resolved for ``device``; an ONNX backend
-    exports the model once, to ``<cache>/models/onnx``, named by its fingerprint ``model_fp``."""
+    exports the model once, to ``<cache>/models/onnx``, named by its fingerprint ``model_fp`` (saying so to ``log``)."""
     backend = resolve_backend(model_cfg.backend, device)
     if backend == "torch":
         return BiEncoder.from_config(model_dir, model_cfg).to(device).eval()
     from models.onnx_encoder import OnnxEncoder
 
-    return OnnxEncoder.from_config(model_dir, model_cfg, backend, models_cache_dir() / "onnx", model_fp)
+    return OnnxEncoder.from_config(model_dir, model_cfg, backend, models_cache_dir() / "onnx", model_fp, log)
 
 
 def texts_fingerprint(texts: list[str] | Texts, contexts: list[str] | Texts | None = None) -> str:

@@ -113,7 +113,7 @@ def search(
     index, ids = _saved_index(config, run_id, dataset, lang) or _built_index(config, model, dataset, lang, log)
     # the question is encoded as the candidates were: the same model.backend, resolved for the same device
     device = pick_device(config.train.device)
-    encoder = load_text_encoder(model.model_dir, model.model, device, model_fingerprint(Path(model.model_dir)))
+    encoder = load_text_encoder(model.model_dir, model.model, device, model_fingerprint(Path(model.model_dir)), log)
     scores, found = search_index(index, encoder.embed([question], "query").numpy(), k)
     hits = ids.iloc[found[0][found[0] >= 0]].reset_index(drop=True)
     return hits.assign(rank=range(1, len(hits) + 1), score=scores[0][: len(hits)])[

@@ -288,7 +288,7 @@ def embed_tables(config: Config, model_dir: str, tables_dir: str, log: Log = pri
 
     tables = load_tables(tables_dir, texts=False)  # the candidates' texts are read a language at a time
     fingerprint = model_fingerprint(Path(model_dir))
-    encoder = load_text_encoder(model_dir, config.model, pick_device(config.train.device), fingerprint)
+    encoder = load_text_encoder(model_dir, config.model, pick_device(config.train.device), fingerprint, log)
     log(f"encoding with the {encoder.backend} backend (model.backend {config.model.backend})")
     eval_cfg = config.eval
     # on a Dask cluster the workers hand their vectors back through the cache: it is read whatever cache_embeddings
@@ -309,7 +309,7 @@ def embed_tables(config: Config, model_dir: str, tables_dir: str, log: Log = pri
     return str(build_once(folder, write, marker=QUERIES))
 
 
-def embedding_jobs(config: Config, model_dir: str, tables_dir: str) -> list:
+def embedding_jobs(config: Config, model_dir: str, tables_dir: str, log: Log = print) -> list:
     """The blocks and shards of a dataset's embedding that are not cached yet (``tasks.embedding.EmbeddingJob``),
     for the flows to run as tasks on a Dask cluster (``eval.task_runner=dask``); ``embed_tables`` then reads them
     from the cache. Loading the encoder here makes an ONNX backend's export once, before the workers start."""
@@ -318,7 +318,7 @@ def embedding_jobs(config: Config, model_dir: str, tables_dir: str) -> list:
     from tasks.training import pick_device
 
     fingerprint = model_fingerprint(Path(model_dir))
-    encoder = load_text_encoder(model_dir, config.model, pick_device(config.train.device), fingerprint)
+    encoder = load_text_encoder(model_dir, config.model, pick_device(config.train.device), fingerprint, log)
     eval_cfg = config.eval
     return missing_jobs(
         encoder, fingerprint, load_tables(tables_dir, texts=False), eval_cfg.candidates, eval_cfg.batch_size,

@@ -175,3 +175,14 @@ def test_a_failed_export_is_an_error_with_what_the_exporting_process_said(tmp_pa
     with pytest.raises(RuntimeError, match=r"(?s)_export_float32\(.*model\) failed.*Error"):
         OnnxEncoder.from_config(tmp_path / "model", CONFIG, "onnx", tmp_path / "onnx", "fingerprint")
     assert not list((tmp_path / "onnx").glob("*")), "no file, whole or partial"
+
+
+def test_an_export_says_when_it_runs_and_a_cached_one_says_nothing(tiny_model_dir, tmp_path):
+    """e5-small's export is ~30 s with nothing else on screen: the run says what it is doing."""
+    lines: list[str] = []
+    OnnxEncoder.from_config(tiny_model_dir, CONFIG, "onnx", tmp_path, "fingerprint", log=lines.append)
+    assert len(lines) == 2
+    assert lines[0].startswith(f"exporting {tiny_model_dir} to ONNX") and str(tmp_path) in lines[0]
+    assert lines[1].startswith("exported in ")
+    OnnxEncoder.from_config(tiny_model_dir, CONFIG, "onnx", tmp_path, "fingerprint", log=lines.append)
+    assert len(lines) == 2, "the export is cached"
