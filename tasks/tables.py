@@ -31,6 +31,7 @@ TEXT_COLUMNS = ("text", "context")  # the wide columns: a pool of a million pass
 TEXT_BATCH = 10_000  # candidate rows read at once for one language's texts (English at 1M read: 50k +155 MB, 10k +75)
 SORT_MEMORY = "512MB"  # DuckDB's memory for sorting a language's candidates by id (beyond it: spilled to disk)
 SORT_ROWS = 50_000  # a language's candidates sorted by id this many at a time, a range of ids after another
+SORT_BYTES = 64 << 20  # and at most this many bytes of texts (and one row): 50k documents of 20 KB failed at 512MB
 
 
 def return_arrow_memory_when_freed() -> None:
@@ -130,11 +131,12 @@ class DatasetTables:
 
     def candidates_by_id(self, lang: str, batch_size: int) -> Iterator[pd.DataFrame]:
         """Every column of the candidates of language ``lang`` sorted by ``cid``, ``batch_size`` rows at a time. A
-        table loaded without its texts is sorted by DuckDB straight from the folder's Parquet file, ``SORT_ROWS``
-        at a time (ranges of ids cut at every ``SORT_ROWS``-th id: the sort's memory is a range's, not the
+        table loaded without its texts is sorted by DuckDB straight from the folder's Parquet file a range of ids
+        at a time (at most ``SORT_ROWS`` rows and ``SORT_BYTES`` of texts: the sort's memory is a range's, not the
         language's), within ``SORT_MEMORY`` and spilling to a temporary folder beyond it: never a language's texts
         whole in memory. XQuAD-R + 1M distractors, English's 306k candidates: sorted whole, 595 MB peak in 2.4 s;
-        in ranges of 50k, 267 MB in 3.2 s."""
+        in ranges of 50k, 267 MB in 3.2 s. Ranges of 50k rows alone failed on long documents (60k of 20 KB: DuckDB
+        out of memory at 512 MB, spilling or not), hence the bytes."""
         if all(column in self.candidates for column in TEXT_COLUMNS):
             rows = self.language_candidates(lang).sort_values(["cid"])
             for start in range(0, len(rows), batch_size):
@@ -155,14 +157,25 @@ class DatasetTables:
 
 
 def _id_ranges(con: duckdb.DuckDBPyConnection, path: str, lang: str) -> Iterator[tuple[str, list[str]]]:
-    """The candidates of language ``lang`` in the Parquet file ``path`` cut into ranges of ``SORT_ROWS`` ids, in
-    order, each as an SQL condition and its parameters; the last range also takes the rows without an id (NULLS
-    LAST, where a sort of the whole language puts them)."""
-    query = (
-        "SELECT cid FROM (SELECT cid, row_number() OVER (ORDER BY cid) - 1 AS n FROM read_parquet(?)"
-        " WHERE lang = ? AND cid IS NOT NULL) WHERE n > 0 AND n % ? = 0 ORDER BY cid"
-    )
-    cuts = [cid for (cid,) in con.execute(query, [path, lang, SORT_ROWS]).fetchall()]
+    """The candidates of language ``lang`` in the Parquet file ``path`` cut into ranges of ids, in order, each as an
+    SQL condition and its parameters; a range holds at most ``SORT_ROWS`` rows and ``SORT_BYTES`` of text and
+    context (or a single row), and the last range also takes the rows without an id (NULLS LAST, where a sort of the
+    whole language puts them). A range starts where the row's number // SORT_ROWS + the bytes before it //
+    SORT_BYTES (both counted in id order) goes up: one query over the ids and the texts' lengths."""
+    query = """
+        SELECT cid FROM (
+            SELECT cid, part, lag(part) OVER (ORDER BY cid) AS previous FROM (
+                SELECT cid, (row_number() OVER (ORDER BY cid) - 1) // $rows
+                    + coalesce(sum(bytes) OVER (ORDER BY cid ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
+                    // $bytes AS part
+                FROM (
+                    SELECT cid, coalesce(strlen(text), 0) + coalesce(strlen(context), 0) AS bytes
+                    FROM read_parquet($path) WHERE lang = $lang AND cid IS NOT NULL
+                )
+            )
+        ) WHERE part <> previous ORDER BY cid"""
+    bounds = {"path": path, "lang": lang, "rows": SORT_ROWS, "bytes": SORT_BYTES}
+    cuts = [cid for (cid,) in con.execute(query, bounds).fetchall()]
     for low, high in zip([None, *cuts], [*cuts, None], strict=True):
         if low is None:
             yield ("TRUE", []) if high is None else ("cid < ?", [high])

@@ -216,6 +216,30 @@ def test_fingerprints_serialise_a_table_in_parts_as_the_whole_table(xquad, tmp_p
     assert dataset_versions(loaded).equals(dataset_versions(xquad))
 
 
+def test_long_texts_are_sorted_in_ranges_of_at_most_sort_bytes(xquad, tmp_path, monkeypatch):
+    """A range of SORT_ROWS documents of 20 KB each ran DuckDB out of its memory: a range is cut by bytes too."""
+    import duckdb
+    import pandas as pd
+
+    from tasks.tables import _id_ranges
+
+    monkeypatch.setattr("tasks.tables.SORT_BYTES", 50_000)
+    save_tables(xquad, tmp_path / "xquad-r")
+    path = str(tmp_path / "xquad-r" / "candidates.parquet")
+    german = xquad.candidates[xquad.candidates["lang"] == "de"].sort_values("cid")
+    sizes = german["text"].str.encode("utf-8").str.len() + german["context"].str.encode("utf-8").str.len()
+    with duckdb.connect() as con:
+        ranges = list(_id_ranges(con, path, "de"))
+        query = "SELECT cid FROM read_parquet(?) WHERE lang = 'de' AND {} ORDER BY cid"
+        parts = [con.execute(query.format(where), [path, *bounds]).fetchall() for where, bounds in ranges]
+    assert sizes.sum() // 50_000 <= len(ranges) - 1 <= sizes.sum() // 50_000 + 1
+    assert [cid for part in parts for (cid,) in part] == german["cid"].tolist()  # each row once, in order
+    in_range = sizes.groupby(german["cid"].map({cid: n for n, part in enumerate(parts) for (cid,) in part}))
+    assert (in_range.sum() - in_range.last() < 50_000).all()  # within the bytes, but for the row that crossed them
+    batches = list(load_tables(tmp_path / "xquad-r", texts=False).candidates_by_id("de", 200))
+    assert pd.concat(batches).reset_index(drop=True).equals(german.reset_index(drop=True))
+
+
 def test_a_parquet_file_is_read_in_batches_across_its_row_groups_in_order(xquad, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
