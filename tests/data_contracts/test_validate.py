@@ -180,3 +180,25 @@ def test_tables_read_back_without_texts_validate_as_in_memory(lareqa_dir, tmp_pa
     assert validate_datasets(loaded, *args) == validate_datasets(datasets, *args)
     assert [f[3].split(",")[0] for f in _failures(validate_datasets(loaded, *args))] == ["2 of 13014 rows fail"]
     assert dataset_versions(loaded[1]).equals(dataset_versions(datasets[1]))
+
+
+def test_long_texts_are_checked_in_batches_bounded_by_their_characters(lareqa_dir, tmp_path, monkeypatch):
+    """25k rows of documents of 5,000 characters took Great Expectations to 3 GB: a batch is cut by characters."""
+    from data_contracts.validate import bounded_batches
+
+    tables = ingest_dataset(lareqa_dir, "xquad-r", DEFAULT_LANGUAGES)
+    save_tables(tables, tmp_path / "xquad-r")
+    loaded = load_tables(tmp_path / "xquad-r", texts=False)
+    monkeypatch.setattr("data_contracts.validate.READ_ROWS", 100)
+    monkeypatch.setattr("data_contracts.validate.CANDIDATE_CHARS", 400_000)
+    batches = list(bounded_batches(loaded))
+    chars = [int(batch["text"].str.len().sum() + batch["context"].str.len().sum()) for batch in batches]
+    total = tables.candidates["text"].str.len().sum() + tables.candidates["context"].str.len().sum()
+    assert len(batches) >= total // 400_000 and max(chars) <= 400_000
+    assert pd.concat(batches).equals(tables.candidates)  # every row once, in table order
+    broken = tables.candidates.copy()
+    broken.loc[[3, 9000], "text"] = " \u200b "  # invisible, in two different batches
+    tables.candidates = broken
+    args = (["mlqa-r"], DEFAULT_LANGUAGES, ["xquad-r"], 2000, 5000, 50000)
+    failures = [f[3].split(",")[0] for f in _failures(validate_datasets([tables], *args))]
+    assert failures == [f"2 of {len(broken)} rows fail"]
