@@ -66,7 +66,8 @@ def test_freezing_keeps_only_the_word_embeddings_fixed(encoder):
 
 
 def test_long_paragraphs_encode_as_the_tokenizer_does_with_the_whole_paragraph(encoder, lareqa_dir):
-    """Cutting contexts before tokenizing (to spare the tokenizer whole paragraphs) changes no encoded pair."""
+    """Cutting contexts and texts before tokenizing (to spare the tokenizer whole paragraphs) changes nothing
+    encoded."""
     import json
 
     sentences, paragraphs = [], []
@@ -83,3 +84,9 @@ def test_long_paragraphs_encode_as_the_tokenizer_does_with_the_whole_paragraph(e
     for row, ids in enumerate(whole["input_ids"]):
         assert cut["input_ids"][row][: len(ids)].tolist() == ids
     assert encoder.token_lengths(sentences, "passage", paragraphs) == [len(ids) for ids in whole["input_ids"]]
+    # long texts alone (a corpus of documents) are cut too: the same tokens as the whole text
+    whole = encoder.tokenizer(["passage: " + paragraph for paragraph in paragraphs], truncation=True, max_length=64)
+    cut = encoder.tokenize(paragraphs, "passage")
+    for row, ids in enumerate(whole["input_ids"]):
+        assert cut["input_ids"][row][: len(ids)].tolist() == ids
+    assert encoder.token_lengths(paragraphs, "passage") == [len(ids) for ids in whole["input_ids"]]
