@@ -152,3 +152,26 @@ def test_a_standard_beir_folder_without_lang_validates_and_evaluates(run_hbir, d
         ("mono", 2),
         ("multi", 2),
     ]
+
+
+def test_an_index_ids_file_is_written_a_batch_of_texts_at_a_time_as_one_table(tmp_path):
+    """The ids file beside a saved index (what `hbir search` shows): a language's texts were taken whole into memory
+    (60k Hindi documents: 3.0 GB); now a batch at a time, giving the file the whole table would."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from hbir.app.stages import concat_parquet, write_ids
+    from tasks.tables import TEXT_BATCH, TextList
+
+    n = 2 * TEXT_BATCH + 17
+    ids = pd.DataFrame({"cid": [f"c{i}" for i in range(n)], "lang": "de", "doc_id": [f"d{i // 3}" for i in range(n)]})
+    ids = ids.astype("str")
+    texts = TextList(f"Satz {i} über Warschau" for i in range(n))
+    write_ids(ids, texts, tmp_path / "de.ids.parquet")
+    ids.assign(text=list(texts)).to_parquet(tmp_path / "whole.parquet", index=False)
+    assert pq.ParquetFile(tmp_path / "de.ids.parquet").num_row_groups == 3
+    assert pd.read_parquet(tmp_path / "de.ids.parquet").equals(pd.read_parquet(tmp_path / "whole.parquet"))
+    concat_parquet([tmp_path / "de.ids.parquet", tmp_path / "whole.parquet"], tmp_path / "all.ids.parquet")
+    assert len(pd.read_parquet(tmp_path / "all.ids.parquet")) == 2 * n
+    with pytest.raises(ValueError, match="ids"):
+        write_ids(ids, TextList(list(texts)[:-1]), tmp_path / "short.parquet")
