@@ -38,7 +38,7 @@ from hbir.core.names import POOL
 from hbir.core.paths import embeddings_cache_dir, run_dir, tables_cache_dir
 from hbir.core.torchrun import under_torchrun
 from hbir.store import runs
-from tasks.tables import load_tables, save_tables
+from tasks.tables import TextColumn, TextList, load_tables, save_tables
 
 Log = Callable[[str], None]
 
@@ -396,7 +396,7 @@ def index(config: Config, run_id: str, dataset: str, tables_dir: str, vectors_pa
     return [row["path"] for row in artifacts]
 
 
-def write_ids(ids: pd.DataFrame, texts, out: Path) -> None:
+def write_ids(ids: pd.DataFrame, texts: TextList | TextColumn, out: Path) -> None:
     """An index's ids file: the rows of ``ids`` with a ``text`` column of ``texts`` (a ``TextList`` or
     ``TextColumn``, one per row, in order), written a batch of texts at a time: a language's texts whole, as Python
     strings and then Arrow's, took 60k Hindi documents of 5,000 characters to 3.0 GB."""
