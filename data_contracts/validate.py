@@ -211,11 +211,12 @@ def bounded_batches(tables: DatasetTables) -> Iterator[pd.DataFrame]:
     pending: list[pd.DataFrame] = []
     rows = chars = 0
     for df in tables.candidate_batches(CANDIDATE_COLUMNS, min(READ_ROWS, CANDIDATE_BATCH)):
-        if pending and (rows + len(df) > CANDIDATE_BATCH or chars + _chars(df) > CANDIDATE_CHARS):
+        size = _chars(df)
+        if pending and (rows + len(df) > CANDIDATE_BATCH or chars + size > CANDIDATE_CHARS):
             yield pd.concat(pending)
             pending, rows, chars = [], 0, 0
         pending.append(df)
-        rows, chars = rows + len(df), chars + _chars(df)
+        rows, chars = rows + len(df), chars + size
     if pending:
         yield pd.concat(pending)
 

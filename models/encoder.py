@@ -88,10 +88,10 @@ class TextEncoder:
         With ``contexts``, each text is encoded with its context as a text pair (LAReQA's sentence + paragraph),
         the context truncated first.
         """
-        prefixed = [self.prefixes[kind] + text for text in (self.cut(texts) if contexts is None else texts)]
+        texts, contexts = self.cut(texts, contexts)
         features = self.tokenizer(
-            prefixed,
-            None if contexts is None else self.cut(contexts),
+            [self.prefixes[kind] + text for text in texts],
+            contexts,
             padding=True,
             truncation="longest_first" if contexts is not None else True,
             max_length=self.max_length,
@@ -99,15 +99,17 @@ class TextEncoder:
         )
         return {name: tensor.to(self.device) for name, tensor in features.items()}
 
-    def cut(self, texts: list[str]) -> list[str]:
-        """Texts (or contexts) cut to CHARS_PER_TOKEN * max_length characters: more than the encoder can keep of
-        them (a token spans fewer characters), so what is encoded is the same, and the tokenizer does not first
-        encode (and split into overflowing windows) whole documents of thousands of tokens: 256 Hindi passages of
-        5,000 characters took the tiny model's byte tokenizer 2.0 s, cut 0.9 s. Of a text pair only the context is
-        cut: a pair too long for the encoder is truncated by halves, and which half gets an odd token depends on
-        which side is longer, which cutting both could turn around."""
+    def cut(self, texts: list[str], contexts: list[str] | None) -> tuple[list[str], list[str] | None]:
+        """Texts, or the contexts of text pairs, cut to CHARS_PER_TOKEN * max_length characters: more than the
+        encoder can keep of them (a token spans fewer characters), so what is encoded is the same, and the tokenizer
+        does not first encode (and split into overflowing windows) whole documents of thousands of tokens: 256
+        Hindi passages of 5,000 characters took the tiny model's byte tokenizer 2.0 s, cut 0.9 s. Of a pair only
+        the context is cut: a pair too long for the encoder is truncated by halves, and which half gets an odd
+        token depends on which side is longer, which cutting both could turn around."""
         limit = CHARS_PER_TOKEN * self.max_length
-        return [text if len(text) <= limit else text[:limit] for text in texts]
+        if contexts is None:
+            return [text[:limit] for text in texts], None
+        return texts, [context[:limit] for context in contexts]
 
     def token_lengths(self, texts: list[str], kind: TextKind, contexts: list[str] | None = None) -> list[int]:
         """Tokens per text as ``tokenize`` would encode it (truncated): sorting by this, not by characters, keeps the
@@ -115,9 +117,11 @@ class TextEncoder:
         truncation = "longest_first" if contexts is not None else True
         lengths = []
         for start in range(0, len(texts), LENGTH_CHUNK):  # a tokenizer holds every full pair before truncating it
-            chunk = texts[start : start + LENGTH_CHUNK]
-            prefixed = [self.prefixes[kind] + text for text in (self.cut(chunk) if contexts is None else chunk)]
-            pairs = None if contexts is None else self.cut(contexts[start : start + LENGTH_CHUNK])
+            chunk, pairs = self.cut(
+                texts[start : start + LENGTH_CHUNK],
+                None if contexts is None else contexts[start : start + LENGTH_CHUNK],
+            )
+            prefixed = [self.prefixes[kind] + text for text in chunk]
             encoded = self.tokenizer(prefixed, pairs, truncation=truncation, max_length=self.max_length)
             lengths += [len(ids) for ids in encoded["input_ids"]]
         return lengths

@@ -413,8 +413,6 @@ def write_ids(ids: pd.DataFrame, texts: TextList | TextColumn, out: Path) -> Non
             text = pa.array(batch, type=schema.field("text").type)
             writer.write_table(pa.Table.from_arrays([*columns, text], schema=schema))
             start += len(batch)
-        if start == 0:
-            writer.write_table(schema.empty_table())
     if start != len(ids):
         raise ValueError(f"{len(ids)} ids, {start} texts for {out}")
 
