@@ -45,11 +45,6 @@ from tasks.vector_file import VectorFile
 CandidateMode = Literal["sentence", "paragraph"]
 # What makes a model directory's embeddings what they are (the sentence-transformers files do not matter here).
 MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model")
-# model.backend auto on a CPU: the fastest backend whose XQuAD-R mAP mono / cross / multi is within 0.005 of float32
-# torch. e5-small zero-shot, torch 0.7989 / 0.6396 / 0.2988: onnx the same to 4 decimals (1.55x torch's texts/s on an
-# AVX-512 CPU, level with it on an AVX2 one); onnx-int8 0.7976 / 0.6311 / 0.2905 (cross -0.0085, multi -0.0083:
-# outside the bound, though faster; README, benchmarks/encode_throughput.py)
-AUTO_CPU_BACKEND = "onnx"
 FINGERPRINT_CHUNK = 10_000  # texts serialised at once for a block's fingerprint
 QUERIES, CANDIDATES = "queries.npy", "candidates.npy"  # the files of a dataset's embeddings folder
 Texts = TextList | TextColumn  # a block's texts: in memory, or read from the tables' folder when needed
@@ -70,12 +65,23 @@ def model_fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend that encodes for ``model.backend``: ``auto`` is torch on a GPU and AUTO_CPU_BACKEND on a CPU;
-    the ONNX backends run on the CPU whatever the device."""
-    if backend != "auto":
-        return backend
-    return "torch" if device.type != "cpu" else AUTO_CPU_BACKEND
+def resolve_backend(
+    model_cfg: ModelConfig,
+    device: torch.device,
+    model_dir: str | Path,
+    model_fp: str,
+    log: Callable[[str], None] | None = None,
+) -> str:
+    """The backend that encodes for ``model.backend``: ``auto`` is torch on a GPU and, on a CPU, the faster float32
+    backend on this CPU, torch or onnx (``tasks.cpu_backend``: timed once per CPU and model shape); the ONNX
+    backends run on the CPU whatever the device."""
+    if model_cfg.backend != "auto":
+        return model_cfg.backend
+    if device.type != "cpu":
+        return "torch"
+    from tasks.cpu_backend import fastest_cpu_backend
+
+    return fastest_cpu_backend(model_dir, model_cfg, model_fp, log)
 
 
 def load_text_encoder(
@@ -87,7 +93,7 @@ def load_text_encoder(
 ) -> TextEncoder:
     """The encoder that embeds for an evaluation: ``model_cfg.backend`` resolved for ``device``; an ONNX backend
     exports the model once, to ``<cache>/models/onnx``, named by its fingerprint ``model_fp`` (saying so to ``log``)."""
-    backend = resolve_backend(model_cfg.backend, device)
+    backend = resolve_backend(model_cfg, device, model_dir, model_fp, log)
     if backend == "torch":
         return BiEncoder.from_config(model_dir, model_cfg).to(device).eval()
     from models.onnx_encoder import OnnxEncoder
@@ -149,6 +155,9 @@ class EmbeddingJob:
     contexts: Texts | None
     label: str
     lengths: list[int] | None = None  # the texts' token counts, when known (a shard's)
+    # what encodes it (TextEncoder.backend, part of its cache key): a Dask worker loads this one, not model.backend
+    # auto resolved again on its own CPU
+    backend: str | None = None
 
 
 def dataset_blocks(tables: DatasetTables, candidates: CandidateMode = "sentence") -> Iterator[Block]:
@@ -245,7 +254,7 @@ def block_jobs(
     cache)."""
     if shard_size is None or len(texts) <= shard_size:
         path = None if cache_dir is None else Path(cache_dir) / f"{name}.npy"
-        return [(slice(None), EmbeddingJob(path, texts, kind, contexts, label))]
+        return [(slice(None), EmbeddingJob(path, texts, kind, contexts, label, backend=encoder.backend))]
     lengths = block_token_lengths(encoder, texts, kind, contexts)
     shards = shard_rows(lengths, batch_size, shard_size)
     pieces = []
@@ -253,7 +262,9 @@ def block_jobs(
         path = None if cache_dir is None else shard_path(cache_dir, name, batch_size, shards, number)
         part = None if contexts is None else contexts.subset(rows)
         shard_label = f"{label} shard {number + 1}/{len(shards)}".strip()
-        job = EmbeddingJob(path, texts.subset(rows), kind, part, shard_label, [lengths[i] for i in rows])
+        job = EmbeddingJob(
+            path, texts.subset(rows), kind, part, shard_label, [lengths[i] for i in rows], encoder.backend
+        )  # fmt: skip
         pieces.append((rows, job))
     return pieces
 

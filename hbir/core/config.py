@@ -116,8 +116,9 @@ class ModelConfig(Section):
     max_length: int = Field(128, ge=8)
     # What encodes the texts an evaluation embeds (training and its dev evaluations are always PyTorch): torch;
     # onnx, ONNX Runtime in float32 (torch's vectors; faster on an AVX-512 CPU, level on AVX2); onnx-int8, its weights
-    # quantized to int8. auto: torch on a GPU; on a CPU the fastest backend whose XQuAD-R mAP is within 0.005 of
-    # float32 torch, onnx (AUTO_CPU_BACKEND in tasks/embedding.py; int8 costs e5-small 0.0085 mAP cross: README).
+    # quantized to int8. auto: torch on a GPU; on a CPU the faster of torch and onnx, timed on this CPU once per
+    # model shape (tasks/cpu_backend.py): the fastest backends whose XQuAD-R mAP is within 0.005 of float32 torch
+    # (int8 costs e5-small 0.0085 mAP cross: README).
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
 
     @field_validator("source")

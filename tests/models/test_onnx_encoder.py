@@ -113,10 +113,11 @@ def test_the_backend_is_part_of_the_embedding_cache_key(torch_encoder, tiny_mode
     assert not np.array_equal(np.load(cached[0]), np.load(cached[1]))
 
 
-def test_auto_is_torch_on_a_gpu_and_float32_onnx_on_a_cpu(tiny_model_dir):
-    assert resolve_backend("auto", torch.device("cuda")) == "torch"
-    assert resolve_backend("auto", torch.device("cpu")) == "onnx"
-    assert resolve_backend("onnx", torch.device("cuda")) == "onnx"
+def test_auto_is_torch_on_a_gpu_and_a_named_backend_is_that_one(tiny_model_dir):
+    auto = CONFIG.model_copy(update={"backend": "auto"})
+    assert resolve_backend(auto, torch.device("cuda"), tiny_model_dir, "unused") == "torch"
+    as_onnx = CONFIG.model_copy(update={"backend": "onnx"})
+    assert resolve_backend(as_onnx, torch.device("cuda"), tiny_model_dir, "unused") == "onnx"
     as_torch = CONFIG.model_copy(update={"backend": "torch"})
     assert isinstance(load_text_encoder(tiny_model_dir, as_torch, torch.device("cpu"), "unused"), BiEncoder)
 

@@ -1,0 +1,148 @@
+"""``model.backend=auto`` on a CPU: the faster of the float32 backends, PyTorch or ONNX Runtime, timed on this CPU.
+
+    backend = fastest_cpu_backend(model_dir, model_cfg, model_fingerprint(model_dir), log=print)   # "torch" | "onnx"
+
+Both give float32 PyTorch's vectors (ONNX to ~1e-6), so both meet the quality bound (XQuAD-R mAP within 0.005 of
+float32); ``onnx-int8`` does not (README). Which is faster depends on the CPU: float32 ONNX was 1.55x PyTorch's
+texts/s on an AMD EPYC with AVX-512, level on an AVX2-only one, 0.88x on an Intel Xeon with AMX. So the choice is
+measured, once per CPU, library versions, thread count and model shape (not weights: a fine-tuned model runs as
+fast as its base), by encoding the same random token batches with both backends, and kept in
+``<cache>/models/backend/<key>.json``; delete the file to measure again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from hbir.core.config import ModelConfig
+from hbir.core.files import write_file
+from hbir.core.paths import models_cache_dir
+
+BACKENDS = ("torch", "onnx")  # the float32 backends, both within the quality bound
+# onnx is chosen when it is at least this much faster: each new model (every trained one) is exported first
+# (e5-small: ~30 s), which PyTorch does without
+ONNX_MARGIN = 1.05
+PROBE_LENGTHS = (16, 32, 64, 128)  # tokens per text of the timed batches (at most model.max_length)
+PROBE_BATCH = 32  # texts per timed batch
+PROBE_ROUNDS = 3  # timed passes per backend, alternating; the fastest counts
+# what makes a model as fast as another of its shape (config.json)
+SHAPE_KEYS = (
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+    "vocab_size",
+)  # fmt: skip
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def fastest_cpu_backend(
+    model_dir: str | Path, model_cfg: ModelConfig, model_fp: str, log: Callable[[str], None] | None = None
+) -> str:
+    """``torch`` or ``onnx``, whichever encodes the model of ``model_dir`` faster on this CPU: read from the cache,
+    else timed (saying so to ``log``) and cached."""
+    log = log or (lambda line: None)
+    setup = machine_and_model(model_dir, model_cfg.max_length)
+    key = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:16]
+    path = models_cache_dir() / "backend" / f"{key}.json"
+    if path.exists():
+        choice = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        log("model.backend auto: timing the torch and onnx backends on this CPU, once for this CPU and model shape")
+        speeds = texts_per_second(model_dir, model_cfg, model_fp, log)
+        choice = {"backend": choose(speeds), "texts_per_s": speeds, "measured": _now(), **setup}
+        write_file(path, lambda tmp: tmp.write_text(json.dumps(choice, indent=2), encoding="utf-8"))
+    speeds = ", ".join(f"{name} {value:.1f}" for name, value in choice["texts_per_s"].items())
+    log(f"model.backend auto is {choice['backend']} on this CPU (texts/s: {speeds}; {choice['measured']}, {path})")
+    return choice["backend"]
+
+
+def choose(speeds: dict[str, float]) -> str:
+    """The backend for these texts/s: onnx when it is ONNX_MARGIN times torch's or more, else torch."""
+    return "onnx" if speeds["onnx"] >= ONNX_MARGIN * speeds["torch"] else "torch"
+
+
+def texts_per_second(
+    model_dir: str | Path, model_cfg: ModelConfig, model_fp: str, log: Callable[[str], None] | None = None
+) -> dict[str, float]:
+    """Texts/s of each of BACKENDS on the same random token batches (PROBE_LENGTHS x PROBE_BATCH texts a pass):
+    a warm-up pass each, then PROBE_ROUNDS passes each, alternating; the fastest pass counts. Tokenizing is left
+    out: both backends use the same tokenizer."""
+    from models.encoder import BiEncoder
+    from models.onnx_encoder import OnnxEncoder
+
+    encoders = {
+        "torch": BiEncoder.from_config(model_dir, model_cfg).eval(),
+        "onnx": OnnxEncoder.from_config(model_dir, model_cfg, "onnx", models_cache_dir() / "onnx", model_fp, log),
+    }
+    batches = probe_batches(encoders["torch"], model_cfg.max_length)
+    texts = sum(len(batch["input_ids"]) for batch in batches)
+    best = dict.fromkeys(BACKENDS, float("inf"))
+    with torch.inference_mode():
+        for round_ in range(PROBE_ROUNDS + 1):  # round 0 warms up
+            for name in BACKENDS:
+                began = time.perf_counter()
+                for batch in batches:
+                    encoders[name].encode_batch(batch)
+                if round_:
+                    best[name] = min(best[name], time.perf_counter() - began)
+    return {name: round(texts / best[name], 1) for name in BACKENDS}
+
+
+def probe_batches(encoder, max_length: int) -> list[dict[str, torch.Tensor]]:
+    """Random token ids in batches of PROBE_BATCH texts of each of PROBE_LENGTHS tokens (cut to ``max_length``),
+    with the inputs the model's tokenizer makes, no padding; the same for every run."""
+    generator = torch.Generator().manual_seed(0)
+    vocab = encoder.model.config.vocab_size
+    batches = []
+    for length in sorted({min(length, max_length) for length in PROBE_LENGTHS}):
+        ids = torch.randint(vocab // 10, vocab, (PROBE_BATCH, length), generator=generator)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+        batches.append({name: inputs[name] for name in encoder.tokenizer.model_input_names})
+    return batches
+
+
+def machine_and_model(model_dir: str | Path, max_length: int) -> dict:
+    """What the backends' speeds depend on: the CPU, the libraries, the threads, the model's shape."""
+    import onnxruntime
+
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    return {
+        "cpu": cpu_name(),
+        "cpu_flags": [flag for flag in CPU_FLAGS if flag in cpu_flags()],
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "model": {name: config.get(name) for name in SHAPE_KEYS},
+        "max_length": max_length,
+    }
+
+
+def cpu_name() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    return set(_cpuinfo("flags").split())
+
+
+def _cpuinfo(field: str) -> str:
+    """The first ``field`` of /proc/cpuinfo (Linux), else ""."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name.strip() == field:
+            return value.strip()
+    return ""
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
