@@ -106,10 +106,15 @@ class TextEncoder:
         Hindi passages of 5,000 characters took the tiny model's byte tokenizer 2.0 s, cut 0.9 s. Of a pair only
         the context is cut: a pair too long for the encoder is truncated by halves, and which half gets an odd
         token depends on which side is longer, which cutting both could turn around."""
+        text_limit, context_limit = self.char_limits(pairs=contexts is not None)
+        cut_contexts = None if contexts is None else [context[:context_limit] for context in contexts]
+        return [text[:text_limit] for text in texts], cut_contexts
+
+    def char_limits(self, pairs: bool) -> tuple[int | None, int | None]:
+        """How many characters of a text, and of its context, ``cut`` keeps (None: all): a text alone and a pair's
+        context are cut to CHARS_PER_TOKEN * max_length, a pair's text is not."""
         limit = CHARS_PER_TOKEN * self.max_length
-        if contexts is None:
-            return [text[:limit] for text in texts], None
-        return texts, [context[:limit] for context in contexts]
+        return (None, limit) if pairs else (limit, None)
 
     def token_lengths(self, texts: list[str], kind: TextKind, contexts: list[str] | None = None) -> list[int]:
         """Tokens per text as ``tokenize`` would encode it (truncated): sorting by this, not by characters, keeps the

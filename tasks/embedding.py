@@ -282,11 +282,12 @@ def block_token_lengths(encoder: TextEncoder, texts: Texts, kind: TextKind, cont
 
 def run_embedding_job(encoder: TextEncoder, job: EmbeddingJob, batch_size: int) -> np.ndarray:
     """Encode a job's texts and write its cache file (whole or not at all; none without a path): (N, H)."""
-    contexts = None if job.contexts is None else job.contexts.read()
+    text_limit, context_limit = encoder.char_limits(pairs=job.contexts is not None)  # no more reaches the encoder
+    contexts = None if job.contexts is None else job.contexts.read(context_limit)
+    texts = job.texts.read(text_limit)
     vectors = encoder.embed(
-        job.texts.read(), job.kind, batch_size, contexts, show_progress=None, label=job.label, lengths=job.lengths
-    )
-    vectors = vectors.numpy()
+        texts, job.kind, batch_size, contexts, show_progress=None, label=job.label, lengths=job.lengths
+    ).numpy()
     if job.path is not None:
         write_file(job.path, lambda tmp: _save_npy(tmp, vectors))
     return vectors

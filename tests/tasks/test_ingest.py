@@ -293,6 +293,9 @@ def test_a_languages_texts_are_read_from_its_own_row_groups_at_any_rows(xquad, t
     assert len(shard) == 300 and shard.read() == [greek[i] for i in rows]
     assert shard.subset(np.arange(299, -1, -1)).read() == [greek[i] for i in rows[::-1]]
     assert [text for batch in shard.batches(7) for text in batch] == [greek[i] for i in rows]
+    # cut as they are read: what an encoder can keep of them (TextEncoder.char_limits)
+    assert column.read(max_chars=20) == [text[:20] for text in greek]
+    assert shard.read(max_chars=20) == [greek[i][:20] for i in rows]
 
 
 def test_arrow_memory_is_given_back_as_freed_unless_the_user_names_a_pool():
