@@ -1,5 +1,6 @@
-"""Encoding throughput of hbir's backends (``model.backend``: torch, onnx, onnx-int8) against sentence-transformers'
-``encode`` (PyTorch, and its own ONNX int8 backend): same model, texts, prefixes, batch size, maximum length.
+"""Encoding throughput of hbir's backends (``model.backend``: torch, torch-bf16, onnx, onnx-int8) against
+sentence-transformers' ``encode`` (PyTorch, and its own ONNX int8 backend): same model, texts, prefixes, batch size,
+maximum length.
 
     python benchmarks/encode_throughput.py --n 1000 --peer-python ../peer-venv/bin/python   # CPU, real XQuAD-R texts
     python benchmarks/encode_throughput.py --n 20000 --device cuda      # torch variants on a GPU
@@ -13,6 +14,8 @@ their order reversed every other round) so that other load on the machine falls 
   hbir-torch             ``BiEncoder.from_dir(...).embed(texts, kind, batch_size)``: texts sorted by length, each
                          batch padded to its longest text, SDPA attention, mean pooling, L2 norm; on CUDA bf16
                          autocast (fp32 weights), as ``embed`` does by itself
+  hbir-torch-bf16        ``model.backend=torch-bf16``: the same in a bfloat16 autocast on the CPU too (fast where
+                         the CPU has bfloat16 instructions: AVX-512 BF16, AMX)
   hbir-onnx              ``OnnxEncoder`` (``model.backend=onnx``): the same batches through ONNX Runtime, float32
   hbir-onnx-int8         ``model.backend=onnx-int8``: weights quantized to int8 (``quantize_dynamic``, per channel);
                          the exports are hbir's cached ones (made by the first run, in its load time)
@@ -60,6 +63,7 @@ from variants import peak_rss_mib, run_in_subprocess
 
 CPU_VARIANTS = [
     "hbir-torch",
+    "hbir-torch-bf16",
     "hbir-onnx",
     "hbir-onnx-int8",
     "sentence-transformers",
@@ -124,7 +128,7 @@ def check_peer_python(python: str) -> None:
             "pins transformers < 4.58, so give it a venv of its own: python -m venv ../peer-venv && "
             "../peer-venv/bin/pip install torch==2.13.0 'sentence-transformers[onnx]' transformers==4.57.1 "
             "optimum-onnx pandas pyarrow, then pass "
-            f"--peer-python ../peer-venv/bin/python (or leave it out: --variants {' '.join(CPU_VARIANTS[:4])})"
+            f"--peer-python ../peer-venv/bin/python (or leave it out: --variants {' '.join(CPU_VARIANTS[:5])})"
         )
 
 
@@ -244,6 +248,7 @@ ENCODERS = {
     "hbir-torch": hbir_encoder,
     "hbir-onnx": lambda *a: hbir_encoder(*a, backend="onnx"),
     "hbir-onnx-int8": lambda *a: hbir_encoder(*a, backend="onnx-int8"),
+    "hbir-torch-bf16": lambda *a: hbir_encoder(*a, backend="torch-bf16"),
     "sentence-transformers": sentence_transformers_encoder,
     "sentence-transformers-onnx-int8": lambda *a: sentence_transformers_encoder(*a, backend="onnx-int8"),
 }

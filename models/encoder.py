@@ -23,6 +23,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from hbir.core.config import ModelConfig
 
 TextKind = Literal["query", "passage"]
+TorchBackend = Literal["torch", "torch-bf16"]
 # token_lengths tokenizes this many texts at a time: fast tokenizers keep each whole pair (a paragraph of thousands of
 # tokens) until they truncate it, and all of them at once took 16 GiB for 3 languages of XQuAD-R (paragraph mode)
 LENGTH_CHUNK = 256
@@ -59,7 +60,7 @@ class TextEncoder:
     tokenizer: PreTrainedTokenizerBase
     prefixes: dict[str, str]
     max_length: int
-    backend: str  # what encodes: "torch", "onnx", "onnx-int8"
+    backend: str  # what encodes: "torch", "torch-bf16", "onnx", "onnx-int8"
 
     @property
     def encoding(self) -> str:
@@ -170,8 +171,6 @@ class TextEncoder:
 class BiEncoder(TextEncoder, nn.Module):
     """The trainable encoder: a transformers ``AutoModel`` in PyTorch, mean pooling, L2 normalisation."""
 
-    backend = "torch"
-
     def __init__(
         self,
         model: PreTrainedModel,
@@ -179,10 +178,12 @@ class BiEncoder(TextEncoder, nn.Module):
         query_prefix: str = "",
         passage_prefix: str = "",
         max_length: int = 128,
+        backend: TorchBackend = "torch",
     ) -> None:
         nn.Module.__init__(self)
         self.model = model
         self.set_text_settings(tokenizer, query_prefix, passage_prefix, max_length)
+        self.backend = backend  # torch-bf16: bfloat16 products on a CPU too (on a GPU both are)
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, **settings) -> BiEncoder:
@@ -191,9 +192,9 @@ class BiEncoder(TextEncoder, nn.Module):
         return cls(model, AutoTokenizer.from_pretrained(model_dir), **settings)
 
     @classmethod
-    def from_config(cls, model_dir: str | Path, model_cfg: ModelConfig) -> BiEncoder:
+    def from_config(cls, model_dir: str | Path, model_cfg: ModelConfig, backend: TorchBackend = "torch") -> BiEncoder:
         """``from_dir`` with the prefixes and maximum length of the ``model`` config section."""
-        return cls.from_dir(model_dir, **text_settings(model_cfg))
+        return cls.from_dir(model_dir, **text_settings(model_cfg), backend=backend)
 
     @property
     def hidden_size(self) -> int:
@@ -209,7 +210,9 @@ class BiEncoder(TextEncoder, nn.Module):
         return F.normalize(mean_pool(hidden, features["attention_mask"]), dim=-1)
 
     def encode_batch(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        device = self.device.type
+        bf16 = device == "cuda" or (device == "cpu" and self.backend == "torch-bf16")
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             return self(features).float().cpu()
 
     def embed(self, *args, **kwargs) -> torch.Tensor:

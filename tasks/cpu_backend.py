@@ -1,13 +1,15 @@
-"""``model.backend=auto`` on a CPU: the faster of the float32 backends, PyTorch or ONNX Runtime, timed on this CPU.
+"""``model.backend=auto`` on a CPU: the fastest backend within the quality bound, timed on this CPU.
 
-    backend = fastest_cpu_backend(model_dir, model_cfg, model_fingerprint(model_dir), log=print)   # "torch" | "onnx"
+    backend = fastest_cpu_backend(model_dir, model_cfg, model_fingerprint(model_dir), log=print)
+    # "torch", "onnx", or "torch-bf16" on a CPU with bfloat16 instructions
 
-Both give float32 PyTorch's vectors (ONNX to ~1e-6), so both meet the quality bound (XQuAD-R mAP within 0.005 of
-float32); ``onnx-int8`` does not (README). Which is faster depends on the CPU: float32 ONNX was 1.55x PyTorch's
-texts/s on an AMD EPYC with AVX-512, level on an AVX2-only one, 0.88x on an Intel Xeon with AMX. So the choice is
-measured, once per CPU, library versions, thread count and model shape (not weights: a fine-tuned model runs as
-fast as its base), by encoding the same random token batches with both backends, and kept in
-``<cache>/models/backend/<key>.json``; delete the file to measure again.
+The candidates keep XQuAD-R mAP within 0.005 of float32 PyTorch: PyTorch and ONNX Runtime in float32 (the same
+vectors to ~1e-6) and PyTorch in a bfloat16 autocast (e5-small: +0.0003 mAP mono, +0.0002 cross, +0.0005 multi);
+``onnx-int8`` does not (-0.0085 cross; README). Which is fastest depends on the CPU: float32 ONNX was 1.55x
+PyTorch's texts/s on an AMD EPYC with AVX-512, level on an AVX2-only one, 0.80x on an Intel Xeon with AMX, where
+bfloat16 was 2.13x. So the choice is measured, once per CPU, library versions, thread count and model shape (not
+weights: a fine-tuned model runs as fast as its base), by encoding the same random token batches with each, and kept
+in ``<cache>/models/backend/<key>.json``; delete the file to measure again.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from hbir.core.config import ModelConfig
 from hbir.core.files import write_file
 from hbir.core.paths import models_cache_dir
 
-BACKENDS = ("torch", "onnx")  # the float32 backends, both within the quality bound
-# onnx is chosen when it is at least this much faster: each new model (every trained one) is exported first
-# (e5-small: ~30 s), which PyTorch does without
+BACKENDS = ("torch", "onnx")  # the float32 backends, timed on every CPU
+# bfloat16 products, within the quality bound too (README), timed on a CPU with bfloat16 instructions only (without
+# them PyTorch converts in software)
+BF16_BACKEND, BF16_FLAGS = "torch-bf16", ("avx512_bf16", "amx_bf16")
+# onnx is chosen when it is at least this much faster than the fastest PyTorch backend: each new model (every trained
+# one) is exported first (e5-small: ~30 s), which PyTorch does without
 ONNX_MARGIN = 1.05
 PROBE_LENGTHS = (16, 32, 64, 128)  # tokens per text of the timed batches (at most model.max_length)
 PROBE_BATCH = 32  # texts per timed batch
@@ -53,7 +58,7 @@ def fastest_cpu_backend(
     if path.exists():
         choice = json.loads(path.read_text(encoding="utf-8"))
     else:
-        log("model.backend auto: timing the torch and onnx backends on this CPU, once for this CPU and model shape")
+        log(f"model.backend auto: timing {', '.join(timed_backends())} on this CPU, once for this CPU and model shape")
         speeds = texts_per_second(model_dir, model_cfg, model_fp, log)
         choice = {"backend": choose(speeds), "texts_per_s": speeds, "measured": _now(), **setup}
         write_file(path, lambda tmp: tmp.write_text(json.dumps(choice, indent=2), encoding="utf-8"))
@@ -63,35 +68,43 @@ def fastest_cpu_backend(
 
 
 def choose(speeds: dict[str, float]) -> str:
-    """The backend for these texts/s: onnx when it is ONNX_MARGIN times torch's or more, else torch."""
-    return "onnx" if speeds["onnx"] >= ONNX_MARGIN * speeds["torch"] else "torch"
+    """The backend for these texts/s: the fastest, onnx only when it is ONNX_MARGIN times the fastest other."""
+    return max(speeds, key=lambda name: speeds[name] / (ONNX_MARGIN if name == "onnx" else 1))
+
+
+def timed_backends() -> tuple[str, ...]:
+    """The backends timed on this CPU: BACKENDS, and BF16_BACKEND where the CPU has bfloat16 instructions."""
+    return BACKENDS + ((BF16_BACKEND,) if set(BF16_FLAGS) & cpu_flags() else ())
 
 
 def texts_per_second(
     model_dir: str | Path, model_cfg: ModelConfig, model_fp: str, log: Callable[[str], None] | None = None
 ) -> dict[str, float]:
-    """Texts/s of each of BACKENDS on the same random token batches (PROBE_LENGTHS x PROBE_BATCH texts a pass):
-    a warm-up pass each, then PROBE_ROUNDS passes each, alternating; the fastest pass counts. Tokenizing is left
-    out: both backends use the same tokenizer."""
+    """Texts/s of each of ``timed_backends()`` on the same random token batches (PROBE_LENGTHS x PROBE_BATCH texts
+    a pass): a warm-up pass each, then PROBE_ROUNDS passes each, alternating; the fastest pass counts. Tokenizing is
+    left out: every backend uses the same tokenizer."""
     from models.encoder import BiEncoder
     from models.onnx_encoder import OnnxEncoder
 
+    plain = BiEncoder.from_config(model_dir, model_cfg).eval()
     encoders = {
-        "torch": BiEncoder.from_config(model_dir, model_cfg).eval(),
+        "torch": plain,
         "onnx": OnnxEncoder.from_config(model_dir, model_cfg, "onnx", models_cache_dir() / "onnx", model_fp, log),
+        BF16_BACKEND: BiEncoder(plain.model, plain.tokenizer, max_length=model_cfg.max_length, backend=BF16_BACKEND),
     }
-    batches = probe_batches(encoders["torch"], model_cfg.max_length)
+    names = timed_backends()
+    batches = probe_batches(plain, model_cfg.max_length)
     texts = sum(len(batch["input_ids"]) for batch in batches)
-    best = dict.fromkeys(BACKENDS, float("inf"))
+    best = dict.fromkeys(names, float("inf"))
     with torch.inference_mode():
         for round_ in range(PROBE_ROUNDS + 1):  # round 0 warms up
-            for name in BACKENDS:
+            for name in names:
                 began = time.perf_counter()
                 for batch in batches:
                     encoders[name].encode_batch(batch)
                 if round_:
                     best[name] = min(best[name], time.perf_counter() - began)
-    return {name: round(texts / best[name], 1) for name in BACKENDS}
+    return {name: round(texts / best[name], 1) for name in names}
 
 
 def probe_batches(encoder, max_length: int) -> list[dict[str, torch.Tensor]]:

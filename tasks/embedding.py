@@ -94,8 +94,8 @@ def load_text_encoder(
     """The encoder that embeds for an evaluation: ``model_cfg.backend`` resolved for ``device``; an ONNX backend
     exports the model once, to ``<cache>/models/onnx``, named by its fingerprint ``model_fp`` (saying so to ``log``)."""
     backend = resolve_backend(model_cfg, device, model_dir, model_fp, log)
-    if backend == "torch":
-        return BiEncoder.from_config(model_dir, model_cfg).to(device).eval()
+    if backend in ("torch", "torch-bf16"):
+        return BiEncoder.from_config(model_dir, model_cfg, backend).to(device).eval()
     from models.onnx_encoder import OnnxEncoder
 
     return OnnxEncoder.from_config(model_dir, model_cfg, backend, models_cache_dir() / "onnx", model_fp, log)

@@ -115,11 +115,12 @@ class ModelConfig(Section):
     # lower cap would only shorten the few batches that hold an outlier.
     max_length: int = Field(128, ge=8)
     # What encodes the texts an evaluation embeds (training and its dev evaluations are always PyTorch): torch;
-    # onnx, ONNX Runtime in float32 (torch's vectors; faster on an AVX-512 CPU, level on AVX2); onnx-int8, its weights
-    # quantized to int8. auto: torch on a GPU; on a CPU the faster of torch and onnx, timed on this CPU once per
-    # model shape (tasks/cpu_backend.py): the fastest backends whose XQuAD-R mAP is within 0.005 of float32 torch
-    # (int8 costs e5-small 0.0085 mAP cross: README).
-    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
+    # torch-bf16, PyTorch with bfloat16 products on a CPU too (2.13x torch on a CPU with AMX, within 0.0005 mAP);
+    # onnx, ONNX Runtime in float32 (torch's vectors; faster on an AMD AVX-512 CPU); onnx-int8, its weights quantized
+    # to int8. auto: torch on a GPU (in bfloat16 there); on a CPU the fastest of torch, onnx and torch-bf16 (where
+    # the CPU has bfloat16 instructions), timed on this CPU once per model shape (tasks/cpu_backend.py): the backends
+    # whose XQuAD-R mAP is within 0.005 of float32 torch (int8 costs e5-small 0.0085 mAP cross: README).
+    backend: Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"] = "auto"
 
     @field_validator("source")
     @classmethod

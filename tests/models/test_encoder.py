@@ -90,3 +90,11 @@ def test_long_paragraphs_encode_as_the_tokenizer_does_with_the_whole_paragraph(e
     for row, ids in enumerate(whole["input_ids"]):
         assert cut["input_ids"][row][: len(ids)].tolist() == ids
     assert encoder.token_lengths(paragraphs, "passage") == [len(ids) for ids in whole["input_ids"]]
+
+
+def test_the_bf16_backend_computes_in_bfloat16_on_a_cpu_close_to_float32(encoder, tiny_model_dir):
+    bf16 = BiEncoder.from_dir(tiny_model_dir, query_prefix="query: ", max_length=64, backend="torch-bf16")
+    float32, rounded = encoder.embed(TEXTS, "query"), bf16.embed(TEXTS, "query")
+    assert rounded.dtype == torch.float32 and not torch.equal(rounded, float32)  # bfloat16 products, float32 out
+    assert (rounded * float32).sum(dim=1).min() > 0.999
+    assert bf16.encoding == "torch-bf16" != encoder.encoding  # its own embedding cache key

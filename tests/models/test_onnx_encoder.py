@@ -123,7 +123,7 @@ def test_auto_is_torch_on_a_gpu_and_a_named_backend_is_that_one(tiny_model_dir):
 
 
 def test_an_unknown_backend_is_a_config_error_naming_the_choices():
-    with pytest.raises(ConfigError, match=r"model\.backend.*'torch', 'onnx' or 'onnx-int8'"):
+    with pytest.raises(ConfigError, match=r"model\.backend.*'torch', 'torch-bf16', 'onnx' or 'onnx-int8'"):
         load_config("smoke", None, {"model.backend": "tensorrt"})
 
 

@@ -25,10 +25,10 @@ def test_auto_on_a_cpu_is_the_backend_timed_faster_here_once(tiny_model_dir, tmp
     backend = fastest_cpu_backend(tiny_model_dir, AUTO, model_fingerprint(tiny_model_dir), said.append)
     (saved,) = (tmp_path / "models" / "backend").glob("*.json")
     timing = json.loads(saved.read_text())
-    assert set(timing["texts_per_s"]) == {"torch", "onnx"} and min(timing["texts_per_s"].values()) > 0
+    assert set(timing["texts_per_s"]) == set(cpu_backend.timed_backends()) and min(timing["texts_per_s"].values()) > 0
     assert backend == timing["backend"] == choose(timing["texts_per_s"])
     assert timing["threads"] == torch.get_num_threads() and timing["model"]["hidden_size"] == 32
-    assert any("timing the torch and onnx backends" in line for line in said)
+    assert any("model.backend auto: timing torch, onnx" in line for line in said)
     assert f"model.backend auto is {backend} on this CPU" in said[-1]
 
     def timed_again(*args, **kwargs):
@@ -50,3 +50,5 @@ def test_onnx_is_chosen_only_when_its_export_is_worth_it():
     assert choose({"torch": 100.0, "onnx": 155.0}) == "onnx"
     assert choose({"torch": 100.0, "onnx": 103.0}) == "torch"  # within ONNX_MARGIN: no export for 3%
     assert choose({"torch": 124.1, "onnx": 109.6}) == "torch"
+    assert choose({"torch": 100.0, "onnx": 150.0, "torch-bf16": 200.0}) == "torch-bf16"
+    assert choose({"torch": 90.0, "onnx": 104.0, "torch-bf16": 100.0}) == "torch-bf16"
