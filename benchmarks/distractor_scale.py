@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000], help="distractors")
     parser.add_argument("--model", default="random:tiny", help="model.source (random weights: near-identical vectors)")
     parser.add_argument("--index", default="IVF1024,SQfp16", help="eval.index: a faiss index_factory string")
+    parser.add_argument("--backend", default="auto", help="model.backend (the README's rows before 2026-12-06: onnx)")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128], help="tried for recall")
     parser.add_argument("--shard-size", type=int, default=50_000, help="eval.shard_size")
     parser.add_argument("--workdir", type=Path, help="keep the folders and caches here (default: a temporary one)")
@@ -124,6 +125,7 @@ def run_stages(args: argparse.Namespace, n: int) -> dict:
             "data.eval": [f"xquad-r-{n}"],
             "model.source": args.model,
             "model.max_length": 128,
+            "model.backend": args.backend,
             "eval.index": args.index,
             "eval.shard_size": args.shard_size,
         },
@@ -207,7 +209,8 @@ def setting_maps(result) -> dict[str, float]:
 
 def print_table(args: argparse.Namespace, results: dict[int, dict]) -> None:
     names = list(next(iter(results.values()))["stages"])
-    print(f"\nXQuAD-R + N distractors, {args.model} (max_length 128), index {args.index}, shards {args.shard_size}")
+    setup = f"{args.model} (max_length 128, backend {args.backend}), index {args.index}, shards {args.shard_size}"
+    print(f"\nXQuAD-R + N distractors, {setup}")
     print(f"{'stage':12}" + "".join(f"{'N=' + format(n, ','):>26}" for n in results))
     for name in names:
         cells = []
