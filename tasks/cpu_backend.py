@@ -49,8 +49,8 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
 def fastest_cpu_backend(
     model_dir: str | Path, model_cfg: ModelConfig, model_fp: str, log: Callable[[str], None] | None = None
 ) -> str:
-    """``torch`` or ``onnx``, whichever encodes the model of ``model_dir`` faster on this CPU: read from the cache,
-    else timed (saying so to ``log``) and cached."""
+    """The backend of ``timed_backends()`` that encodes the model of ``model_dir`` fastest on this CPU (``choose``):
+    read from the cache, else timed (saying so to ``log``) and cached."""
     log = log or (lambda line: None)
     setup = machine_and_model(model_dir, model_cfg.max_length)
     key = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:16]
