@@ -171,7 +171,7 @@ def test_search_answers_a_question_with_hits_from_the_saved_index(run):
 
 def test_search_in_one_language_and_for_a_training_run_without_an_index(run):
     german = json.loads(
-        run["hbir"]("search", "--model-run", "used", "Warsaw?", "--lang", "de", "--format", "json").output
+        run["hbir"]("search", "--model-run", "used", "Warsaw?", "--lang", "de", "--format", "json").stdout
     )
     assert {hit["lang"] for hit in german["hits"]} == {"de"}
     assert run["hbir"]("train", "--run-id", "trained-only").exit_code == 0
