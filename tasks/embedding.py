@@ -30,7 +30,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ import torch
 from hbir.core.config import ModelConfig
 from hbir.core.files import file_sha256, write_file
 from hbir.core.paths import models_cache_dir
-from models.encoder import BiEncoder, TextEncoder, TextKind
+from models.encoder import BiEncoder, TextEncoder, TextKind, TorchBackend
 from tasks.tables import DatasetTables, TextColumn, TextList
 from tasks.vector_file import VectorFile
 
@@ -72,8 +72,8 @@ def resolve_backend(
     model_fp: str,
     log: Callable[[str], None] | None = None,
 ) -> str:
-    """The backend that encodes for ``model.backend``: ``auto`` is torch on a GPU and, on a CPU, the faster float32
-    backend on this CPU, torch or onnx (``tasks.cpu_backend``: timed once per CPU and model shape); the ONNX
+    """The backend that encodes for ``model.backend``: ``auto`` is torch on a GPU and, on a CPU, the fastest on this
+    CPU of those within the quality bound (``tasks.cpu_backend``: timed once per CPU and model shape); the ONNX
     backends run on the CPU whatever the device."""
     if model_cfg.backend != "auto":
         return model_cfg.backend
@@ -94,7 +94,7 @@ def load_text_encoder(
     """The encoder that embeds for an evaluation: ``model_cfg.backend`` resolved for ``device``; an ONNX backend
     exports the model once, to ``<cache>/models/onnx``, named by its fingerprint ``model_fp`` (saying so to ``log``)."""
     backend = resolve_backend(model_cfg, device, model_dir, model_fp, log)
-    if backend in ("torch", "torch-bf16"):
+    if backend in get_args(TorchBackend):
         return BiEncoder.from_config(model_dir, model_cfg, backend).to(device).eval()
     from models.onnx_encoder import OnnxEncoder
 
@@ -154,10 +154,10 @@ class EmbeddingJob:
     kind: TextKind
     contexts: Texts | None
     label: str
-    lengths: list[int] | None = None  # the texts' token counts, when known (a shard's)
     # what encodes it (TextEncoder.backend, part of its cache key): a Dask worker loads this one, not model.backend
     # auto resolved again on its own CPU
-    backend: str | None = None
+    backend: str
+    lengths: list[int] | None = None  # the texts' token counts, when known (a shard's)
 
 
 def dataset_blocks(tables: DatasetTables, candidates: CandidateMode = "sentence") -> Iterator[Block]:
@@ -254,7 +254,7 @@ def block_jobs(
     cache)."""
     if shard_size is None or len(texts) <= shard_size:
         path = None if cache_dir is None else Path(cache_dir) / f"{name}.npy"
-        return [(slice(None), EmbeddingJob(path, texts, kind, contexts, label, backend=encoder.backend))]
+        return [(slice(None), EmbeddingJob(path, texts, kind, contexts, label, encoder.backend))]
     lengths = block_token_lengths(encoder, texts, kind, contexts)
     shards = shard_rows(lengths, batch_size, shard_size)
     pieces = []
@@ -263,7 +263,7 @@ def block_jobs(
         part = None if contexts is None else contexts.subset(rows)
         shard_label = f"{label} shard {number + 1}/{len(shards)}".strip()
         job = EmbeddingJob(
-            path, texts.subset(rows), kind, part, shard_label, [lengths[i] for i in rows], encoder.backend
+            path, texts.subset(rows), kind, part, shard_label, encoder.backend, [lengths[i] for i in rows]
         )  # fmt: skip
         pieces.append((rows, job))
     return pieces

@@ -332,7 +332,7 @@ def run_embedding_job(config: Config, model_dir: str, job) -> str:
     by its first job: a Dask worker loads its model once); returns the file."""
     from tasks.embedding import run_embedding_job as run_job
 
-    model = config.model.model_copy(update={"backend": job.backend or config.model.backend})  # auto resolved once
+    model = config.model.model_copy(update={"backend": job.backend})  # auto resolved once, by the flow
     encoder = _worker_encoder(str(model_dir), model.model_dump_json(), config.train.device)
     run_job(encoder, job, config.eval.batch_size)
     return str(job.path)
