@@ -5,14 +5,16 @@ transformer exported to ONNX, in float32 or with its weights quantized to int8. 
     vectors = encoder.embed(texts, "passage")   # (N, H) float32, unit length, as BiEncoder.embed
 
 The export (``torch.onnx.export`` with the dynamo exporter: dynamic batch and sequence axes) outputs the pooled,
-normalised embedding, so a batch is one ``InferenceSession.run``. ``onnx-int8`` is ONNX Runtime's dynamic
-quantization (``quantize_dynamic``: weights per output channel in 7 bits, activations quantized to 8 on the fly) of
-the matrix products with a weight matrix but the feed-forward output projections (``quantized_matmuls``), which runs
-them with the CPU's integer instructions (AVX-512 VNNI, AVX2); 7-bit weights cannot saturate AVX2's 16-bit sums, so
-every CPU computes the same int8 vectors (``_quantize``). The exported files are cached by the model's fingerprint,
-so a model is exported once (e5-small: ~15 s, ~10 s more to quantize), in a process of its own (``in_own_process``).
-Float32 ONNX gives BiEncoder's vectors to ~1e-6; int8 moves them (cosine ~0.9987 to float32 on e5-small) and what
-that costs in retrieval quality is measured in ``benchmarks/encode_throughput.py`` and the README.
+normalised embedding, so a batch is one ``InferenceSession.run``. ``onnx-int8`` first rewrites the model so that
+int8 loses less (``models.smooth_quant``: SmoothQuant scales; the feed-forward outputs' outlier channel in float32
+on its own), then applies ONNX Runtime's dynamic quantization (``quantize_dynamic``: weights per output channel in 7
+bits, activations quantized to 8 on the fly) to every matrix product with a weight matrix but those outlier
+channels' (``quantized_matmuls``), which runs them with the CPU's integer instructions (AVX-512 VNNI, AVX2); 7-bit
+weights cannot saturate AVX2's 16-bit sums, so every CPU computes the same int8 vectors (``_quantize``). The
+exported files are cached by the model's fingerprint, so a model is exported once (e5-small: ~30 s either), in a
+process of its own (``in_own_process``). Float32 ONNX gives BiEncoder's vectors to ~1e-6; int8 moves them (cosine
+0.9993 to float32 on e5-small, XQuAD-R mAP within 0.003) and what that costs in retrieval quality is measured in
+``benchmarks/encode_throughput.py`` and the README.
 """
 
 from __future__ import annotations
@@ -34,12 +36,12 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from hbir.core.config import ModelConfig
 from hbir.core.files import write_file
 from models.encoder import TextEncoder, mean_pool, text_settings
+from models.smooth_quant import smooth_for_int8
 
 OnnxBackend = Literal["onnx", "onnx-int8"]
 # Bump when the export or the quantization below changes, so cached files are not reused.
-EXPORT_VERSION = 3
+EXPORT_VERSION = 4
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-GELUS = ("Gelu", "FastGelu", "BiasGelu")  # ONNX's (opset 20) and ONNX Runtime's fused ones
 
 
 class OnnxEncoder(TextEncoder):
@@ -108,23 +110,19 @@ class PooledEncoder(nn.Module):
 
 
 def export_onnx(model_dir: Path, backend: OnnxBackend, path: Path, log: Callable[[str], None] | None = None) -> Path:
-    """``path``, after exporting the model of ``model_dir`` to it if it is not there yet (float32 for ``onnx``, then
-    quantized for ``onnx-int8``); written to a temporary file and renamed, so a killed export leaves nothing. An
-    export says to ``log`` when it starts and how long it took (e5-small: ~30 s, with nothing else on screen)."""
+    """``path``, after exporting the model of ``model_dir`` to it if it is not there yet (float32 for ``onnx``;
+    for ``onnx-int8`` rewritten for int8 by ``smooth_for_int8``, exported and quantized); written to a temporary
+    file and renamed, so a killed export leaves nothing. An export says to ``log`` when it starts and how long it
+    took (e5-small: ~30 s float32, ~50 s int8, with nothing else on screen)."""
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     log = log or (lambda line: None)
-    if backend == "onnx":
-        function, source = "_export_float32", model_dir
-        log(f"exporting {model_dir} to ONNX (float32), once for this model: {path}")
-    else:
-        float32 = path.with_name(path.name.replace("-onnx-int8.onnx", "-onnx.onnx"))
-        function, source = "_quantize", export_onnx(model_dir, "onnx", float32, log)
-        log(f"quantizing {float32.name} to int8, once for this model: {path}")
+    function = {"onnx": "_export_float32", "onnx-int8": "_export_int8"}[backend]
+    log(f"exporting {model_dir} to ONNX ({'float32' if backend == 'onnx' else 'int8'}), once for this model: {path}")
     start = time.perf_counter()
-    write_file(path, lambda tmp: in_own_process(function, source, tmp))
-    log(f"{'exported' if backend == 'onnx' else 'quantized'} in {time.perf_counter() - start:.0f} s")
+    write_file(path, lambda tmp: in_own_process(function, model_dir, tmp))
+    log(f"exported in {time.perf_counter() - start:.0f} s")
     return path
 
 
@@ -143,7 +141,24 @@ def in_own_process(function: str, source: Path, out: Path) -> None:
 
 def _export_float32(model_dir: Path, out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    export_model(AutoModel.from_pretrained(model_dir, attn_implementation="sdpa").eval(), tokenizer, out)
+
+
+def _export_int8(model_dir: Path, out: Path) -> None:
+    """The model rewritten by ``smooth_for_int8``, exported in float32 beside ``out``, then quantized into it."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+    smooth_for_int8(model, tokenizer)
+    float32 = out.with_name(f"{out.name}.float32.onnx")
+    try:
+        export_model(model, tokenizer, float32)
+        _quantize(float32, out)
+    finally:
+        float32.unlink(missing_ok=True)
+
+
+def export_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    """``model`` with mean pooling and L2 norm (``PooledEncoder``) as one ONNX file, dynamic batch and sequence."""
     # a padded batch of text pairs: example values for every input (dynamic axes need sizes above 1), and the
     # inputs are those the tokenizer makes (BERT's token_type_ids tell a pair's two segments apart)
     example = tokenizer(["an example", "a longer example text"], ["with a context", "and"], padding=True,
@@ -211,10 +226,8 @@ def _quantize(float32: Path, out: Path) -> None:
 
 
 def quantized_matmuls(model_path: Path) -> list[str]:
-    """The matrix products int8 keeps close to float32: those with a weight matrix, but not the feed-forward's
-    output projection, whose input (the GELU's output) has outliers one scale per tensor cannot hold. Measured on
-    e5-small over 1,000 XQuAD-R texts: cosine to float32 mean 0.9965 (min 0.9916) with every product quantized,
-    0.9989 (min 0.9964) without those 12 of 72."""
+    """The matrix products with a weight matrix, but those of the feed-forward outputs' outlier channels (fed by a
+    ``Gather`` of those channels: ``OutlierSplitLinear``), which stay float32."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
@@ -224,7 +237,7 @@ def quantized_matmuls(model_path: Path) -> list[str]:
     return [
         node.name
         for node in graph.node
-        if node.op_type == "MatMul" and node.input[1] in constants and made_by.get(node.input[0]) not in GELUS
+        if node.op_type == "MatMul" and node.input[1] in constants and made_by.get(node.input[0]) != "Gather"
     ]
 
 
