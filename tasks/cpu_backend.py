@@ -1,15 +1,15 @@
 """``model.backend=auto`` on a CPU: the fastest backend within the quality bound, timed on this CPU.
 
     backend = fastest_cpu_backend(model_dir, model_cfg, model_fingerprint(model_dir), log=print)
-    # "torch", "onnx", or "torch-bf16" on a CPU with bfloat16 instructions
+    # "torch", "onnx", "onnx-int8", or "torch-bf16" on a CPU with bfloat16 instructions
 
 The candidates keep XQuAD-R mAP within 0.005 of float32 PyTorch: PyTorch and ONNX Runtime in float32 (the same
-vectors to ~1e-6) and PyTorch in a bfloat16 autocast (e5-small: +0.0003 mAP mono, +0.0002 cross, +0.0005 multi);
-``onnx-int8`` does not (-0.0085 cross; README). Which is fastest depends on the CPU: float32 ONNX was 1.55x
-PyTorch's texts/s on an AMD EPYC with AVX-512, level on an AVX2-only one, 0.80x on an Intel Xeon with AMX, where
-bfloat16 was 2.13x. So the choice is measured, once per CPU, library versions, thread count and model shape (not
-weights: a fine-tuned model runs as fast as its base), by encoding the same random token batches with each, and kept
-in ``<cache>/models/backend/<key>.json``; delete the file to measure again.
+vectors to ~1e-6), ONNX Runtime in int8 since EXPORT_VERSION 4 (e5-small: -0.0015 mAP mono, -0.0027 cross, -0.0012
+multi) and PyTorch in a bfloat16 autocast (+0.0003, +0.0002, +0.0005). Which is fastest depends on the CPU: float32
+ONNX was 1.55x PyTorch's texts/s on an AMD EPYC with AVX-512, level on an AVX2-only one, 0.80x on an Intel Xeon with
+AMX, where int8 was 1.49x and bfloat16 2.13x. So the choice is measured, once per CPU, library versions, thread
+count and model shape (not weights: a fine-tuned model runs as fast as its base), by encoding the same random token
+batches with each, and kept in ``<cache>/models/backend/<key>.json``; delete the file to measure again.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from hbir.core.config import ModelConfig
 from hbir.core.files import write_file
 from hbir.core.paths import models_cache_dir
 
-BACKENDS = ("torch", "onnx")  # the float32 backends, timed on every CPU
+BACKENDS = ("torch", "onnx", "onnx-int8")  # timed on every CPU
 # bfloat16 products, within the quality bound too (README), timed on a CPU with bfloat16 instructions only (without
 # them PyTorch converts in software)
 BF16_BACKEND, BF16_FLAGS = "torch-bf16", ("avx512_bf16", "amx_bf16")
-# onnx is chosen when it is at least this much faster than the fastest PyTorch backend: each new model (every trained
-# one) is exported first (e5-small: ~30 s), which PyTorch does without
+# an ONNX backend is chosen when it is at least this much faster than the fastest other: each new model (every
+# trained one) is exported first (e5-small: ~30 s), which PyTorch does without
 ONNX_MARGIN = 1.05
 PROBE_LENGTHS = (16, 32, 64, 128)  # tokens per text of the timed batches (at most model.max_length)
 PROBE_BATCH = 32  # texts per timed batch
@@ -68,8 +68,8 @@ def fastest_cpu_backend(
 
 
 def choose(speeds: dict[str, float]) -> str:
-    """The backend for these texts/s: the fastest, onnx only when it is ONNX_MARGIN times the fastest other."""
-    return max(speeds, key=lambda name: speeds[name] / (ONNX_MARGIN if name == "onnx" else 1))
+    """The backend for these texts/s: the fastest, an ONNX one only when it is ONNX_MARGIN times the fastest other."""
+    return max(speeds, key=lambda name: speeds[name] / (ONNX_MARGIN if name.startswith("onnx") else 1))
 
 
 def timed_backends() -> tuple[str, ...]:
@@ -89,7 +89,10 @@ def texts_per_second(
     plain = BiEncoder.from_config(model_dir, model_cfg).eval()
     encoders = {
         "torch": plain,
-        "onnx": OnnxEncoder.from_config(model_dir, model_cfg, "onnx", models_cache_dir() / "onnx", model_fp, log),
+        **{
+            name: OnnxEncoder.from_config(model_dir, model_cfg, name, models_cache_dir() / "onnx", model_fp, log)
+            for name in ("onnx", "onnx-int8")
+        },
         BF16_BACKEND: BiEncoder(plain.model, plain.tokenizer, max_length=model_cfg.max_length, backend=BF16_BACKEND),
     }
     names = timed_backends()
@@ -121,8 +124,11 @@ def probe_batches(encoder, max_length: int) -> list[dict[str, torch.Tensor]]:
 
 
 def machine_and_model(model_dir: str | Path, max_length: int) -> dict:
-    """What the backends' speeds depend on: the CPU, the libraries, the threads, the model's shape."""
+    """What the backends' speeds depend on: the CPU, the libraries, the threads, the model's shape; and which
+    backends are timed, in which version of the ONNX export."""
     import onnxruntime
+
+    from models.onnx_encoder import EXPORT_VERSION
 
     config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     return {
@@ -133,6 +139,8 @@ def machine_and_model(model_dir: str | Path, max_length: int) -> dict:
         "onnxruntime": onnxruntime.__version__,
         "model": {name: config.get(name) for name in SHAPE_KEYS},
         "max_length": max_length,
+        "backends": list(timed_backends()),
+        "onnx_export": EXPORT_VERSION,
     }
 
 
