@@ -17,8 +17,9 @@ their order reversed every other round) so that other load on the machine falls 
   hbir-torch-bf16        ``model.backend=torch-bf16``: the same in a bfloat16 autocast on the CPU too (fast where
                          the CPU has bfloat16 instructions: AVX-512 BF16, AMX)
   hbir-onnx              ``OnnxEncoder`` (``model.backend=onnx``): the same batches through ONNX Runtime, float32
-  hbir-onnx-int8         ``model.backend=onnx-int8``: weights quantized to int8 (``quantize_dynamic``, per channel);
-                         the exports are hbir's cached ones (made by the first run, in its load time)
+  hbir-onnx-int8         ``model.backend=onnx-int8``: every weight product in int8 (``models/smooth_quant.py``'s
+                         rewrite, then ``quantize_dynamic``, per channel); the exports are hbir's cached ones (made
+                         by the first run, in its load time)
   sentence-transformers  ``SentenceTransformer(modules=[Transformer(dir, max_seq_length), Pooling(dim, "mean"),
                          Normalize()])``, built explicitly because the converted e5 directory has no
                          sentence-transformers files; ``encode(prefix + text, batch_size, convert_to_numpy=True)``,

@@ -7,7 +7,7 @@ The candidates keep XQuAD-R mAP within 0.005 of float32 PyTorch: PyTorch and ONN
 vectors to ~1e-6), ONNX Runtime in int8 since EXPORT_VERSION 4 (e5-small: -0.0015 mAP mono, -0.0027 cross, -0.0012
 multi) and PyTorch in a bfloat16 autocast (+0.0003, +0.0002, +0.0005). Which is fastest depends on the CPU: float32
 ONNX was 1.55x PyTorch's texts/s on an AMD EPYC with AVX-512, level on an AVX2-only one, 0.80x on an Intel Xeon with
-AMX, where int8 was 1.49x and bfloat16 2.13x. So the choice is measured, once per CPU, library versions, thread
+AMX, where int8 was 1.57x and bfloat16 2.23x. So the choice is measured, once per CPU, library versions, thread
 count and model shape (not weights: a fine-tuned model runs as fast as its base), by encoding the same random token
 batches with each, and kept in ``<cache>/models/backend/<key>.json``; delete the file to measure again.
 """
