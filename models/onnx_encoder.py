@@ -133,8 +133,10 @@ def in_own_process(function: str, source: Path, out: Path) -> None:
     left ~130 MiB. It costs the new process's imports (~7 s on 2 cores). Its error is raised here with the end of
     what the process wrote."""
     code = f"import sys, pathlib; from {__name__} import {function}; {function}(*map(pathlib.Path, sys.argv[1:]))"
-    # the installed project, as the ranks torchrun starts (hbir/app/train_ranks.py)
-    done = subprocess.run([sys.executable, "-c", code, str(source), str(out)], capture_output=True, text=True)
+    # the installed project, as the ranks torchrun starts (hbir/app/train_ranks.py); -P: not a models/ package of the
+    # working directory (``-c`` puts it first on sys.path: hbir run from another checkout imported that one's)
+    command = [sys.executable, "-P", "-c", code, str(source), str(out)]
+    done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{function}({source}) failed (exit status {done.returncode}):\n{done.stderr[-3000:]}")
 

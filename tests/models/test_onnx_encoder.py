@@ -181,6 +181,16 @@ def test_a_failed_export_is_an_error_with_what_the_exporting_process_said(tmp_pa
     assert not list((tmp_path / "onnx").glob("*")), "no file, whole or partial"
 
 
+def test_the_export_runs_this_code_whatever_the_working_directory_holds(tiny_model_dir, tmp_path, monkeypatch):
+    """Run from another checkout (a models/ package of its own), the exporting process imported that one's code."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("")
+    (tmp_path / "models" / "onnx_encoder.py").write_text("raise ImportError('the working directory models/')\n")
+    monkeypatch.chdir(tmp_path)
+    OnnxEncoder.from_config(tiny_model_dir, CONFIG, "onnx", tmp_path / "onnx", "fingerprint")
+    assert list((tmp_path / "onnx").glob("*.onnx"))
+
+
 def test_an_export_says_when_it_runs_and_a_cached_one_says_nothing(tiny_model_dir, tmp_path):
     """e5-small's export is ~30 s with nothing else on screen: the run says what it is doing."""
     lines: list[str] = []
