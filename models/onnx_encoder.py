@@ -142,14 +142,12 @@ def in_own_process(function: str, source: Path, out: Path) -> None:
 
 
 def _export_float32(model_dir: Path, out: Path) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    export_model(AutoModel.from_pretrained(model_dir, attn_implementation="sdpa").eval(), tokenizer, out)
+    export_model(*_load(model_dir), out)
 
 
 def _export_int8(model_dir: Path, out: Path) -> None:
     """The model rewritten by ``smooth_for_int8``, exported in float32 beside ``out``, then quantized into it."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModel.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+    model, tokenizer = _load(model_dir)
     smooth_for_int8(model, tokenizer)
     float32 = out.with_name(f"{out.name}.float32.onnx")
     try:
@@ -157,6 +155,11 @@ def _export_int8(model_dir: Path, out: Path) -> None:
         _quantize(float32, out)
     finally:
         float32.unlink(missing_ok=True)
+
+
+def _load(model_dir: Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    model = AutoModel.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+    return model, AutoTokenizer.from_pretrained(model_dir)
 
 
 def export_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:

@@ -38,14 +38,12 @@ CALIBRATION_BATCH_SIZE = 16
 
 
 class SmoothedLinear(nn.Module):
-    """``linear(x / scale)`` with the weight's input columns multiplied by ``scale``: the same function."""
+    """``linear(x / scale)`` with ``linear``'s input columns multiplied by ``scale`` (in place): the same function."""
 
     def __init__(self, linear: nn.Linear, scale: torch.Tensor) -> None:
         super().__init__()
-        self.linear = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        self.linear.weight.data = linear.weight.data * scale
-        if linear.bias is not None:
-            self.linear.bias.data = linear.bias.data.clone()
+        self.linear = linear
+        self.linear.weight.data *= scale
         self.inverse_scale = 1 / scale  # a constant of the export
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,19 +51,14 @@ class SmoothedLinear(nn.Module):
 
 
 class OutlierSplitLinear(nn.Module):
-    """``linear(x)`` as a product over all input channels but ``outliers`` (zeroed in the input; int8 once
+    """``linear(x)`` as ``linear`` over all input channels but ``outliers`` (zeroed in the input; int8 once
     quantized) plus a product over those channels alone (left in float32)."""
 
     def __init__(self, linear: nn.Linear, outliers: torch.Tensor) -> None:
         super().__init__()
-        keep = torch.ones(linear.in_features)
-        keep[outliers] = 0
-        self.keep = keep
+        self.keep = torch.ones(linear.in_features).index_fill(0, outliers, 0)
         self.outliers = outliers
-        self.linear = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        self.linear.weight.data = linear.weight.data.clone()
-        if linear.bias is not None:
-            self.linear.bias.data = linear.bias.data.clone()
+        self.linear = linear
         self.outlier_linear = nn.Linear(len(outliers), linear.out_features, bias=False)
         self.outlier_linear.weight.data = linear.weight.data[:, outliers].clone()
 

@@ -1,5 +1,5 @@
 """The rewrite for int8 (SmoothQuant scales, the feed-forward outputs' outlier channel on its own) keeps the model's
-function in float32, shares one scale among the products of one input, and finds an outlier channel where it is."""
+function in float32, finds an outlier channel where it is, and calibrates on the same random batches every time."""
 
 from __future__ import annotations
 
