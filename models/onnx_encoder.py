@@ -36,12 +36,16 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from hbir.core.config import ModelConfig
 from hbir.core.files import write_file
 from models.encoder import TextEncoder, mean_pool, text_settings
+from models.onnx_attention import fuse_attention
 from models.smooth_quant import smooth_for_int8
 
 OnnxBackend = Literal["onnx", "onnx-int8"]
 # Bump when the export or the quantization below changes, so cached files are not reused.
-EXPORT_VERSION = 4
+EXPORT_VERSION = 5
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+# a padded batch of text pairs on which the attention fusion must give the exported graph's outputs
+CHECK_TEXTS = (["an example", "a longer example text, long enough to pad both of the others", "x"],
+               ["with a context", "and", "y"])  # fmt: skip
 
 
 class OnnxEncoder(TextEncoder):
@@ -163,7 +167,8 @@ def _load(model_dir: Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
 
 
 def export_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
-    """``model`` with mean pooling and L2 norm (``PooledEncoder``) as one ONNX file, dynamic batch and sequence."""
+    """``model`` with mean pooling and L2 norm (``PooledEncoder``) as one ONNX file, dynamic batch and sequence,
+    each attention in one kernel where it gives the same outputs (``models.onnx_attention``)."""
     # a padded batch of text pairs: example values for every input (dynamic axes need sizes above 1), and the
     # inputs are those the tokenizer makes (BERT's token_type_ids tell a pair's two segments apart)
     example = tokenizer(["an example", "a longer example text"], ["with a context", "and"], padding=True,
@@ -184,6 +189,10 @@ def export_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path
             verbose=False,
         )
     drop_softmax_nan_guards(out)
+    heads = getattr(model.config, "num_attention_heads", None)
+    if heads:
+        check = tokenizer(*CHECK_TEXTS, padding=True, return_tensors="np")
+        fuse_attention(out, heads, {name: check[name] for name in names})
 
 
 def drop_softmax_nan_guards(path: Path) -> int:
