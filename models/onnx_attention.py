@@ -13,8 +13,9 @@ from a padded key's scaled score and nothing from a token's. exp(-60) is 1e-26 o
 float32, the same vectors (to ~1e-6). Not more: a score past ~-87 after the softmax's shift is a subnormal float,
 and ONNX Runtime's exp ran 2-9x slower on those (2026-12-06, this Xeon).
 
-Measured on e5-small, 1,000 XQuAD-R texts, the 2-core Intel Xeon of the README: int8 1.12x its texts/s unfused
-(1.57x -> 1.70x PyTorch), float32 1.05x; the unfused mask path (``key_padding_mask``) gained half as much.
+Measured on e5-small, 1,000 XQuAD-R texts, the 2-core Intel Xeon of the README, both versions in one process: int8
+1.13x its texts/s unfused (1.47x -> 1.65x PyTorch), float32 1.08x (0.83x -> 0.90x); ONNX Runtime's own mask input
+(``key_padding_mask``, the unfused path) gained about two thirds as much.
 
 The rewrite matches the exporter's pattern (walking from each softmax back through reshapes, transposes and scalar
 multiplications to the three projections) and is kept only when the fused graph gives the exported one's outputs on
