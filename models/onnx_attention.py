@@ -32,6 +32,7 @@ import numpy as np
 MASK_OFFSET = 60.0  # subtracted from a padded key's scaled score (module docstring)
 TOLERANCE = 1e-4  # largest difference to the exported graph's outputs on the check batch
 LAYOUT_OPS = ("Reshape", "Transpose")
+SMALL = 1 << 16  # elements: constants read as arrays (scalars, biases)
 
 
 def fuse_attention(path: Path, num_heads: int, feeds: dict[str, np.ndarray]) -> int:
@@ -42,13 +43,14 @@ def fuse_attention(path: Path, num_heads: int, feeds: dict[str, np.ndarray]) -> 
     model = onnx.load(str(path))
     try:
         fused = _fuse(model, num_heads)
-    except (ValueError, KeyError, IndexError):  # a graph shaped otherwise (a bias the heads do not divide, ...)
+    except Exception:  # noqa: BLE001 - a graph shaped otherwise (a bias the heads do not divide, ...): the export's own
         return 0
     if not fused:
         return 0
     candidate = path.with_name(f"{path.name}.fused.onnx")
     try:
         onnx.save(model, str(candidate))
+        del model  # the weights: not held through the two sessions below
         if not _same_outputs(path, candidate, feeds):
             return 0
         candidate.replace(path)
@@ -69,7 +71,9 @@ def _fuse(model, num_heads: int) -> int:
     for node in graph.node:
         for name in node.input:
             users.setdefault(name, []).append(node)
-    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    constants = {  # scales and biases; not the weight matrices (a copy of the model)
+        tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer if np.prod(tensor.dims) <= SMALL
+    }
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
@@ -81,7 +85,7 @@ def _fuse(model, num_heads: int) -> int:
             if node.op_type in LAYOUT_OPS:
                 name = node.input[0]
             elif node.op_type == "Mul" and constants.get(node.input[1], np.empty(2)).size == 1:
-                factor *= float(constants[node.input[1]])
+                factor *= float(constants[node.input[1]].item())
                 name = node.input[0]
             else:
                 break
@@ -115,6 +119,8 @@ def _fuse(model, num_heads: int) -> int:
         if v_factor != 1.0:
             return 0
         scale = q_factor * k_factor
+        if scale == 0:
+            return 0
         unbiased = [without_bias(name) for name in (query, key, value)]
         biases = [bias for _, bias in unbiased]
         if all(bias is not None for bias in biases):  # added inside the kernel, on the way to its head layout
@@ -187,6 +193,10 @@ def _fuse(model, num_heads: int) -> int:
     kept = [tensor for tensor in graph.initializer if tensor.name in needed]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+    made = {name for node in graph.node for name in node.output}
+    shapes = [info for info in graph.value_info if info.name in made]  # not those of the ops removed
+    del graph.value_info[:]
+    graph.value_info.extend(shapes)
     if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return len(replacements)

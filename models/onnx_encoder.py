@@ -29,10 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from hbir.core.config import ModelConfig
 from hbir.core.files import write_file
@@ -44,9 +45,9 @@ OnnxBackend = Literal["onnx", "onnx-int8"]
 # Bump when the export or the quantization below changes, so cached files are not reused.
 EXPORT_VERSION = 5
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-# a padded batch of text pairs on which the attention fusion must give the exported graph's outputs
-CHECK_TEXTS = (["an example", "a longer example text, long enough to pad both of the others", "x"],
-               ["with a context", "and", "y"])  # fmt: skip
+# a padded batch of text pairs on which the attention fusion must give the exported graph's outputs: short ones
+# beside one as long as the model takes (most of the keys padded; the attention kernel's blocks of keys)
+CHECK_TEXTS = (["an example", "x", "a longer example text " * 200], ["with a context", "y", "and its context " * 200])
 
 
 class OnnxEncoder(TextEncoder):
@@ -192,8 +193,13 @@ def export_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path
     drop_softmax_nan_guards(out)
     heads = getattr(model.config, "num_attention_heads", None)
     if heads:
-        check = tokenizer(*CHECK_TEXTS, padding=True, return_tensors="np")
-        fuse_attention(out, heads, {name: check[name] for name in names})
+        fuse_attention(out, heads, check_feeds(tokenizer, model.config))
+
+
+def check_feeds(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> dict[str, np.ndarray]:
+    """``CHECK_TEXTS`` as the model's inputs, the long pair cut at the model's length (at most 512 tokens)."""
+    longest = min(getattr(config, "max_position_embeddings", 512), 512)
+    return dict(tokenizer(*CHECK_TEXTS, padding=True, truncation=True, max_length=longest, return_tensors="np"))
 
 
 def drop_softmax_nan_guards(path: Path) -> int:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from models.onnx_attention import fuse_attention
-from models.onnx_encoder import CHECK_TEXTS, OnnxEncoder, _load, export_model
+from models.onnx_encoder import OnnxEncoder, _load, export_model
+from models.onnx_encoder import check_feeds as onnx_encoder_check_feeds
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -37,10 +38,12 @@ def monkeypatch_module():
 
 
 def check_feeds(model_dir: Path) -> dict[str, np.ndarray]:
-    from transformers import AutoTokenizer
+    """The export's own check batch for the tiny model: short pairs beside one of 512 tokens."""
+    from transformers import AutoConfig, AutoTokenizer
 
-    batch = AutoTokenizer.from_pretrained(model_dir)(*CHECK_TEXTS, padding=True, return_tensors="np")
-    return dict(batch)
+    feeds = onnx_encoder_check_feeds(AutoTokenizer.from_pretrained(model_dir), AutoConfig.from_pretrained(model_dir))
+    assert feeds["attention_mask"].shape[1] == 512 and feeds["attention_mask"][1].sum() < 10
+    return feeds
 
 
 def ops(path: Path) -> list[str]:
@@ -92,6 +95,15 @@ def test_a_fusion_that_changes_the_outputs_is_not_kept(tiny_model_dir, unfused, 
     assert fuse_attention(copy, 2, check_feeds(tiny_model_dir)) == 0
     assert copy.read_bytes() == unfused.read_bytes()
     assert [path.name for path in tmp_path.iterdir()] == ["copy.onnx"]
+
+
+def test_a_graph_the_rewrite_cannot_shape_keeps_its_ops(tiny_model_dir, unfused, tmp_path):
+    """Three heads do not divide the tiny model's 32 channels (its biases cannot be laid out per head): the export
+    keeps its own ops instead of failing."""
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(unfused.read_bytes())
+    assert fuse_attention(copy, 3, check_feeds(tiny_model_dir)) == 0
+    assert copy.read_bytes() == unfused.read_bytes()
 
 
 def _config():
