@@ -16,7 +16,8 @@ their order reversed every other round) so that other load on the machine falls 
                          autocast (fp32 weights), as ``embed`` does by itself
   hbir-torch-bf16        ``model.backend=torch-bf16``: the same in a bfloat16 autocast on the CPU too (fast where
                          the CPU has bfloat16 instructions: AVX-512 BF16, AMX)
-  hbir-onnx              ``OnnxEncoder`` (``model.backend=onnx``): the same batches through ONNX Runtime, float32
+  hbir-onnx              ``OnnxEncoder`` (``model.backend=onnx``): the same batches through ONNX Runtime, float32,
+                         each attention one kernel (``models/onnx_attention.py``)
   hbir-onnx-int8         ``model.backend=onnx-int8``: every weight product in int8 (``models/smooth_quant.py``'s
                          rewrite, then ``quantize_dynamic``, per channel); the exports are hbir's cached ones (made
                          by the first run, in its load time)
