@@ -13,7 +13,7 @@ output channel in 7 bits, activations quantized to 8 on the fly) to every matrix
 those outlier channels' (``quantized_matmuls``), which runs them with the CPU's integer instructions (AVX-512 VNNI,
 AVX2); 7-bit weights cannot saturate AVX2's 16-bit sums, so every CPU computes the same int8 vectors
 (``_quantize``). The exported files are cached by the model's fingerprint, so a model is exported once (e5-small:
-~20 s, int8 ~30 s), in a process of its own (``in_own_process``). Float32 ONNX gives BiEncoder's vectors to ~1e-6;
+~25 s, int8 ~35 s), in a process of its own (``in_own_process``). Float32 ONNX gives BiEncoder's vectors to ~1e-6;
 int8 moves them (cosine 0.9993 to float32 on e5-small, XQuAD-R mAP within 0.003) and what that costs in retrieval
 quality is measured in ``benchmarks/encode_throughput.py`` and the README.
 """
@@ -119,7 +119,7 @@ def export_onnx(model_dir: Path, backend: OnnxBackend, path: Path, log: Callable
     """``path``, after exporting the model of ``model_dir`` to it if it is not there yet (float32 for ``onnx``;
     for ``onnx-int8`` rewritten for int8 by ``smooth_for_int8``, exported and quantized); written to a temporary
     file and renamed, so a killed export leaves nothing. An export says to ``log`` when it starts and how long it
-    took (e5-small: ~20 s float32, ~30 s int8, with nothing else on screen)."""
+    took (e5-small: ~25 s float32, ~35 s int8 with the fusion's check, with nothing else on screen)."""
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
