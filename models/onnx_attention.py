@@ -71,6 +71,7 @@ def _fuse(model, num_heads: int) -> int:
     for node in graph.node:
         for name in node.input:
             users.setdefault(name, []).append(node)
+    weights = {tensor.name: tensor for tensor in graph.initializer}
     constants = {  # scales and biases; not the weight matrices (a copy of the model)
         tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer if np.prod(tensor.dims) <= SMALL
     }
@@ -121,28 +122,31 @@ def _fuse(model, num_heads: int) -> int:
         scale = q_factor * k_factor
         if scale == 0:
             return 0
-        unbiased = [without_bias(name) for name in (query, key, value)]
-        biases = [bias for _, bias in unbiased]
-        if all(bias is not None for bias in biases):  # added inside the kernel, on the way to its head layout
-            (query, _), (key, _), (value, _) = unbiased
+        (query, q_bias), (key, k_bias), (value, v_bias) = (without_bias(name) for name in (query, key, value))
+        projection = made_by.get(query)  # the query's product: its weights get the mask channels (zero columns)
+        weight = weights.get(projection.input[1]) if projection is not None and projection.op_type == "MatMul" else None
+        if weight is None or len(weight.dims) != 2 or weight.dims[1] % num_heads:
+            return 0
+        width = weight.dims[1]
+        q_weight = numpy_helper.to_array(weight).reshape(weight.dims[0], num_heads, -1)
+        q_weight = np.concatenate([q_weight, np.zeros((weight.dims[0], num_heads, 1), q_weight.dtype)], axis=2)
+        q_bias, k_bias, v_bias = (np.zeros(width, np.float32) if b is None else b for b in (q_bias, k_bias, v_bias))
+        q_bias = np.concatenate([q_bias.reshape(num_heads, -1), np.full((num_heads, 1), 1 / scale)], axis=1)
+        k_bias = np.concatenate([k_bias.reshape(num_heads, -1), np.zeros((num_heads, 1))], axis=1)
         name = f"fused_attention_{index}"
-        nodes = [
-            helper.make_node("Reshape", [query, "fused_heads_shape"], [f"{name}_query_heads"]),
-            helper.make_node(
-                "Pad", [f"{name}_query_heads", "fused_last_channel", f"{name}_inverse_scale"], [f"{name}_query_padded"]
+        initializers += [
+            numpy_helper.from_array(q_weight.reshape(weight.dims[0], -1), f"{name}_query_weight"),
+            numpy_helper.from_array(
+                np.concatenate([q_bias.ravel(), k_bias.ravel(), v_bias]).astype(np.float32), f"{name}_bias"
             ),  # fmt: skip
-            helper.make_node("Reshape", [f"{name}_query_padded", "fused_merged_shape"], [f"{name}_query"]),
+        ]
+        nodes = [
+            helper.make_node("MatMul", [projection.input[0], f"{name}_query_weight"], [f"{name}_query"]),
             helper.make_node("Reshape", [key, "fused_heads_shape"], [f"{name}_key_heads"]),
             helper.make_node("Concat", [f"{name}_key_heads", "fused_mask_channel"], [f"{name}_key_masked"], axis=3),
             helper.make_node("Reshape", [f"{name}_key_masked", "fused_merged_shape"], [f"{name}_key"]),
         ]
-        initializers.append(numpy_helper.from_array(np.array(1 / scale, np.float32), f"{name}_inverse_scale"))
-        inputs = [f"{name}_query", f"{name}_key", value]
-        if all(bias is not None for bias in biases):
-            extra = np.zeros((num_heads, 1), np.float32)  # the mask channels' bias: none
-            q_bias, k_bias = (np.concatenate([b.reshape(num_heads, -1), extra], 1).ravel() for b in biases[:2])
-            initializers.append(numpy_helper.from_array(np.concatenate([q_bias, k_bias, biases[2]]), f"{name}_bias"))
-            inputs.append(f"{name}_bias")
+        inputs = [f"{name}_query", f"{name}_key", value, f"{name}_bias"]
         nodes.append(
             helper.make_node(
                 "MultiHeadAttention",
@@ -174,7 +178,6 @@ def _fuse(model, num_heads: int) -> int:
         "fused_heads_repeat": np.array([1, 1, num_heads, 1], np.int64),
         "fused_heads_shape": np.array([0, 0, num_heads, -1], np.int64),
         "fused_merged_shape": np.array([0, 0, -1], np.int64),
-        "fused_last_channel": np.array([0, 0, 0, 0, 0, 0, 0, 1], np.int64),  # Pad: one more channel at the end
     }
     initializers += [numpy_helper.from_array(array, name) for name, array in arrays.items()]
 

@@ -43,7 +43,7 @@ from models.smooth_quant import smooth_for_int8
 
 OnnxBackend = Literal["onnx", "onnx-int8"]
 # Bump when the export or the quantization below changes, so cached files are not reused.
-EXPORT_VERSION = 5
+EXPORT_VERSION = 6
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 # a padded batch of text pairs on which the attention fusion must give the exported graph's outputs: short ones
 # beside one as long as the model takes (most of the keys padded; the attention kernel's blocks of keys)
