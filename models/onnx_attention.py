@@ -6,21 +6,23 @@ The exporter writes an encoder's attention as a dozen ops per layer (head reshap
 x key product, the padding mask added, softmax, the product with the values, the transpose back), each a pass over
 the batch. ``fuse_attention`` puts each in one ``com.microsoft.MultiHeadAttention``, with the projections' biases
 added inside it. ONNX Runtime's CPU kernel has a flash-attention path (the scores a block at a time, never the whole
-batch x heads x tokens x tokens) but only without a padding mask; with one it computes the scores whole and is slower
-than the flash path by ~2x. So the mask goes into the product itself: every query head gets one more channel, 1 /
-scale, and every key head one more, 0 for a token and -``MASK_OFFSET`` for padding, which subtracts ``MASK_OFFSET``
-from a padded key's scaled score and nothing from a token's. exp(-60) is 1e-26 of a token's weight: nothing in
-float32, the same vectors (to ~1e-6). Not more: a score past ~-87 after the softmax's shift is a subnormal float,
-and ONNX Runtime's exp ran 2-9x slower on those (2026-12-06, this Xeon).
+batch x heads x tokens x tokens) but only without a padding mask; with one it computes the scores whole and is
+slower than the flash path by ~2x. So the mask goes into the product itself: every query head gets one more channel,
+1 / scale (a zero column of the query product's weights, with that bias: no op of its own), and every key head one
+more (a concatenated column), 0 for a token and -``MASK_OFFSET`` for padding, which subtracts ``MASK_OFFSET`` from a
+padded key's scaled score and nothing from a token's. exp(-60) is 1e-26 of a token's weight: nothing in float32, the
+same vectors (to ~1e-6). Not more: a score past ~-87 after the softmax's shift is a subnormal float, and ONNX
+Runtime's exp ran 2-9x slower on those (2026-12-06, this Xeon).
 
 Measured on e5-small, 1,000 XQuAD-R texts, the 2-core Intel Xeon of the README, both versions in one process: int8
 1.13x its texts/s unfused (1.47x -> 1.65x PyTorch), float32 1.08x (0.83x -> 0.90x); ONNX Runtime's own mask input
-(``key_padding_mask``, the unfused path) gained about two thirds as much.
+(``key_padding_mask``, the unfused path) gained about two thirds as much. The query's channel from its product
+rather than a ``Pad`` per layer (EXPORT_VERSION 6): int8 1.02x, float32 1.04x more, in one run.
 
 The rewrite matches the exporter's pattern (walking from each softmax back through reshapes, transposes and scalar
 multiplications to the three projections) and is kept only when the fused graph gives the exported one's outputs on
-``feeds`` (a padded batch): an architecture whose attention adds more than the padding mask (a position bias) or is
-written otherwise keeps its exported graph.
+``feeds`` (short texts padded beside a long one): an architecture whose attention adds more than the padding mask (a
+position bias) or is written otherwise keeps its exported graph.
 """
 
 from __future__ import annotations
