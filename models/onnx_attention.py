@@ -207,20 +207,22 @@ def _fuse(model, num_heads: int) -> int:
     return len(replacements)
 
 
+def graph_outputs(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The outputs of the ONNX file at ``path`` on ``feeds`` (those of its inputs), on the CPU."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {item.name: feeds[item.name] for item in session.get_inputs()})
+
+
 def _same_outputs(exported: Path, fused: Path, feeds: dict[str, np.ndarray]) -> bool:
     """Whether the two files give the same outputs (to ``TOLERANCE``) on ``feeds``; a fused graph ONNX Runtime
     cannot run gives none."""
-    import onnxruntime
-
-    def outputs(path: Path) -> list[np.ndarray]:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(None, {item.name: feeds[item.name] for item in session.get_inputs()})
-
     try:
-        candidate = outputs(fused)
+        candidate = graph_outputs(fused, feeds)
     except Exception:  # noqa: BLE001 - an op or attribute this ONNX Runtime does not take: keep the export
         return False
     return all(
         a.shape == b.shape and float(np.abs(a - b).max()) <= TOLERANCE
-        for a, b in zip(outputs(exported), candidate, strict=True)
+        for a, b in zip(graph_outputs(exported, feeds), candidate, strict=True)
     )
