@@ -1,17 +1,20 @@
 """``model.backend=auto`` on a CPU: the fastest backend within the quality bound, timed on this CPU.
 
     backend = fastest_cpu_backend(model_dir, model_cfg, model_fingerprint(model_dir), log=print)
-    # "torch", "onnx", or "torch-bf16" on a CPU with bfloat16 instructions
+    # "torch", "onnx", "onnx-int8", or "torch-bf16" on a CPU with bfloat16 instructions
 
 The candidates keep XQuAD-R mAP within 0.005 of float32 PyTorch: PyTorch and ONNX Runtime in float32 (the same
-vectors to ~1e-6) and PyTorch in a bfloat16 autocast (e5-small: +0.0003 mAP mono, +0.0002 cross, +0.0005 multi).
-``onnx-int8`` is not one: within the bound on e5-small (-0.0015, -0.0027, -0.0012) but not on the model ``hbir
-run`` fine-tunes from it (+0.0105, +0.0120, +0.0058; cosine to float32 0.981), so it stays a backend one names.
-Which is fastest depends on the CPU: float32 ONNX was 1.55x PyTorch's texts/s on an AMD EPYC with AVX-512, level on
-an AVX2-only one, 0.87x on an Intel Xeon with AMX, where bfloat16 was 2.23x. So the choice is measured, once per
-CPU, library versions, thread count and model shape (not weights: a fine-tuned model runs as fast as its base), by
-encoding the same random token batches with each, and kept in ``<cache>/models/backend/<key>.json``; delete the file
-to measure again.
+vectors to ~1e-6), PyTorch in a bfloat16 autocast (e5-small: +0.0003 mAP mono, +0.0002 cross, +0.0005 multi), and
+ONNX Runtime in int8 (e5-small -0.0007 / -0.0035 / -0.0020, the model ``hbir run`` fine-tunes from it +0.0026 /
++0.0030 / +0.0005, since the bias correction of ``models.smooth_quant``). How far int8 moves a model depends on its
+weights (that fine-tuned model moved +0.012 cross before the bias correction, at cosine 0.981 to float32), so
+``onnx-int8`` is taken only for a model whose int8 vectors keep a mean cosine of INT8_MIN_COSINE to its float32
+ones on the timing batches (``int8_agreement``: e5-small 0.999, the ``hbir run`` model 0.997; checked once per
+model); else the next fastest is. Which is fastest depends on the CPU: float32 ONNX was 1.55x PyTorch's texts/s on
+an AMD EPYC with AVX-512, level on an AVX2-only one, 0.87x on an Intel Xeon with AMX, where bfloat16 was 2.23x. So
+the choice is measured, once per CPU, library versions, thread count and model shape (not weights: a fine-tuned
+model runs as fast as its base), by encoding the same random token batches with each, and kept in
+``<cache>/models/backend/<key>.json``; delete the file to measure again.
 """
 
 from __future__ import annotations
@@ -31,7 +34,12 @@ from hbir.core.files import write_file
 from hbir.core.memory import give_back_freed_memory
 from hbir.core.paths import models_cache_dir
 
-BACKENDS = ("torch", "onnx")  # the float32 backends, timed on every CPU
+BACKENDS = ("torch", "onnx", "onnx-int8")  # timed on every CPU
+INT8_BACKEND = "onnx-int8"
+# the least mean cosine of a model's int8 vectors to its float32 ones on the probe batches for auto to take int8:
+# within the bound at 0.997 (the hbir run model) and 0.999 (e5-small), outside it at 0.979 (that model before the
+# bias correction)
+INT8_MIN_COSINE = 0.995
 # bfloat16 products, within the quality bound too (README), timed on a CPU with bfloat16 instructions only (without
 # them PyTorch converts in software)
 BF16_BACKEND, BF16_FLAGS = "torch-bf16", ("avx512_bf16", "amx_bf16")
@@ -52,28 +60,62 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
 def fastest_cpu_backend(
     model_dir: str | Path, model_cfg: ModelConfig, model_fp: str, log: Callable[[str], None] | None = None
 ) -> str:
-    """The backend of ``timed_backends()`` that encodes the model of ``model_dir`` fastest on this CPU (``choose``):
-    read from the cache, else timed (saying so to ``log``) and cached."""
+    """The backend of ``timed_backends()`` that encodes the model of ``model_dir`` fastest on this CPU (``ranked``),
+    ``onnx-int8`` only where ``int8_agreement`` allows: the speeds read from the cache, else timed (saying so to
+    ``log``) and cached."""
     log = log or (lambda line: None)
     setup = machine_and_model(model_dir, model_cfg.max_length)
     key = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:16]
     path = models_cache_dir() / "backend" / f"{key}.json"
     if path.exists():
-        choice = json.loads(path.read_text(encoding="utf-8"))
+        timing = json.loads(path.read_text(encoding="utf-8"))
     else:
         log(f"model.backend auto: timing {', '.join(timed_backends())} on this CPU, once for this CPU and model shape")
         speeds = texts_per_second(model_dir, model_cfg, model_fp, log)
         give_back_freed_memory()  # the timed encoders' leftovers (e5-small: ~1 GiB) before the chosen one loads
-        choice = {"backend": choose(speeds), "texts_per_s": speeds, "measured": _now(), **setup}
-        write_file(path, lambda tmp: tmp.write_text(json.dumps(choice, indent=2), encoding="utf-8"))
-    speeds = ", ".join(f"{name} {value:.1f}" for name, value in choice["texts_per_s"].items())
-    log(f"model.backend auto is {choice['backend']} on this CPU (texts/s: {speeds}; {choice['measured']}, {path})")
-    return choice["backend"]
+        timing = {"backend": ranked(speeds)[0], "texts_per_s": speeds, "measured": _now(), **setup}
+        write_file(path, lambda tmp: tmp.write_text(json.dumps(timing, indent=2), encoding="utf-8"))
+    backend = next(  # int8's agreement measured only where it is the fastest left
+        name
+        for name in ranked(timing["texts_per_s"])
+        if name != INT8_BACKEND or int8_agreement(model_dir, model_cfg, model_fp, log) >= INT8_MIN_COSINE
+    )
+    speeds = ", ".join(f"{name} {value:.1f}" for name, value in timing["texts_per_s"].items())
+    log(f"model.backend auto is {backend} on this CPU (texts/s: {speeds}; {timing['measured']}, {path})")
+    return backend
 
 
-def choose(speeds: dict[str, float]) -> str:
-    """The backend for these texts/s: the fastest, an ONNX one only when it is ONNX_MARGIN times the fastest other."""
-    return max(speeds, key=lambda name: speeds[name] / (ONNX_MARGIN if name.startswith("onnx") else 1))
+def ranked(speeds: dict[str, float]) -> list[str]:
+    """The backends by these texts/s, fastest first, an ONNX one counted at its texts/s / ONNX_MARGIN."""
+    return sorted(speeds, key=lambda name: speeds[name] / (ONNX_MARGIN if name.startswith("onnx") else 1), reverse=True)
+
+
+def int8_agreement(
+    model_dir: str | Path, model_cfg: ModelConfig, model_fp: str, log: Callable[[str], None] | None = None
+) -> float:
+    """The mean cosine of the model's ``onnx-int8`` vectors to its float32 PyTorch ones on ``probe_batches``: read
+    from ``<cache>/models/backend/int8-<fingerprint>-v<export version>.json``, else measured (the int8 export made
+    first, once per model, as ``onnx-int8`` needs it anyway) and kept; said to ``log`` either way."""
+    from models.encoder import BiEncoder
+    from models.onnx_encoder import EXPORT_VERSION, OnnxEncoder
+
+    path = models_cache_dir() / "backend" / f"int8-{model_fp}-v{EXPORT_VERSION}.json"
+    if path.exists():
+        agreement = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        plain = BiEncoder.from_config(model_dir, model_cfg).eval()
+        int8 = OnnxEncoder.from_config(model_dir, model_cfg, INT8_BACKEND, models_cache_dir() / "onnx", model_fp, log)
+        with torch.inference_mode():
+            batches = probe_batches(plain, model_cfg.max_length)
+            cosines = torch.cat([(plain.encode_batch(b) * int8.encode_batch(b)).sum(dim=-1) for b in batches])
+        agreement = {"mean_cosine": round(cosines.mean().item(), 5), "min_cosine": round(cosines.min().item(), 5),
+                     "texts": len(cosines), "measured": _now()}  # fmt: skip
+        write_file(path, lambda tmp: tmp.write_text(json.dumps(agreement, indent=2), encoding="utf-8"))
+    mean = agreement["mean_cosine"]
+    verdict = "kept" if mean >= INT8_MIN_COSINE else "too far: not taken"
+    log(f"model.backend auto: onnx-int8's vectors of this model at cosine {mean:.4f} to float32 on average "
+        f"(at least {INT8_MIN_COSINE}: {verdict}; {path})")  # fmt: skip
+    return mean
 
 
 def timed_backends() -> tuple[str, ...]:
@@ -91,9 +133,11 @@ def texts_per_second(
     from models.onnx_encoder import OnnxEncoder
 
     plain = BiEncoder.from_config(model_dir, model_cfg).eval()
+    onnx_dir = models_cache_dir() / "onnx"
     encoders = {
         "torch": plain,
-        "onnx": OnnxEncoder.from_config(model_dir, model_cfg, "onnx", models_cache_dir() / "onnx", model_fp, log),
+        "onnx": OnnxEncoder.from_config(model_dir, model_cfg, "onnx", onnx_dir, model_fp, log),
+        INT8_BACKEND: OnnxEncoder.from_config(model_dir, model_cfg, INT8_BACKEND, onnx_dir, model_fp, log),
         BF16_BACKEND: BiEncoder(plain.model, plain.tokenizer, max_length=model_cfg.max_length, backend=BF16_BACKEND),
     }
     names = timed_backends()

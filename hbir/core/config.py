@@ -117,9 +117,10 @@ class ModelConfig(Section):
     # What encodes the texts an evaluation embeds (training and its dev evaluations are always PyTorch): torch;
     # torch-bf16, PyTorch with bfloat16 products on a CPU too (2.13x torch on a CPU with AMX, within 0.0005 mAP);
     # onnx, ONNX Runtime in float32 (torch's vectors; faster on an AMD AVX-512 CPU); onnx-int8, its products in int8
-    # (within 0.003 mAP on e5-small, up to 0.012 off on a fine-tuned one). auto: torch on a GPU (in bfloat16 there);
-    # on a CPU the fastest of torch, onnx and torch-bf16 (where the CPU has bfloat16 instructions), timed on this CPU
-    # once per model shape (tasks/cpu_backend.py): the backends whose XQuAD-R mAP is within 0.005 of float32 torch.
+    # (within 0.0035 mAP on e5-small and the hbir run model). auto: torch on a GPU (in bfloat16 there); on a CPU the
+    # fastest of torch, onnx, onnx-int8 and torch-bf16 (where the CPU has bfloat16 instructions), timed on this CPU
+    # once per model shape (tasks/cpu_backend.py): the backends whose XQuAD-R mAP is within 0.005 of float32 torch,
+    # onnx-int8 only for a model whose int8 vectors stay close to its float32 ones (checked once per model).
     backend: Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"] = "auto"
 
     @field_validator("source")

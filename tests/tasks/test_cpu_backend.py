@@ -1,5 +1,6 @@
 """``model.backend=auto`` on a CPU: the backend within the quality bound that encodes fastest on this CPU, timed
-once per CPU and model shape and kept in the models cache."""
+once per CPU and model shape and kept in the models cache; int8 only for a model whose int8 vectors stay close to
+its float32 ones, checked once per model."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from hbir.core.config import ModelConfig
 from models.encoder import BiEncoder
 from tasks import cpu_backend
-from tasks.cpu_backend import choose, fastest_cpu_backend
+from tasks.cpu_backend import fastest_cpu_backend, int8_agreement, ranked
 from tasks.embedding import load_text_encoder, model_fingerprint
 
 pytest.importorskip("onnxruntime")
@@ -26,10 +27,13 @@ def test_auto_on_a_cpu_is_the_backend_timed_faster_here_once(tiny_model_dir, tmp
     (saved,) = (tmp_path / "models" / "backend").glob("*.json")
     timing = json.loads(saved.read_text())
     assert set(timing["texts_per_s"]) == set(cpu_backend.timed_backends()) and min(timing["texts_per_s"].values()) > 0
-    assert backend == timing["backend"] == choose(timing["texts_per_s"])
+    order = ranked(timing["texts_per_s"])
+    assert timing["backend"] == order[0]
+    if backend != order[0]:  # int8 was the fastest, and its vectors of this model too far from float32's
+        assert order[0] == "onnx-int8" and backend == order[1] and any("too far: not taken" in line for line in said)
     assert timing["threads"] == torch.get_num_threads() and timing["model"]["hidden_size"] == 32
     assert timing["backends"] == list(cpu_backend.timed_backends())  # a new candidate is timed again
-    assert any("model.backend auto: timing torch, onnx" in line for line in said)
+    assert any("model.backend auto: timing torch, onnx, onnx-int8" in line for line in said)
     assert f"model.backend auto is {backend} on this CPU" in said[-1]
 
     def timed_again(*args, **kwargs):
@@ -48,8 +52,32 @@ def test_auto_on_a_cpu_is_the_backend_timed_faster_here_once(tiny_model_dir, tmp
 
 
 def test_onnx_is_chosen_only_when_its_export_is_worth_it():
-    assert choose({"torch": 100.0, "onnx": 155.0}) == "onnx"
-    assert choose({"torch": 100.0, "onnx": 103.0}) == "torch"  # within ONNX_MARGIN: no export for 3%
-    assert choose({"torch": 124.1, "onnx": 109.6}) == "torch"
-    assert choose({"torch": 100.0, "onnx": 150.0, "torch-bf16": 200.0}) == "torch-bf16"
-    assert choose({"torch": 90.0, "onnx": 104.0, "torch-bf16": 100.0}) == "torch-bf16"
+    assert ranked({"torch": 100.0, "onnx": 155.0})[0] == "onnx"
+    assert ranked({"torch": 100.0, "onnx": 103.0})[0] == "torch"  # within ONNX_MARGIN: no export for 3%
+    assert ranked({"torch": 124.1, "onnx": 109.6})[0] == "torch"
+    assert ranked({"torch": 100.0, "onnx": 150.0, "torch-bf16": 200.0})[0] == "torch-bf16"
+    assert ranked({"torch": 90.0, "onnx": 104.0, "torch-bf16": 100.0})[0] == "torch-bf16"
+    assert ranked({"torch": 100.0, "onnx": 110.0, "onnx-int8": 200.0}) == ["onnx-int8", "onnx", "torch"]
+
+
+def test_int8_is_taken_only_for_a_model_whose_int8_vectors_stay_close(tiny_model_dir, tmp_path, monkeypatch):
+    """Where int8 is the fastest, its vectors of the model are compared with float32's once; too far, the next
+    fastest backend encodes."""
+    monkeypatch.setenv("HBIR_CACHE_DIR", str(tmp_path))
+    speeds = {"torch": 100.0, "onnx": 120.0, "onnx-int8": 300.0}
+    monkeypatch.setattr(cpu_backend, "texts_per_second", lambda *args: speeds)
+    fingerprint = model_fingerprint(tiny_model_dir)
+    said = []
+    cosine = int8_agreement(tiny_model_dir, AUTO, fingerprint, said.append)
+    (kept,) = (tmp_path / "models" / "backend").glob("int8-*.json")
+    assert 0.9 < cosine <= 1.0 + 1e-6 and json.loads(kept.read_text())["mean_cosine"] == cosine
+    assert any("exporting" in line for line in said)  # the int8 export, once
+
+    monkeypatch.setattr(cpu_backend, "INT8_MIN_COSINE", cosine)
+    assert fastest_cpu_backend(tiny_model_dir, AUTO, fingerprint) == "onnx-int8"
+    monkeypatch.setattr(cpu_backend, "INT8_MIN_COSINE", cosine + 1e-4)
+    said = []
+    assert fastest_cpu_backend(tiny_model_dir, AUTO, fingerprint, said.append) == "onnx"
+    assert any(f"at cosine {cosine:.4f}" in line and "too far: not taken" in line for line in said)
+    assert not any("exporting" in line for line in said)  # measured once per model
+    assert "model.backend auto is onnx on this CPU" in said[-1]
