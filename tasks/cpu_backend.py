@@ -108,6 +108,8 @@ def int8_agreement(
         with torch.inference_mode():
             batches = probe_batches(plain, model_cfg.max_length)
             cosines = torch.cat([(plain.encode_batch(b) * int8.encode_batch(b)).sum(dim=-1) for b in batches])
+        del plain, int8
+        give_back_freed_memory()
         agreement = {"mean_cosine": round(cosines.mean().item(), 5), "min_cosine": round(cosines.min().item(), 5),
                      "texts": len(cosines), "measured": _now()}  # fmt: skip
         write_file(path, lambda tmp: tmp.write_text(json.dumps(agreement, indent=2), encoding="utf-8"))
