@@ -165,7 +165,8 @@ def _export_int8(model_dir: Path, out: Path) -> None:
 
 
 def _load(model_dir: Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    model = AutoModel.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+    # float32 whatever the checkpoint's dtype (a bf16 one would load as bf16): the export's and int8's starting point
+    model = AutoModel.from_pretrained(model_dir, attn_implementation="sdpa", dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(model_dir)
 
 

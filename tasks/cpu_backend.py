@@ -14,7 +14,8 @@ model); else the next fastest is. Which is fastest depends on the CPU: float32 O
 an AMD EPYC with AVX-512, level on an AVX2-only one, 0.87x on an Intel Xeon with AMX, where bfloat16 was 2.23x. So
 the choice is measured, once per CPU, library versions, thread count and model shape (not weights: a fine-tuned
 model runs as fast as its base), by encoding the same random token batches with each, and kept in
-``<cache>/models/backend/<key>.json``; delete the file to measure again.
+``<cache>/models/backend/<key>.json``; int8's agreement, per model, beside it in ``int8-<fingerprint>-<max
+length>-v<export version>.json``. Delete a file to measure again.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def fastest_cpu_backend(
         log(f"model.backend auto: timing {', '.join(timed_backends())} on this CPU, once for this CPU and model shape")
         speeds = texts_per_second(model_dir, model_cfg, model_fp, log)
         give_back_freed_memory()  # the timed encoders' leftovers (e5-small: ~1 GiB) before the chosen one loads
-        timing = {"backend": ranked(speeds)[0], "texts_per_s": speeds, "measured": _now(), **setup}
+        timing = {"fastest": ranked(speeds)[0], "texts_per_s": speeds, "measured": _now(), **setup}
         write_file(path, lambda tmp: tmp.write_text(json.dumps(timing, indent=2), encoding="utf-8"))
     backend = next(  # int8's agreement measured only where it is the fastest left
         name
@@ -94,29 +95,37 @@ def int8_agreement(
     model_dir: str | Path, model_cfg: ModelConfig, model_fp: str, log: Callable[[str], None] | None = None
 ) -> float:
     """The mean cosine of the model's ``onnx-int8`` vectors to its float32 PyTorch ones on ``probe_batches``: read
-    from ``<cache>/models/backend/int8-<fingerprint>-v<export version>.json``, else measured (the int8 export made
-    first, once per model, as ``onnx-int8`` needs it anyway) and kept; said to ``log`` either way."""
+    from ``<cache>/models/backend/int8-<fingerprint>-<max length>-v<export version>.json``, else measured (the int8
+    export made first, once per model, as ``onnx-int8`` needs it anyway) and kept; said to ``log`` either way. An
+    export that fails counts as 0 (kept too, with its error: not tried again for this model)."""
     from models.encoder import BiEncoder
     from models.onnx_encoder import EXPORT_VERSION, OnnxEncoder
 
-    path = models_cache_dir() / "backend" / f"int8-{model_fp}-v{EXPORT_VERSION}.json"
+    path = models_cache_dir() / "backend" / f"int8-{model_fp}-{model_cfg.max_length}-v{EXPORT_VERSION}.json"
     if path.exists():
         agreement = json.loads(path.read_text(encoding="utf-8"))
     else:
         plain = BiEncoder.from_config(model_dir, model_cfg).eval()
-        int8 = OnnxEncoder.from_config(model_dir, model_cfg, INT8_BACKEND, models_cache_dir() / "onnx", model_fp, log)
-        with torch.inference_mode():
-            batches = probe_batches(plain, model_cfg.max_length)
-            cosines = torch.cat([(plain.encode_batch(b) * int8.encode_batch(b)).sum(dim=-1) for b in batches])
-        del plain, int8
+        try:
+            int8 = OnnxEncoder.from_config(model_dir, model_cfg, INT8_BACKEND, models_cache_dir() / "onnx", model_fp,
+                                           log)  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - any failure of the int8 export leaves int8 out, said below
+            agreement = {"mean_cosine": 0.0, "error": f"the int8 export failed: {error}", "measured": _now()}
+        else:
+            with torch.inference_mode():
+                batches = probe_batches(plain, model_cfg.max_length)
+                cosines = torch.cat([(plain.encode_batch(b) * int8.encode_batch(b)).sum(dim=-1) for b in batches])
+            del int8
+            agreement = {"mean_cosine": round(cosines.mean().item(), 5), "min_cosine": round(cosines.min().item(), 5),
+                         "texts": len(cosines), "measured": _now()}  # fmt: skip
+        del plain
         give_back_freed_memory()
-        agreement = {"mean_cosine": round(cosines.mean().item(), 5), "min_cosine": round(cosines.min().item(), 5),
-                     "texts": len(cosines), "measured": _now()}  # fmt: skip
         write_file(path, lambda tmp: tmp.write_text(json.dumps(agreement, indent=2), encoding="utf-8"))
     mean = agreement["mean_cosine"]
     verdict = "kept" if mean >= INT8_MIN_COSINE else "too far: not taken"
-    log(f"model.backend auto: onnx-int8's vectors of this model at cosine {mean:.4f} to float32 on average "
-        f"(at least {INT8_MIN_COSINE}: {verdict}; {path})")  # fmt: skip
+    why = agreement.get("error", f"cosine {mean:.4f} to float32 on average")
+    log(f"model.backend auto: onnx-int8's vectors of this model: {why} (at least {INT8_MIN_COSINE}: {verdict}; "
+        f"{path})")  # fmt: skip
     return mean
 
 
@@ -130,7 +139,7 @@ def texts_per_second(
 ) -> dict[str, float]:
     """Texts/s of each of ``timed_backends()`` on the same random token batches (PROBE_LENGTHS x PROBE_BATCH texts
     a pass): a warm-up pass each, then PROBE_ROUNDS passes each, alternating; the fastest pass counts. Tokenizing is
-    left out: every backend uses the same tokenizer."""
+    left out: every backend uses the same tokenizer. A failed int8 export leaves ``onnx-int8`` out (said to ``log``)."""
     from models.encoder import BiEncoder
     from models.onnx_encoder import OnnxEncoder
 
@@ -139,10 +148,14 @@ def texts_per_second(
     encoders = {
         "torch": plain,
         "onnx": OnnxEncoder.from_config(model_dir, model_cfg, "onnx", onnx_dir, model_fp, log),
-        INT8_BACKEND: OnnxEncoder.from_config(model_dir, model_cfg, INT8_BACKEND, onnx_dir, model_fp, log),
         BF16_BACKEND: BiEncoder(plain.model, plain.tokenizer, max_length=model_cfg.max_length, backend=BF16_BACKEND),
     }
-    names = timed_backends()
+    names = list(timed_backends())
+    try:
+        encoders[INT8_BACKEND] = OnnxEncoder.from_config(model_dir, model_cfg, INT8_BACKEND, onnx_dir, model_fp, log)
+    except Exception as error:  # noqa: BLE001 - any failure of the int8 export leaves int8 out, said here
+        log(f"model.backend auto: onnx-int8 left out, its export failed: {error}")
+        names.remove(INT8_BACKEND)
     batches = probe_batches(plain, model_cfg.max_length)
     texts = sum(len(batch["input_ids"]) for batch in batches)
     best = dict.fromkeys(names, float("inf"))

@@ -56,6 +56,19 @@ def test_int8_onnx_is_close_to_float32_with_unit_vectors(torch_encoder, tiny_mod
     assert not torch.allclose(quantized, exact, atol=1e-6)  # the weights were quantized
 
 
+def test_a_checkpoint_saved_in_bfloat16_exports_in_float32_and_int8(torch_encoder, tiny_model_dir, tmp_path):
+    """transformers loads a bf16 checkpoint in bf16; the export starts from float32 all the same."""
+    from transformers import AutoModel, AutoTokenizer
+
+    bf16_dir = tmp_path / "bf16"
+    AutoModel.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(bf16_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(bf16_dir)
+    exact = torch_encoder.embed(TEXTS, "query")
+    for backend in ("onnx", "onnx-int8"):
+        vectors = onnx_encoder(bf16_dir, tmp_path / "onnx", backend).embed(TEXTS, "query")
+        assert (vectors * exact).sum(dim=1).min() > 0.95  # the weights rounded to bf16 once
+
+
 def test_int8_quantizes_every_weight_matrix_but_the_feed_forward_outlier_channel(tiny_model_dir, onnx_dir):
     onnx = pytest.importorskip("onnx")
     onnx_encoder(tiny_model_dir, onnx_dir, "onnx-int8")

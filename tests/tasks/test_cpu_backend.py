@@ -28,7 +28,7 @@ def test_auto_on_a_cpu_is_the_backend_timed_faster_here_once(tiny_model_dir, tmp
     timing = json.loads(saved.read_text())
     assert set(timing["texts_per_s"]) == set(cpu_backend.timed_backends()) and min(timing["texts_per_s"].values()) > 0
     order = ranked(timing["texts_per_s"])
-    assert timing["backend"] == order[0]
+    assert timing["fastest"] == order[0]
     if backend != order[0]:  # int8 was the fastest, and its vectors of this model too far from float32's
         assert order[0] == "onnx-int8" and backend == order[1] and any("too far: not taken" in line for line in said)
     assert timing["threads"] == torch.get_num_threads() and timing["model"]["hidden_size"] == 32
@@ -78,6 +78,49 @@ def test_int8_is_taken_only_for_a_model_whose_int8_vectors_stay_close(tiny_model
     monkeypatch.setattr(cpu_backend, "INT8_MIN_COSINE", cosine + 1e-4)
     said = []
     assert fastest_cpu_backend(tiny_model_dir, AUTO, fingerprint, said.append) == "onnx"
-    assert any(f"at cosine {cosine:.4f}" in line and "too far: not taken" in line for line in said)
+    assert any(f"cosine {cosine:.4f} to float32" in line and "too far: not taken" in line for line in said)
     assert not any("exporting" in line for line in said)  # measured once per model
     assert "model.backend auto is onnx on this CPU" in said[-1]
+
+
+def test_int8_agreement_is_measured_only_where_int8_is_the_fastest(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HBIR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu_backend, "texts_per_second", lambda *args: {"torch": 300.0, "onnx": 120.0,
+                                                                         "onnx-int8": 200.0})  # fmt: skip
+    assert fastest_cpu_backend(tiny_model_dir, AUTO, model_fingerprint(tiny_model_dir)) == "torch"
+    assert not list((tmp_path / "models").rglob("int8-*")) and not list((tmp_path / "models").rglob("*int8.onnx"))
+
+
+def test_a_failed_int8_export_leaves_int8_out_once_with_the_reason(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HBIR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu_backend, "texts_per_second", lambda *args: {"torch": 100.0, "onnx-int8": 300.0})
+    exports = []
+
+    def failing_export(model_dir, backend, path, log=None):
+        exports.append(backend)
+        raise RuntimeError("quantize_dynamic: unsupported op")
+
+    monkeypatch.setattr("models.onnx_encoder.export_onnx", failing_export)
+    for _ in range(2):
+        said = []
+        assert fastest_cpu_backend(tiny_model_dir, AUTO, model_fingerprint(tiny_model_dir), said.append) == "torch"
+        assert any("the int8 export failed: quantize_dynamic: unsupported op" in line for line in said)
+    assert exports == ["onnx-int8"]  # not tried again for this model
+
+
+def test_the_timing_leaves_int8_out_when_its_export_fails(tiny_model_dir, tmp_path, monkeypatch):
+    from models import onnx_encoder
+
+    monkeypatch.setenv("HBIR_CACHE_DIR", str(tmp_path))
+    export = onnx_encoder.export_onnx
+
+    def export_but_int8(model_dir, backend, path, log=None):
+        if backend == "onnx-int8":
+            raise RuntimeError("quantize_dynamic: unsupported op")
+        return export(model_dir, backend, path, log)
+
+    monkeypatch.setattr(onnx_encoder, "export_onnx", export_but_int8)
+    said = []
+    speeds = cpu_backend.texts_per_second(tiny_model_dir, AUTO, model_fingerprint(tiny_model_dir), said.append)
+    assert set(speeds) == set(cpu_backend.timed_backends()) - {"onnx-int8"} and min(speeds.values()) > 0
+    assert any("onnx-int8 left out, its export failed: quantize_dynamic" in line for line in said)
