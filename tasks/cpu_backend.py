@@ -74,8 +74,8 @@ def fastest_cpu_backend(
         log(f"model.backend auto: timing {', '.join(timed_backends())} on this CPU, once for this CPU and model shape")
         speeds = texts_per_second(model_dir, model_cfg, model_fp, log)
         give_back_freed_memory()  # the timed encoders' leftovers (e5-small: ~1 GiB) before the chosen one loads
-        timing = {"fastest": ranked(speeds)[0], "texts_per_s": speeds, "measured": _now(), **setup}
-        write_file(path, lambda tmp: tmp.write_text(json.dumps(timing, indent=2), encoding="utf-8"))
+        timing = {"texts_per_s": speeds, "measured": _now(), **setup}
+        _write_json(path, timing)
     backend = next(  # int8's agreement measured only where it is the fastest left
         name
         for name in ranked(timing["texts_per_s"])
@@ -95,38 +95,56 @@ def int8_agreement(
     model_dir: str | Path, model_cfg: ModelConfig, model_fp: str, log: Callable[[str], None] | None = None
 ) -> float:
     """The mean cosine of the model's ``onnx-int8`` vectors to its float32 PyTorch ones on ``probe_batches``: read
-    from ``<cache>/models/backend/int8-<fingerprint>-<max length>-v<export version>.json``, else measured (the int8
-    export made first, once per model, as ``onnx-int8`` needs it anyway) and kept; said to ``log`` either way. An
-    export that fails counts as 0 (kept too, with its error: not tried again for this model)."""
+    from ``agreement_path`` (kept by ``texts_per_second`` for the model it timed), else measured (the int8 export
+    made first, once per model, as ``onnx-int8`` needs it anyway) and kept; said to ``log`` either way. An export
+    that fails counts as 0 (kept too, with its error: not tried again for this model)."""
     from models.encoder import BiEncoder
-    from models.onnx_encoder import EXPORT_VERSION, OnnxEncoder
 
-    path = models_cache_dir() / "backend" / f"int8-{model_fp}-{model_cfg.max_length}-v{EXPORT_VERSION}.json"
-    if path.exists():
-        agreement = json.loads(path.read_text(encoding="utf-8"))
-    else:
+    path = agreement_path(model_fp, model_cfg.max_length)
+    if not path.exists():
         plain = BiEncoder.from_config(model_dir, model_cfg).eval()
-        try:
-            int8 = OnnxEncoder.from_config(model_dir, model_cfg, INT8_BACKEND, models_cache_dir() / "onnx", model_fp,
-                                           log)  # fmt: skip
-        except Exception as error:  # noqa: BLE001 - any failure of the int8 export leaves int8 out, said below
-            agreement = {"mean_cosine": 0.0, "error": f"the int8 export failed: {error}", "measured": _now()}
-        else:
+        int8 = int8_encoder(model_dir, model_cfg, model_fp, log)
+        if int8 is not None:
             with torch.inference_mode():
                 batches = probe_batches(plain, model_cfg.max_length)
-                cosines = torch.cat([(plain.encode_batch(b) * int8.encode_batch(b)).sum(dim=-1) for b in batches])
-            del int8
-            agreement = {"mean_cosine": round(cosines.mean().item(), 5), "min_cosine": round(cosines.min().item(), 5),
-                         "texts": len(cosines), "measured": _now()}  # fmt: skip
-        del plain
+                keep_agreement(path, [plain.encode_batch(b) for b in batches], [int8.encode_batch(b) for b in batches])
+        del plain, int8
         give_back_freed_memory()
-        write_file(path, lambda tmp: tmp.write_text(json.dumps(agreement, indent=2), encoding="utf-8"))
+    agreement = json.loads(path.read_text(encoding="utf-8"))
     mean = agreement["mean_cosine"]
     verdict = "kept" if mean >= INT8_MIN_COSINE else "too far: not taken"
     why = agreement.get("error", f"cosine {mean:.4f} to float32 on average")
     log(f"model.backend auto: onnx-int8's vectors of this model: {why} (at least {INT8_MIN_COSINE}: {verdict}; "
         f"{path})")  # fmt: skip
     return mean
+
+
+def agreement_path(model_fp: str, max_length: int) -> Path:
+    """Where a model's int8 agreement is kept: per model, maximum length and export version."""
+    from models.onnx_encoder import EXPORT_VERSION
+
+    return models_cache_dir() / "backend" / f"int8-{model_fp}-{max_length}-v{EXPORT_VERSION}.json"
+
+
+def int8_encoder(model_dir: str | Path, model_cfg: ModelConfig, model_fp: str, log: Callable[[str], None]):
+    """The model's ``onnx-int8`` encoder (exported once), or None where the export fails: said to ``log`` and kept
+    as the model's agreement (0, with the error), so that it is not tried again."""
+    from models.onnx_encoder import OnnxEncoder
+
+    try:
+        return OnnxEncoder.from_config(model_dir, model_cfg, INT8_BACKEND, models_cache_dir() / "onnx", model_fp, log)
+    except Exception as error:  # noqa: BLE001 - any failure of the int8 export leaves int8 out, said here
+        log(f"model.backend auto: onnx-int8 left out, the int8 export failed: {error}")
+        agreement = {"mean_cosine": 0.0, "error": f"the int8 export failed: {error}", "measured": _now()}
+        _write_json(agreement_path(model_fp, model_cfg.max_length), agreement)
+        return None
+
+
+def keep_agreement(path: Path, float32: list[torch.Tensor], int8: list[torch.Tensor]) -> None:
+    """The cosines of the same batches' unit vectors in float32 and in int8, their mean and least, kept at ``path``."""
+    cosines = torch.cat([(a * b).sum(dim=-1) for a, b in zip(float32, int8, strict=True)])
+    _write_json(path, {"mean_cosine": round(cosines.mean().item(), 5), "min_cosine": round(cosines.min().item(), 5),
+                       "texts": len(cosines), "measured": _now()})  # fmt: skip
 
 
 def timed_backends() -> tuple[str, ...]:
@@ -139,34 +157,34 @@ def texts_per_second(
 ) -> dict[str, float]:
     """Texts/s of each of ``timed_backends()`` on the same random token batches (PROBE_LENGTHS x PROBE_BATCH texts
     a pass): a warm-up pass each, then PROBE_ROUNDS passes each, alternating; the fastest pass counts. Tokenizing is
-    left out: every backend uses the same tokenizer. A failed int8 export leaves ``onnx-int8`` out (said to ``log``)."""
+    left out: every backend uses the same tokenizer. A failed int8 export leaves ``onnx-int8`` out (said to ``log``);
+    else the warm-up pass's int8 and float32 vectors are kept as this model's agreement (``keep_agreement``)."""
     from models.encoder import BiEncoder
     from models.onnx_encoder import OnnxEncoder
 
     plain = BiEncoder.from_config(model_dir, model_cfg).eval()
-    onnx_dir = models_cache_dir() / "onnx"
     encoders = {
         "torch": plain,
-        "onnx": OnnxEncoder.from_config(model_dir, model_cfg, "onnx", onnx_dir, model_fp, log),
+        "onnx": OnnxEncoder.from_config(model_dir, model_cfg, "onnx", models_cache_dir() / "onnx", model_fp, log),
+        INT8_BACKEND: int8_encoder(model_dir, model_cfg, model_fp, log),
         BF16_BACKEND: BiEncoder(plain.model, plain.tokenizer, max_length=model_cfg.max_length, backend=BF16_BACKEND),
     }
-    names = list(timed_backends())
-    try:
-        encoders[INT8_BACKEND] = OnnxEncoder.from_config(model_dir, model_cfg, INT8_BACKEND, onnx_dir, model_fp, log)
-    except Exception as error:  # noqa: BLE001 - any failure of the int8 export leaves int8 out, said here
-        log(f"model.backend auto: onnx-int8 left out, its export failed: {error}")
-        names.remove(INT8_BACKEND)
+    names = [name for name in timed_backends() if encoders[name] is not None]
     batches = probe_batches(plain, model_cfg.max_length)
     texts = sum(len(batch["input_ids"]) for batch in batches)
     best = dict.fromkeys(names, float("inf"))
+    warm_up = {}  # the vectors of round 0
     with torch.inference_mode():
         for round_ in range(PROBE_ROUNDS + 1):  # round 0 warms up
             for name in names:
                 began = time.perf_counter()
-                for batch in batches:
-                    encoders[name].encode_batch(batch)
+                vectors = [encoders[name].encode_batch(batch) for batch in batches]
                 if round_:
                     best[name] = min(best[name], time.perf_counter() - began)
+                else:
+                    warm_up[name] = vectors
+    if INT8_BACKEND in warm_up:  # this model's int8 agreement, from the same batches (int8_agreement reads it)
+        keep_agreement(agreement_path(model_fp, model_cfg.max_length), warm_up["torch"], warm_up[INT8_BACKEND])
     return {name: round(texts / best[name], 1) for name in names}
 
 
@@ -223,6 +241,10 @@ def _cpuinfo(field: str) -> str:
         if name.strip() == field:
             return value.strip()
     return ""
+
+
+def _write_json(path: Path, value: dict) -> None:
+    write_file(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2), encoding="utf-8"))
 
 
 def _now() -> str:

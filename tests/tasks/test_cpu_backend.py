@@ -22,13 +22,20 @@ AUTO = ModelConfig(source="random:tiny", max_length=64, backend="auto")
 
 def test_auto_on_a_cpu_is_the_backend_timed_faster_here_once(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HBIR_CACHE_DIR", str(tmp_path))
+    kept = []
+    keep = cpu_backend.keep_agreement
+    monkeypatch.setattr(cpu_backend, "keep_agreement", lambda *args: kept.append(args[0]) or keep(*args))
     said = []
     backend = fastest_cpu_backend(tiny_model_dir, AUTO, model_fingerprint(tiny_model_dir), said.append)
-    (saved,) = (tmp_path / "models" / "backend").glob("*.json")
+    assert len(kept) == 1  # by the timing, from its warm-up vectors, whichever backend is chosen
+    (saved,) = (tmp_path / "models" / "backend").glob("[!i]*.json")
     timing = json.loads(saved.read_text())
     assert set(timing["texts_per_s"]) == set(cpu_backend.timed_backends()) and min(timing["texts_per_s"].values()) > 0
+    # the timing's warm-up vectors are this model's int8 agreement: not encoded again
+    (agreement,) = (tmp_path / "models" / "backend").glob("int8-*.json")
+    assert 0.9 < json.loads(agreement.read_text())["mean_cosine"] <= 1.0 + 1e-6
+    assert sum("to ONNX (int8)" in line for line in said) == 1
     order = ranked(timing["texts_per_s"])
-    assert timing["fastest"] == order[0]
     if backend != order[0]:  # int8 was the fastest, and its vectors of this model too far from float32's
         assert order[0] == "onnx-int8" and backend == order[1] and any("too far: not taken" in line for line in said)
     assert timing["threads"] == torch.get_num_threads() and timing["model"]["hidden_size"] == 32
@@ -48,7 +55,7 @@ def test_auto_on_a_cpu_is_the_backend_timed_faster_here_once(tiny_model_dir, tmp
     monkeypatch.setenv("HBIR_CACHE_DIR", str(tmp_path))
     longer = AUTO.model_copy(update={"max_length": 32})
     fastest_cpu_backend(tiny_model_dir, longer, model_fingerprint(tiny_model_dir))
-    assert len(list((tmp_path / "models" / "backend").glob("*.json"))) == 2
+    assert len(list((tmp_path / "models" / "backend").glob("[!i]*.json"))) == 2  # timings, beside the agreements
 
 
 def test_onnx_is_chosen_only_when_its_export_is_worth_it():
@@ -123,4 +130,6 @@ def test_the_timing_leaves_int8_out_when_its_export_fails(tiny_model_dir, tmp_pa
     said = []
     speeds = cpu_backend.texts_per_second(tiny_model_dir, AUTO, model_fingerprint(tiny_model_dir), said.append)
     assert set(speeds) == set(cpu_backend.timed_backends()) - {"onnx-int8"} and min(speeds.values()) > 0
-    assert any("onnx-int8 left out, its export failed: quantize_dynamic" in line for line in said)
+    assert any("onnx-int8 left out, the int8 export failed: quantize_dynamic" in line for line in said)
+    (kept,) = (tmp_path / "models" / "backend").glob("int8-*.json")  # not tried again for this model
+    assert json.loads(kept.read_text())["mean_cosine"] == 0.0
