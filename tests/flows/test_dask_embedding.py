@@ -25,6 +25,10 @@ def dataset_vectors(cache) -> dict[str, np.ndarray]:
     return {"queries": vectors.queries, "candidates": np.asarray(vectors.candidates)}
 
 
+def backend_files(cache) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in (cache / "models" / "backend").iterdir()}
+
+
 def test_dask_gives_the_in_process_vectors_and_reembeds_only_missing_shards(three_language_data, tmp_path):
     local_cache, dask_cache = tmp_path / "local-cache", tmp_path / "dask-cache"
     db = tmp_path / "local.duckdb"
@@ -32,13 +36,14 @@ def test_dask_gives_the_in_process_vectors_and_reembeds_only_missing_shards(thre
     assert code == 0, stderr[-3000:]
     # model.backend auto as timed on this CPU by the first run (timed apart, a close race could go the other way)
     shutil.copytree(local_cache / "models" / "backend", dask_cache / "models" / "backend")
+    timed = backend_files(dask_cache)  # the timing and, since it is timed with it, the model's int8 agreement
     dask_db = tmp_path / "dask.duckdb"
     _, stderr, code = hbir_run(three_language_data, dask_db, tmp_path / "runs", *SHARDED, *ON_DASK, cache=dask_cache)
     assert code == 0, stderr[-3000:]
     assert "Creating a new Dask cluster with `distributed.deploy.local.LocalCluster`" in stderr
     assert "Beginning subflow run" in stderr and "embed-shards" in stderr
     # the workers (one thread each) encode with the backend auto was resolved to here, not timing their own
-    assert len(list((dask_cache / "models" / "backend").iterdir())) == 1
+    assert backend_files(dask_cache) == timed
     shards = sorted((dask_cache / "embeddings").glob("*of*.npy"))
     assert len(shards) >= 6  # 3 languages x (questions, sentences), 1,190 of each, in shards of 320
     (done,) = re.findall(r"embedded (\d+) blocks and shards on Dask", stderr)
