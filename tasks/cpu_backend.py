@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from hbir.core.config import ModelConfig
-from hbir.core.files import write_file
+from hbir.core.files import write_text
 from hbir.core.memory import give_back_freed_memory
 from hbir.core.paths import models_cache_dir
 
@@ -75,7 +75,7 @@ def fastest_cpu_backend(
         speeds = texts_per_second(model_dir, model_cfg, model_fp, log)
         give_back_freed_memory()  # the timed encoders' leftovers (e5-small: ~1 GiB) before the chosen one loads
         timing = {"texts_per_s": speeds, "measured": _now(), **setup}
-        _write_json(path, timing)
+        write_text(path, json.dumps(timing, indent=2))
     backend = next(  # int8's agreement measured only where it is the fastest left
         name
         for name in ranked(timing["texts_per_s"])
@@ -102,14 +102,14 @@ def int8_agreement(
 
     path = agreement_path(model_fp, model_cfg.max_length)
     if not path.exists():
-        plain = BiEncoder.from_config(model_dir, model_cfg).eval()
-        int8 = int8_encoder(model_dir, model_cfg, model_fp, log)
+        int8 = int8_encoder(model_dir, model_cfg, model_fp, log)  # first: a failed export needs no PyTorch model
         if int8 is not None:
+            plain = BiEncoder.from_config(model_dir, model_cfg).eval()
             with torch.inference_mode():
                 batches = probe_batches(plain, model_cfg.max_length)
                 keep_agreement(path, [plain.encode_batch(b) for b in batches], [int8.encode_batch(b) for b in batches])
-        del plain, int8
-        give_back_freed_memory()
+            del plain, int8
+            give_back_freed_memory()
     agreement = json.loads(path.read_text(encoding="utf-8"))
     mean = agreement["mean_cosine"]
     verdict = "kept" if mean >= INT8_MIN_COSINE else "too far: not taken"
@@ -136,15 +136,16 @@ def int8_encoder(model_dir: str | Path, model_cfg: ModelConfig, model_fp: str, l
     except Exception as error:  # noqa: BLE001 - any failure of the int8 export leaves int8 out, said here
         log(f"model.backend auto: onnx-int8 left out, the int8 export failed: {error}")
         agreement = {"mean_cosine": 0.0, "error": f"the int8 export failed: {error}", "measured": _now()}
-        _write_json(agreement_path(model_fp, model_cfg.max_length), agreement)
+        write_text(agreement_path(model_fp, model_cfg.max_length), json.dumps(agreement, indent=2))
         return None
 
 
 def keep_agreement(path: Path, float32: list[torch.Tensor], int8: list[torch.Tensor]) -> None:
     """The cosines of the same batches' unit vectors in float32 and in int8, their mean and least, kept at ``path``."""
     cosines = torch.cat([(a * b).sum(dim=-1) for a, b in zip(float32, int8, strict=True)])
-    _write_json(path, {"mean_cosine": round(cosines.mean().item(), 5), "min_cosine": round(cosines.min().item(), 5),
-                       "texts": len(cosines), "measured": _now()})  # fmt: skip
+    agreement = {"mean_cosine": round(cosines.mean().item(), 5), "min_cosine": round(cosines.min().item(), 5),
+                 "texts": len(cosines), "measured": _now()}  # fmt: skip
+    write_text(path, json.dumps(agreement, indent=2))
 
 
 def timed_backends() -> tuple[str, ...]:
@@ -241,10 +242,6 @@ def _cpuinfo(field: str) -> str:
         if name.strip() == field:
             return value.strip()
     return ""
-
-
-def _write_json(path: Path, value: dict) -> None:
-    write_file(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2), encoding="utf-8"))
 
 
 def _now() -> str:
